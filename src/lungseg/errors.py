@@ -1,0 +1,48 @@
+"""Errors raised by lungseg.
+
+Every error names what went wrong in words a user can act on: the case, the file and the problem.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class LungsegError(Exception):
+    """Base class of every error lungseg raises on purpose."""
+
+
+def _where(case: str | None, file: str | Path | None) -> str:
+    parts = []
+    if case is not None:
+        parts.append(f"case {case!r}")
+    if file is not None:
+        parts.append(f"file {str(file)!r}")
+    return ", ".join(parts)
+
+
+class DataValidationError(LungsegError):
+    """Bad input data: a missing or unreadable file, wrong shapes, bad labels, NaN..."""
+
+    def __init__(self, problem: str, *, case: str | None = None, file: str | Path | None = None):
+        self.problem = problem
+        self.case = case
+        self.file = None if file is None else str(file)
+        where = _where(case, file)
+        super().__init__(f"{where}: {problem}" if where else problem)
+
+
+class ConfigError(LungsegError):
+    """A missing, mistyped or inconsistent parameter."""
+
+
+class InputError(LungsegError):
+    """An input given to inference (CLI, UI) that cannot be used."""
+
+
+class ModelNotFoundError(LungsegError):
+    """No trained model where one was expected."""
+
+
+class TrainingDataError(LungsegError):
+    """The data handed to training cannot train a model (empty, no positives...)."""

@@ -1,0 +1,1 @@
+"""Ingestion: metadata.csv + raw NIfTI volumes -> validated, canonical cases."""

@@ -1,0 +1,223 @@
+"""Ingestion nodes: read metadata.csv and the raw volumes, validate every case, reorient to canonical.
+
+Memory: each case is loaded, checked and released before the next one; the canonical copies are
+written lazily (``PartitionedDataset`` calls the loaders one at a time), so one case is held at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lungseg.errors import DataValidationError
+from lungseg.imaging import detect_source_kind, looks_unwindowed
+from lungseg.pipelines.ingestion.paths import REQUIRED_COLUMNS, case_id_from_path, resolve_relative
+from lungseg.volume import load_canonical
+
+logger = logging.getLogger(__name__)
+
+Loader = Callable[[], nib.spatialimages.SpatialImage]
+
+LABEL_SETS = {
+    "lung_mask": (0, 1, 2),
+    "infection_mask": (0, 1),
+    "lung_and_infection_mask": (0, 1, 2, 3),
+}
+SKIPPED_COLUMNS = ["case_id", "file", "problem"]
+
+
+def check_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
+    """Check the columns of ``metadata.csv`` and resolve every path relative to the dataset root.
+
+    Returns one row per case: ``case_id`` and the four resolved relative paths.
+    """
+    missing = [c for c in REQUIRED_COLUMNS if c not in metadata.columns]
+    if missing:
+        raise DataValidationError(
+            f"missing required column(s) {missing}; found {list(metadata.columns)}",
+            file="metadata.csv",
+        )
+    if metadata.empty:
+        raise DataValidationError("has no rows", file="metadata.csv")
+    rows = []
+    for i, rec in enumerate(metadata[list(REQUIRED_COLUMNS)].itertuples(index=False)):
+        rec = rec._asdict()
+        case = case_id_from_path(str(rec["lung_mask"]).replace("\\", "/")) if pd.notna(rec["lung_mask"]) else f"row {i + 1}"
+        row = {"case_id": case}
+        for col in REQUIRED_COLUMNS:
+            value = rec[col]
+            if col == "lung_and_infection_mask" and (pd.isna(value) or str(value).strip() == ""):
+                row[col] = ""  # optional: rebuilt from the lung and infection masks
+                continue
+            row[col] = resolve_relative(value, case=case)
+        rows.append(row)
+    table = pd.DataFrame(rows)
+    dupes = table["case_id"][table["case_id"].duplicated()].unique().tolist()
+    if dupes:
+        raise DataValidationError(f"duplicate case id(s) {dupes}", file="metadata.csv")
+    return table
+
+
+def _loader(volumes: dict[str, Loader], rel_path: str, case: str) -> Loader:
+    """The lazy loader of one file; its errors name the case and the file relative to the root."""
+    if rel_path not in volumes:
+        raise DataValidationError("file not found under the dataset root", case=case, file=rel_path)
+
+    def load():
+        try:
+            return volumes[rel_path]()
+        except DataValidationError as exc:
+            raise DataValidationError(exc.problem, case=case, file=rel_path) from exc
+        except Exception as exc:  # kedro wraps dataset errors in DatasetError
+            cause = exc.__cause__
+            problem = cause.problem if isinstance(cause, DataValidationError) else f"cannot load: {exc}"
+            raise DataValidationError(problem, case=case, file=rel_path) from exc
+
+    return load
+
+
+def _read_mask(img, *, case: str, file: str, kind: str, ct_shape: tuple[int, ...]) -> np.ndarray:
+    """Load a mask in canonical order and check its shape and label set; returns uint8 labels."""
+    shape = tuple(int(s) for s in img.shape[:3])
+    if shape != ct_shape:
+        raise DataValidationError(
+            f"{kind} has shape {shape} but the CT has shape {ct_shape}", case=case, file=file
+        )
+    arr = load_canonical(img, case=case, file=file).array
+    lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
+    allowed = LABEL_SETS[kind]
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
+            raise DataValidationError(f"{kind} holds non-integer values; labels must be {allowed}", case=case, file=file)
+    if lo < 0 or hi > max(allowed):
+        found = np.unique(arr[(arr < 0) | (arr > max(allowed))])[:5].tolist()
+        raise DataValidationError(
+            f"{kind} holds value(s) {found} outside its label set {allowed}", case=case, file=file
+        )
+    return arr.astype(np.uint8, copy=False)
+
+
+def _read_case(case: str, paths: dict[str, str], volumes: dict[str, Loader]) -> dict[str, Any]:
+    """Load one case, validate it and return canonical arrays plus facts about it."""
+    ct_file = paths["ct_scan"]
+    ct_img = _loader(volumes, ct_file, case)()
+    ct_vol = load_canonical(ct_img, case=case, file=ct_file)
+    ct = ct_vol.array
+    if np.issubdtype(ct.dtype, np.floating) and not np.isfinite(ct).all():
+        n_bad = int(np.size(ct) - np.isfinite(ct).sum())
+        raise DataValidationError(f"CT holds {n_bad} NaN or infinite voxel(s)", case=case, file=ct_file)
+    native_shape = tuple(int(s) for s in ct_img.shape[:3])
+    lung = _read_mask(_loader(volumes, paths["lung_mask"], case)(), case=case, file=paths["lung_mask"],
+                      kind="lung_mask", ct_shape=native_shape)
+    infection = _read_mask(_loader(volumes, paths["infection_mask"], case)(), case=case,
+                           file=paths["infection_mask"], kind="infection_mask", ct_shape=native_shape)
+    if paths.get("lung_and_infection_mask"):
+        combined = _read_mask(_loader(volumes, paths["lung_and_infection_mask"], case)(), case=case,
+                              file=paths["lung_and_infection_mask"], kind="lung_and_infection_mask",
+                              ct_shape=native_shape)
+        mismatch = int(np.count_nonzero((combined == 3) != (infection > 0)))
+        if mismatch:
+            logger.warning("Case %s: combined mask and infection mask disagree on %d voxel(s)", case, mismatch)
+        del combined
+    return {"volume": ct_vol, "lung": lung, "infection": infection}
+
+
+def _case_facts(case: str, paths: dict[str, str], data: dict[str, Any]) -> dict[str, Any]:
+    vol = data["volume"]
+    ct, lung, infection = vol.array, data["lung"], data["infection"]
+    kind = detect_source_kind(ct)
+    lung_any = lung > 0
+    lung_slices = int(np.count_nonzero(lung_any.any(axis=(1, 2))))
+    if lung_slices == 0:
+        logger.warning("Case %s: the lung mask is empty on every slice", case)
+    if kind == "uint8" and looks_unwindowed(ct.astype(np.uint8, copy=False)):
+        logger.warning("Case %s: 0-255 data that does not look lung-windowed; check its intensities", case)
+    segmented = np.count_nonzero(lung_any | (infection > 0))
+    inf_vox = int(np.count_nonzero(infection))
+    return {
+        "case_id": case,
+        **{f"{k}_path": v for k, v in paths.items()},
+        "source_kind": kind,
+        "dtype": str(ct.dtype),
+        "orientation": "".join(nib.aff2axcodes(vol.affine)),
+        "shape_z": ct.shape[0],
+        "shape_y": ct.shape[1],
+        "shape_x": ct.shape[2],
+        "n_slices": ct.shape[0],
+        "spacing_z": vol.spacing[0],
+        "spacing_y": vol.spacing[1],
+        "spacing_x": vol.spacing[2],
+        "ct_min": float(ct.min()),
+        "ct_max": float(ct.max()),
+        "lung_slices": lung_slices,
+        "lung_voxels": int(np.count_nonzero(lung_any)),
+        "infection_voxels": inf_vox,
+        "infection_outside_lung_voxels": int(np.count_nonzero((infection > 0) & ~lung_any)),
+        "infection_fraction": float(inf_vox / segmented) if segmented else 0.0,
+    }
+
+
+def _canonical_record(data: dict[str, Any]) -> dict[str, np.ndarray]:
+    vol = data["volume"]
+    return {
+        "ct": vol.array,
+        "lung": data["lung"],
+        "infection": data["infection"],
+        "spacing": np.asarray(vol.spacing, dtype=np.float64),
+        "affine": vol.affine,
+        "shape": np.asarray(vol.shape, dtype=np.int64),
+    }
+
+
+def ingest_cases(
+    metadata: pd.DataFrame, volumes: dict[str, Loader], params: dict[str, Any]
+) -> tuple[pd.DataFrame, dict[str, Callable[[], dict[str, np.ndarray]]], pd.DataFrame]:
+    """Validate every case of ``metadata.csv`` and prepare its canonical copy.
+
+    Args:
+        metadata: ``metadata.csv`` as loaded by ``pandas.CSVDataset``.
+        volumes: the dataset root as a ``PartitionedDataset`` of lazy NIfTI loaders, keyed by
+            path relative to the root.
+        params: ``ingestion`` parameters; ``skip_invalid_cases`` (default false) carries on past bad
+            cases and lists them in the skipped-cases report.
+
+    Returns:
+        The case table, lazy canonical cases (one ``.npz`` each) and the skipped-cases report.
+    """
+    skip = bool(params.get("skip_invalid_cases", False))
+    table = check_metadata(metadata)
+    facts, skipped, valid = [], [], []
+    for rec in tqdm(table.to_dict("records"), desc="ingest cases", unit="case"):
+        case = rec.pop("case_id")
+        try:
+            data = _read_case(case, rec, volumes)
+            facts.append(_case_facts(case, rec, data))
+            valid.append((case, rec))
+            del data
+        except DataValidationError as exc:
+            if not skip:
+                raise
+            logger.warning("Skipping %s", exc)
+            skipped.append({"case_id": case, "file": exc.file or "", "problem": exc.problem})
+    if not facts:
+        raise DataValidationError(
+            f"no valid case left out of {len(table)} (see the skipped-cases report)", file="metadata.csv"
+        )
+    case_table = pd.DataFrame(facts)
+    logger.info(
+        "Ingested %d case(s), %d slices (%s); skipped %d",
+        len(case_table), int(case_table["n_slices"].sum()),
+        ", ".join(f"{k}: {v}" for k, v in case_table["source_kind"].value_counts().items()), len(skipped),
+    )
+
+    def make_loader(case: str, paths: dict[str, str]) -> Callable[[], dict[str, np.ndarray]]:
+        return lambda: _canonical_record(_read_case(case, paths, volumes))
+
+    canonical = {case: make_loader(case, paths) for case, paths in valid}
+    return case_table, canonical, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)

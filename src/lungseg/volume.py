@@ -1,0 +1,170 @@
+"""Volumes in lungseg's canonical orientation, and the way back to the file's own grid.
+
+Canonical means: reoriented with nibabel to axis codes ``("L", "P", "S")`` and transposed to ``(z, y, x)``.
+``vol.array[k]`` is then an axial slice in the radiological view: row 0 is anterior, column 0 is the
+patient's right, and the left lung has the larger column index (see docs/architecture.md).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from nibabel import orientations as nio
+
+from lungseg.errors import DataValidationError
+
+CANONICAL_AXCODES = ("L", "P", "S")
+
+
+@dataclass
+class Volume:
+    """A 3D image in canonical (z, y, x) order with what is needed to go back to its file.
+
+    Attributes:
+        array: canonical (z, y, x) data, in the file's own dtype (HU, 0-255, or labels).
+        spacing: voxel size in mm as (sz, sy, sx).
+        affine: the affine of the file's own grid.
+        shape: the shape of the file's own data array.
+        ornt: nibabel orientation transform from the file's grid to canonical LPS (x, y, z).
+        header: the file's header, if any, reused when writing outputs.
+    """
+
+    array: np.ndarray
+    spacing: tuple[float, float, float]
+    affine: np.ndarray
+    shape: tuple[int, ...]
+    ornt: np.ndarray
+    header: nib.Nifti1Header | None = None
+    source: str | None = None
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def voxel_volume_ml(self) -> float:
+        """Volume of one voxel in millilitres."""
+        return float(np.prod(self.spacing)) / 1000.0
+
+    def to_original(self, arr_zyx: np.ndarray) -> np.ndarray:
+        """Map a canonical (z, y, x) array back onto the file's own grid (exact inverse)."""
+        if arr_zyx.shape != self.array.shape:
+            raise ValueError(
+                f"array of shape {arr_zyx.shape} does not match the canonical shape {self.array.shape}"
+            )
+        xyz = arr_zyx.transpose(2, 1, 0)
+        inverse = nio.ornt_transform(nio.axcodes2ornt(CANONICAL_AXCODES), self.ornt_source)
+        return np.ascontiguousarray(nio.apply_orientation(xyz, inverse))
+
+    @property
+    def ornt_source(self) -> np.ndarray:
+        """The orientation of the file's own axes."""
+        return nio.io_orientation(self.affine)
+
+    def to_nifti(self, arr_zyx: np.ndarray, dtype=np.uint8) -> nib.Nifti1Image:
+        """A NIfTI image of a canonical array, written on the file's own grid and affine."""
+        data = self.to_original(np.asarray(arr_zyx)).astype(dtype, copy=False)
+        header = self.header.copy() if self.header is not None else None
+        img = nib.Nifti1Image(data, self.affine, header=header)
+        img.set_data_dtype(dtype)
+        img.header.set_slope_inter(1, 0)
+        img.set_qform(self.affine, code=1)
+        img.set_sform(self.affine, code=1)
+        return img
+
+
+def canonical_spacing(img: nib.spatialimages.SpatialImage) -> tuple[float, float, float]:
+    """Voxel spacing (sz, sy, sx) in mm after canonical reorientation."""
+    zooms = np.asarray(img.header.get_zooms()[:3], dtype=float)
+    ornt = nio.ornt_transform(nio.io_orientation(img.affine), nio.axcodes2ornt(CANONICAL_AXCODES))
+    # ornt[i, 0] is the output axis of input axis i.
+    out = np.empty(3)
+    for i in range(3):
+        out[int(ornt[i, 0])] = zooms[i]
+    return float(out[2]), float(out[1]), float(out[0])
+
+
+def to_canonical_array(img: nib.spatialimages.SpatialImage, data: np.ndarray | None = None) -> np.ndarray:
+    """Reorient a 3D image's data (x, y, z in its own axes) to canonical (z, y, x)."""
+    arr = np.asanyarray(img.dataobj) if data is None else data
+    ornt = nio.ornt_transform(nio.io_orientation(img.affine), nio.axcodes2ornt(CANONICAL_AXCODES))
+    return np.ascontiguousarray(nio.apply_orientation(arr, ornt).transpose(2, 1, 0))
+
+
+def load_canonical(
+    img: nib.spatialimages.SpatialImage,
+    *,
+    case: str | None = None,
+    file: str | Path | None = None,
+    dtype=None,
+) -> Volume:
+    """Read a nibabel image into a canonical :class:`Volume`.
+
+    The data is read in its stored dtype (no float64 ``get_fdata``), unless the header asks for a
+    scale, in which case float32 is used. Raises :class:`DataValidationError` naming the case and
+    the file when the file is unreadable, truncated or not 3D.
+    """
+    file = file if file is not None else getattr(img, "get_filename", lambda: None)()
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] == 1:
+        shape = shape[:3]
+    if len(shape) != 3:
+        raise DataValidationError(
+            f"expected a 3D volume, got {len(img.shape)}D data of shape {tuple(img.shape)}",
+            case=case,
+            file=file,
+        )
+    try:
+        slope, inter = img.dataobj.slope, img.dataobj.inter  # ArrayProxy
+        scaled = not (
+            (slope is None or np.isnan(slope) or slope == 1) and (inter is None or np.isnan(inter) or inter == 0)
+        )
+    except AttributeError:
+        scaled = False
+    try:
+        if scaled:
+            data = img.get_fdata(dtype=np.float32)
+        else:
+            data = np.asanyarray(img.dataobj)
+    except Exception as exc:  # nibabel raises many kinds (EOFError, zlib.error, OSError...)
+        raise DataValidationError(
+            f"cannot read the image data (truncated or corrupt file?): {type(exc).__name__}: {exc}",
+            case=case,
+            file=file,
+        ) from exc
+    if data.ndim == 4:
+        data = data[..., 0]
+    if dtype is not None:
+        data = data.astype(dtype, copy=False)
+    arr = to_canonical_array(img, data)
+    ornt = nio.ornt_transform(nio.io_orientation(img.affine), nio.axcodes2ornt(CANONICAL_AXCODES))
+    header = img.header if isinstance(img.header, nib.Nifti1Header) else None
+    return Volume(
+        array=arr,
+        spacing=canonical_spacing(img),
+        affine=np.asarray(img.affine, dtype=float),
+        shape=tuple(int(s) for s in data.shape),
+        ornt=ornt,
+        header=header,
+        source=None if file is None else str(file),
+    )
+
+
+def from_canonical_array(
+    arr_zyx: np.ndarray,
+    spacing: tuple[float, float, float] = (1.0, 1.0, 1.0),
+    source: str | None = None,
+) -> Volume:
+    """Wrap a canonical (z, y, x) array (from DICOM, PNG or memory) as a Volume with an LPS affine."""
+    sz, sy, sx = (float(s) for s in spacing)
+    affine = np.diag([-sx, -sy, sz, 1.0])
+    xyz = np.ascontiguousarray(np.asarray(arr_zyx).transpose(2, 1, 0))
+    ornt = nio.ornt_transform(nio.io_orientation(affine), nio.axcodes2ornt(CANONICAL_AXCODES))
+    return Volume(
+        array=np.ascontiguousarray(arr_zyx),
+        spacing=(sz, sy, sx),
+        affine=affine,
+        shape=tuple(int(s) for s in xyz.shape),
+        ornt=ornt,
+        source=source,
+    )
