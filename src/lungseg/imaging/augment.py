@@ -1,0 +1,122 @@
+"""Training-time augmentation: one random affine applied identically to an image and its mask."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import cv2
+import numpy as np
+
+from lungseg.errors import ConfigError, DataValidationError
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class AugmentParams:
+    """Random horizontal flip (p = 0.5 when enabled), rotation in ``[-rotation_deg, rotation_deg]``,
+    isotropic scale in ``[scale_min, scale_max]``; the whole transform is applied with probability ``p``."""
+
+    hflip: bool = True
+    rotation_deg: float = 20.0
+    scale_min: float = 0.9
+    scale_max: float = 1.1
+    p: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.rotation_deg < 0:
+            raise ConfigError(f"augmentation rotation_deg must be >= 0, got {self.rotation_deg}")
+        if not 0 < self.scale_min <= self.scale_max:
+            raise ConfigError(
+                f"augmentation needs 0 < scale_min <= scale_max, got {self.scale_min}, {self.scale_max}"
+            )
+        if not 0.0 <= self.p <= 1.0:
+            raise ConfigError(f"augmentation probability p must be in [0, 1], got {self.p}")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any] | None) -> AugmentParams:
+        """Build from a parameters dict; unknown keys are ignored (with a debug log), bad values raise ConfigError."""
+        d = dict(d or {})
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            logger.debug("AugmentParams ignores unknown keys %s", unknown)
+        kwargs: dict[str, Any] = {}
+        try:
+            for k in names & set(d):
+                kwargs[k] = bool(d[k]) if k == "hflip" else float(d[k])
+        except (TypeError, ValueError) as exc:
+            raise ConfigError(f"bad augmentation parameters {d!r}: {exc}") from exc
+        return cls(**kwargs)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def random_affine(shape: tuple[int, int], rng: np.random.Generator, params: AugmentParams) -> np.ndarray | None:
+    """Draw one 2x3 affine matrix (flip, rotation, scale about the image centre), or None for identity."""
+    if params.p < 1.0 and rng.random() >= params.p:
+        return None
+    h, w = shape
+    flip = bool(params.hflip) and rng.random() < 0.5
+    angle = float(rng.uniform(-params.rotation_deg, params.rotation_deg)) if params.rotation_deg > 0 else 0.0
+    scale = float(rng.uniform(params.scale_min, params.scale_max))
+    centre = ((w - 1) / 2.0, (h - 1) / 2.0)
+    m = cv2.getRotationMatrix2D(centre, angle, scale)
+    if flip:
+        # x -> (w - 1) - x, applied before the rotation/scale.
+        f = np.array([[-1.0, 0.0, w - 1.0], [0.0, 1.0, 0.0], [0.0, 0.0, 1.0]])
+        m = m @ f
+    return m
+
+
+def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
+    h, w = arr.shape[:2]
+    return cv2.warpAffine(
+        np.ascontiguousarray(arr), m, (w, h), flags=flag, borderMode=cv2.BORDER_CONSTANT, borderValue=0
+    )
+
+
+def random_augment(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, params: AugmentParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """Apply ONE random affine to a ``(H, W)`` float image and its ``(H, W)`` uint8 mask.
+
+    Image: bilinear; mask: nearest neighbour (labels are never blended); border constant 0.
+    Shapes (a trailing channel of 1 is kept) and dtypes are kept.
+    """
+    img = np.asarray(image)
+    msk = np.asarray(mask)
+    img2 = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
+    msk2 = msk[..., 0] if msk.ndim == 3 and msk.shape[-1] == 1 else msk
+    if img2.ndim != 2 or img2.shape != msk2.shape:
+        raise DataValidationError(
+            f"random_augment needs an (H, W) image and a mask of the same shape, got {img.shape} and {msk.shape}"
+        )
+    m = random_affine(img2.shape, rng, params)
+    if m is None:
+        return img.copy(), msk.copy()
+    img_dtype, msk_dtype = img2.dtype, msk2.dtype
+    work_img = img2 if img_dtype in (np.float32, np.float64, np.uint8) else img2.astype(np.float32)
+    out_img = _warp(work_img, m, cv2.INTER_LINEAR).astype(img_dtype, copy=False)
+    work_msk = msk2 if msk_dtype in (np.uint8, np.uint16, np.int16, np.float32) else msk2.astype(np.uint8)
+    out_msk = _warp(work_msk, m, cv2.INTER_NEAREST).astype(msk_dtype, copy=False)
+    return out_img.reshape(img.shape), out_msk.reshape(msk.shape)
+
+
+def augment_batch(
+    images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, params: AugmentParams
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`random_augment` on each pair of an ``(N, H, W[, 1])`` batch; each pair gets its own draw."""
+    imgs = np.asarray(images)
+    msks = np.asarray(masks)
+    if imgs.shape[0] != msks.shape[0]:
+        raise DataValidationError(f"augment_batch got {imgs.shape[0]} images but {msks.shape[0]} masks")
+    out_i = np.empty_like(imgs)
+    out_m = np.empty_like(msks)
+    for k in range(imgs.shape[0]):
+        out_i[k], out_m[k] = random_augment(imgs[k], msks[k], rng, params)
+    return out_i, out_m

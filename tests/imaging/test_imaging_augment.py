@@ -1,0 +1,95 @@
+"""Augmentation keeps image and mask aligned and never blends labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from lungseg.errors import ConfigError
+from lungseg.imaging import AugmentParams, augment_batch, random_augment
+
+
+def _square_pair(h=64, w=64):
+    img = np.zeros((h, w), np.float32)
+    img[20:40, 24:44] = 1.0
+    mask = np.zeros((h, w), np.uint8)
+    mask[20:40, 24:44] = 1
+    return img, mask
+
+
+def test_image_and_mask_stay_aligned():
+    rng = np.random.default_rng(0)
+    params = AugmentParams(hflip=True, rotation_deg=30, scale_min=0.8, scale_max=1.2)
+    img, mask = _square_pair()
+    changed = 0
+    for _ in range(20):
+        a_img, a_mask = random_augment(img, mask, rng, params)
+        assert a_img.shape == img.shape and a_img.dtype == np.float32
+        assert a_mask.shape == mask.shape and a_mask.dtype == np.uint8
+        bright = a_img > 0.99
+        covered = a_mask == 1
+        assert bright.any()
+        # the mask covers every clearly bright pixel, and mostly nothing else
+        assert covered[bright].all()
+        inter = np.logical_and(a_img > 0.5, covered).sum()
+        union = np.logical_or(a_img > 0.5, covered).sum()
+        assert inter / union > 0.9
+        changed += not np.array_equal(a_mask, mask)
+    assert changed >= 15  # it really transforms
+
+
+def test_rotation_leaks_no_intermediate_labels():
+    rng = np.random.default_rng(1)
+    mask = np.zeros((48, 48), np.uint8)
+    mask[10:30, 8:20] = 1
+    mask[12:36, 26:40] = 2
+    mask[20:26, 14:32] = 3
+    img = mask.astype(np.float32) / 3
+    params = AugmentParams(rotation_deg=45)
+    for _ in range(10):
+        _, a_mask = random_augment(img, mask, rng, params)
+        assert set(np.unique(a_mask)) <= {0, 1, 2, 3}
+        assert {1, 2, 3} <= set(np.unique(a_mask))
+
+
+def test_flip_only_is_exact_mirror_and_p_zero_is_identity():
+    img, mask = _square_pair(32, 40)
+    img[0, 0] = 0.5
+    params = AugmentParams(hflip=True, rotation_deg=0, scale_min=1.0, scale_max=1.0)
+    rng = np.random.default_rng(2)
+    seen = set()
+    for _ in range(12):
+        a_img, a_mask = random_augment(img, mask, rng, params)
+        if np.array_equal(a_img, img):
+            seen.add("same")
+            assert np.array_equal(a_mask, mask)
+        else:
+            seen.add("flip")
+            np.testing.assert_allclose(a_img, img[:, ::-1], atol=1e-6)
+            assert np.array_equal(a_mask, mask[:, ::-1])
+    assert seen == {"same", "flip"}
+    a_img, a_mask = random_augment(img, mask, rng, AugmentParams(p=0.0))
+    assert np.array_equal(a_img, img) and np.array_equal(a_mask, mask)
+
+
+def test_augment_batch_shapes_and_reproducible():
+    img, mask = _square_pair(32, 32)
+    images = np.stack([img] * 4)[..., None]
+    masks = np.stack([mask] * 4)[..., None]
+    params = AugmentParams()
+    a1 = augment_batch(images, masks, np.random.default_rng(5), params)
+    a2 = augment_batch(images, masks, np.random.default_rng(5), params)
+    assert a1[0].shape == images.shape and a1[1].shape == masks.shape
+    assert a1[0].dtype == np.float32 and a1[1].dtype == np.uint8
+    assert np.array_equal(a1[0], a2[0]) and np.array_equal(a1[1], a2[1])
+    # each pair gets its own draw
+    assert not all(np.array_equal(a1[1][0], a1[1][k]) for k in range(1, 4))
+
+
+def test_params_from_dict():
+    p = AugmentParams.from_dict({"hflip": False, "rotation_deg": 10, "enabled": True})
+    assert p == AugmentParams(hflip=False, rotation_deg=10.0)
+    with pytest.raises(ConfigError):
+        AugmentParams.from_dict({"scale_min": 1.2, "scale_max": 1.0})
+    with pytest.raises(ConfigError):
+        AugmentParams.from_dict({"rotation_deg": "lots"})
