@@ -1,0 +1,1 @@
+"""Synthetic-data pipeline: writes the embedded synthetic chest-CT dataset (Kaggle layout)."""
