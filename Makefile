@@ -64,7 +64,7 @@ viz: $(STAMP)
 	$(BIN)/kedro viz run --host 127.0.0.1 --port 4141
 
 mlflow: $(STAMP)
-	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000
+	$(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 --port 5000 --workers 1
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_preprocess.py

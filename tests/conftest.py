@@ -89,3 +89,71 @@ def tiny_dataset(tmp_path) -> Path:
     ]
     pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
     return root
+
+
+# ----------------------------------------------------------------------------- a Kedro project in tmp
+import shutil  # noqa: E402
+
+import yaml  # noqa: E402
+
+TINY_PREPROCESSING = {
+    "window": [-1250, 250], "clahe_clip_limit": 2.0, "clahe_tile_grid": 4, "image_size": 32, "crop_margin": 2,
+    "body_threshold": None, "lung_crop_source": "body", "min_lung_fraction": 0.005,
+    "infection_negative_fraction": 0.2, "seed": 0,
+}
+
+
+def make_kedro_project(tmp_path: Path, raw_root: Path, extra_params: dict | None = None) -> Path:
+    """A copy of this project's pyproject + conf/base in ``tmp_path/project``, with a ``test`` env
+    whose raw data is ``raw_root``; data, MLflow database and reports stay inside tmp_path."""
+    project = tmp_path / "project"
+    project.mkdir()
+    shutil.copy(PROJECT_ROOT / "pyproject.toml", project / "pyproject.toml")
+    (project / "src").mkdir()  # the package itself is installed (editable)
+    shutil.copytree(PROJECT_ROOT / "conf" / "base", project / "conf" / "base")
+    test_env = project / "conf" / "test"
+    test_env.mkdir()
+    (project / "conf" / "local").mkdir()
+    (test_env / "globals.yml").write_text(yaml.safe_dump({"dataset_name": "tiny", "raw_root": str(raw_root)}))
+    # an absolute tracking URI: MLflow caches one store per URI string, so a relative
+    # sqlite:///mlflow.db would keep pointing at the first project's database within one process
+    mlflow_conf = yaml.safe_load((project / "conf" / "base" / "mlflow.yml").read_text())
+    mlflow_conf["server"]["mlflow_tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"
+    (test_env / "mlflow.yml").write_text(yaml.safe_dump(mlflow_conf))
+    params = {"preprocessing": TINY_PREPROCESSING, **(extra_params or {})}
+    (test_env / "parameters.yml").write_text(yaml.safe_dump(params))
+    for layer in ("01_raw", "02_intermediate", "03_primary", "05_model_input", "06_models", "07_model_output",
+                  "08_reporting"):
+        (project / "data" / layer).mkdir(parents=True)
+    return project
+
+
+_SESSION_SCRIPT = """
+import sys
+from pathlib import Path
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+project, env, pipeline, runner = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+bootstrap_project(project)
+kwargs = {}
+if runner == "parallel":
+    from kedro.runner import ParallelRunner
+    kwargs["runner"] = ParallelRunner(max_workers=2)
+with KedroSession.create(project_path=project, env=env) as session:
+    session.run(pipeline_name=pipeline, **kwargs)
+"""
+
+
+def run_kedro(project: Path, pipeline: str, runner: str = "sequential", env: str = "test") -> None:
+    """Run a pipeline of the project at ``project`` through a KedroSession, in a fresh process
+    (as ``kedro run`` does: MLflow and Kedro keep per-process state)."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-c", _SESSION_SCRIPT, str(project), env, pipeline, runner],
+        cwd=project, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"},
+    )
+    if proc.returncode != 0:
+        raise AssertionError(f"kedro session for {pipeline!r} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")

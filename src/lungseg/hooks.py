@@ -41,7 +41,9 @@ class MlflowTagsHook:
             dataset = catalog.load("params:dataset_name")
         except Exception:  # the parameter is optional for this hook
             dataset = None
-        self._tags = run_tags(run_params.get("pipeline_name"), run_params.get("env"), dataset)
+        names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
+        name = names if isinstance(names, str) else "+".join(names)
+        self._tags = run_tags(name, run_params.get("env"), dataset)
         self._done = False
 
     @hook_impl

@@ -1,0 +1,47 @@
+"""Project pipelines, registered by hand.
+
+Kedro 1.7 imports only the pipeline that is asked for, so ``find_pipelines`` can miss pipelines
+(kedro#5549); every pipeline is listed here explicitly.
+
+* ``synthetic_data``: write the embedded synthetic dataset.
+* ``ingestion``, ``preprocessing``: the shared steps.
+* ``lung_unet``, ``lung_deeplabv3plus``, ``infection_unet``, ``infection_deeplabv3plus``: the shared
+  steps that variant needs, then training, evaluation, the baseline and the comparison.
+* ``inference``: segment every case of a folder or a metadata.csv with trained models.
+* ``__default__``: the shared steps once, then all four variants.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Pipeline
+
+from lungseg.pipelines.evaluation import pipeline as evaluation
+from lungseg.pipelines.inference import pipeline as inference
+from lungseg.pipelines.ingestion import pipeline as ingestion
+from lungseg.pipelines.preprocessing import pipeline as preprocessing
+from lungseg.pipelines.synthetic_data import pipeline as synthetic_data
+from lungseg.pipelines.training import pipeline as training
+from lungseg.pipelines.training.pipeline import VARIANTS, variant_task
+
+
+def register_pipelines() -> dict[str, Pipeline]:
+    """Register the project's pipelines."""
+    ingest = ingestion.create_pipeline()
+    shared = ingest + preprocessing.create_shared_pipeline()
+    pipelines: dict[str, Pipeline] = {
+        "synthetic_data": synthetic_data.create_pipeline(),
+        "ingestion": ingest,
+        "preprocessing": ingest + preprocessing.create_pipeline(),
+        "inference": inference.create_pipeline(),
+    }
+    for variant in VARIANTS:
+        pipelines[variant] = (
+            shared
+            + preprocessing.create_task_pipeline(variant_task(variant))
+            + training.create_variant_pipeline(variant)
+            + evaluation.create_pipeline([variant])
+        )
+    pipelines["__default__"] = (
+        ingest + preprocessing.create_pipeline() + training.create_pipeline() + evaluation.create_pipeline(VARIANTS)
+    )
+    return pipelines

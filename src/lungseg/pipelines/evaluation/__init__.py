@@ -1,0 +1,1 @@
+"""Evaluation of every variant on held-out patients, beside a classical baseline."""

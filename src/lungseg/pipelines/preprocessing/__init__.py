@@ -1,0 +1,1 @@
+"""Preprocessing: intensity, CLAHE, crop, resize, slice filtering, patient split, EDA."""

@@ -1,0 +1,1 @@
+"""Training: one template, four namespaced variants."""
