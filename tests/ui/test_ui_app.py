@@ -1,0 +1,326 @@
+"""The Streamlit page, driven by ``streamlit.testing.v1.AppTest`` with tiny models trained here.
+
+Also home of the helpers the browser test reuses (synthetic case, tiny trained models).
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+import pytest
+
+import lungseg.app
+from lungseg.app import logic
+from lungseg.evaluation import metrics
+
+APP_SCRIPT = Path(lungseg.app.__file__).resolve().parent / "streamlit_app.py"
+VERSION = "2025-01-01T00.00.00.000Z"
+IMAGE_SIZE = 32
+RUN_TIMEOUT = 120
+
+
+# ------------------------------------------------------------------------------------ helpers
+
+
+def synthetic_case(size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """A 0-255 chest slice and its label map (1 left lung at the larger column, 2 right, 3 infection)."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size].astype(np.float32)
+    img = np.full((size, size), 20.0, np.float32)
+    body = ((yy - size / 2) / (0.46 * size)) ** 2 + ((xx - size / 2) / (0.42 * size)) ** 2 < 1
+    img[body] = 170
+    labels = np.zeros((size, size), np.uint8)
+    for label, centre in ((2, 0.31), (1, 0.69)):
+        cy = size * (0.5 + rng.uniform(-0.05, 0.05))
+        cx = size * (centre + rng.uniform(-0.03, 0.03))
+        ay, ax = size * rng.uniform(0.2, 0.27), size * rng.uniform(0.1, 0.14)
+        lung = ((yy - cy) / ay) ** 2 + ((xx - cx) / ax) ** 2 < 1
+        img[lung] = 40
+        labels[lung] = label
+    ys, xs = np.nonzero(labels == 1)
+    k = rng.integers(len(ys))
+    r = size * rng.uniform(0.05, 0.08)
+    infection = ((yy - ys[k]) ** 2 + (xx - xs[k]) ** 2 < r * r) & (labels == 1)
+    img[infection] = 115
+    labels[infection] = 3
+    img += rng.normal(0, 4, img.shape)
+    return np.clip(img, 0, 255).astype(np.uint8), labels
+
+
+def png_bytes(arr: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", arr)
+    assert ok
+    return buf.tobytes()
+
+
+def _save(models_dir: Path, task: str, model, cfg) -> None:
+    """Save a model and its config in the training pipeline's versioned layout."""
+    variant = f"{task}_unet"
+    model_path = models_dir / variant / "model.keras" / VERSION / "model.keras"
+    config_path = models_dir / variant / "model_config.json" / VERSION / "model_config.json"
+    model_path.parent.mkdir(parents=True)
+    config_path.parent.mkdir(parents=True)
+    model.save(model_path)
+    config = {"task": task, "architecture": "unet", **cfg.to_dict(), "threshold": 0.5}
+    config_path.write_text(json.dumps(config))
+
+
+def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory, trained_infection: bool = False) -> Path:
+    """Tiny U-Nets trained on synthetic slices, saved in the training layout.
+
+    The lung model is trained (12 short epochs). By default the infection model is the same
+    weights with the infection config (crop inside the lungs): the page does not care about its
+    quality and one training keeps the tests fast (most of a fit's time on CPU is tracing the train
+    step). ``trained_infection=True`` trains a real one too (longer; for the README screenshot).
+    Made once per pytest session, under the session's base temp folder, so the browser test reuses it.
+    """
+    root = tmp_path_factory.getbasetemp() / ("ui_tiny_models_inf" if trained_infection else "ui_tiny_models")
+    done = root / ".complete"
+    if done.is_file():
+        return root
+    import keras
+
+    from lungseg.imaging import PreprocessConfig, prepare_masks, prepare_slices, to_unit_float
+    from lungseg.models import build_model, compile_model
+
+    shutil.rmtree(root, ignore_errors=True)
+    root.mkdir(parents=True)
+    keras.utils.set_random_seed(0)
+    def train(task: str, epochs: int):
+        cfg = PreprocessConfig(image_size=IMAGE_SIZE, crop_mode="body" if task == "lung" else "lung_mask")
+        xs, ys = [], []
+        for size, seeds in ((64, range(16)), (128, range(100, 108))):
+            cases = [synthetic_case(size, seed=s) for s in seeds]
+            ct = np.stack([c for c, _ in cases])
+            labels = np.stack([lab for _, lab in cases])
+            lung_mask = (labels > 0) if task == "infection" else None
+            images, records = prepare_slices(ct, "uint8", cfg, lung_mask=lung_mask)
+            target = (labels > 0) if task == "lung" else (labels == 3)
+            xs.append(to_unit_float(images)[..., None].astype("float32"))
+            ys.append(prepare_masks(target.astype(np.uint8), records)[..., None].astype("float32"))
+        x, y = np.concatenate(xs), np.concatenate(ys)
+        params = {"base_filters": 8, "depth": 3} if trained_infection else {"base_filters": 4, "depth": 2}
+        model = build_model("unet", IMAGE_SIZE, params)
+        compile_model(model, loss="bce" if task == "lung" else "bce_dice", learning_rate=1e-2)
+        model.fit(x, y, batch_size=8, epochs=epochs, verbose=0)
+        return model, cfg
+
+    lung, lung_cfg = train("lung", 40 if trained_infection else 12)
+    _save(root, "lung", lung, lung_cfg)
+    if trained_infection:
+        _save(root, "infection", *train("infection", 80))
+    else:
+        _save(root, "infection", lung, PreprocessConfig(image_size=IMAGE_SIZE, crop_mode="lung_mask"))
+    done.write_text("ok")
+    return root
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory) -> Path:
+    return tiny_models_dir(tmp_path_factory)
+
+
+def _app(monkeypatch, models_dir: Path, **env: str):
+    from streamlit.testing.v1 import AppTest
+
+    monkeypatch.setenv("LUNGSEG_MODELS_DIR", str(models_dir))
+    monkeypatch.delenv("LUNGSEG_MAX_UPLOAD_MB", raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    at = AppTest.from_file(str(APP_SCRIPT), default_timeout=RUN_TIMEOUT)
+    return at.run()
+
+
+def _upload(at, key_prefix: str, name: str, data: bytes):
+    widget = next(w for w in at.file_uploader if str(w.key).startswith(key_prefix))
+    return widget.set_value((name, data, "application/octet-stream")).run()
+
+
+def _errors(at) -> list[str]:
+    return [e.value for e in at.error]
+
+
+def _metrics(at) -> dict[str, str]:
+    return {m.label: m.value for m in at.metric}
+
+
+def _assert_no_exception(at) -> None:
+    assert not at.exception, [e.value for e in at.exception]
+
+
+# ------------------------------------------------------------------------------------ tests
+
+
+def test_no_model_names_the_training_command(monkeypatch, tmp_path):
+    at = _app(monkeypatch, tmp_path / "no_models")
+    _assert_no_exception(at)
+    errors = [e.value for e in at.sidebar.error]
+    assert len(errors) == 1
+    assert "make demo" in errors[0] and "kedro run --pipeline=lung_unet" in errors[0]
+    assert "kedro run --pipeline=infection_unet" in errors[0]
+    # the app keeps working: an upload still shows the image, with a warning
+    img, _ = synthetic_case()
+    at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
+    _assert_no_exception(at)
+    assert len(at.image) == 1 and at.warning and "No segmentation" in at.warning[0].value
+    # choosing "Lungs" asks for the lung model only
+    at.sidebar.radio(key="choice").set_value("Lungs").run()
+    errors = [e.value for e in at.sidebar.error]
+    assert "lung_unet" in errors[0] and "infection_unet" not in errors[0]
+
+
+def test_png_flow_images_report_download_and_dice(monkeypatch, models_dir):
+    at = _app(monkeypatch, models_dir)
+    _assert_no_exception(at)
+    assert not at.sidebar.error
+    img, labels = synthetic_case(seed=101)
+    at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
+    _assert_no_exception(at)
+    assert not _errors(at)
+    captions = [c for im in at.image for c in im.captions]
+    assert any(c.startswith("Original") for c in captions)
+    assert any(c.startswith("Predicted mask") for c in captions)
+    assert "Overlay" in captions
+    shown = _metrics(at)
+    assert shown["Lung volume"].endswith(" ml")
+    assert shown["Severity grade"] in {f"{g}/5" for g in range(6)}
+    assert "Lungs involved" in shown
+    assert [b.label for b in at.download_button] == ["Download the mask (PNG)"]
+    assert not at.slider  # 2D input: no slice slider
+
+    # ground truth (a label map 1/2/3): Dice, IoU, precision, recall, F1 per task
+    at = _upload(at, "gt_upload", "gt.png", png_bytes(labels))
+    _assert_no_exception(at)
+    assert not _errors(at)
+    shown = _metrics(at)
+    seg = at.session_state["_seg"][1]
+    gt = labels[None]
+    for task, truth, pred in (
+        ("lung", gt > 0, seg.lung_labels > 0),
+        ("infection", gt == 3, seg.infection > 0),
+    ):
+        for name in logic.METRIC_NAMES:
+            expected = getattr(metrics, name)(pred, truth)
+            assert shown[f"{logic.METRIC_LABELS[name]} ({task})"] == f"{expected:.4f}"
+    assert float(shown["Dice (lung)"]) > 0.3  # the tiny model learnt something
+
+    # "Lungs": no infection output, no severity, lung scores only; "Infection": infection scores only
+    at.sidebar.radio(key="choice").set_value("Lungs").run()
+    _assert_no_exception(at)
+    shown = _metrics(at)
+    assert "Dice (lung)" in shown and "Dice (infection)" not in shown and "Severity grade" not in shown
+    assert at.session_state["_seg"][1].tasks == ("lung",)
+    at.sidebar.radio(key="choice").set_value("Infection").run()
+    _assert_no_exception(at)
+    shown = _metrics(at)
+    assert "Dice (infection)" in shown and "Dice (lung)" not in shown
+    assert any(c == "Predicted mask (infection)" for im in at.image for c in im.captions)
+
+
+def test_bad_inputs_show_an_error_and_the_app_keeps_working(monkeypatch, models_dir):
+    at = _app(monkeypatch, models_dir)
+    img, labels = synthetic_case(seed=7)
+    rgb = np.dstack([img, np.roll(img, 9, axis=1), 255 - img])
+    bad = [
+        ("notes.txt", b"hello", "unsupported image type"),
+        ("slice.png", b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "not a readable PNG"),
+        ("ct.nii.gz", b"\x1f\x8b\x08\x00garbage", "not a readable NIfTI"),
+        ("photo.png", png_bytes(rgb), "colour image"),
+        ("tiny.png", png_bytes(np.zeros((1, 1), np.uint8)), "1x1 pixels"),
+        ("empty.png", b"", "empty"),
+    ]
+    for name, data, phrase in bad:
+        at = _upload(at, "ct_upload", name, data)
+        _assert_no_exception(at)
+        errors = _errors(at)
+        assert len(errors) == 1 and phrase in errors[0], (name, errors)
+        assert not at.image
+
+    # then a good image works, and a ground truth of another size is refused
+    at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
+    _assert_no_exception(at)
+    assert not _errors(at) and len(at.image) == 3
+    at = _upload(at, "gt_upload", "gt.png", png_bytes(labels[:40, :50]))
+    _assert_no_exception(at)
+    errors = _errors(at)
+    assert len(errors) == 1 and "40x50 pixels" in errors[0] and "64x64 pixels" in errors[0]
+    at = _upload(at, "gt_upload", "gt.nii.gz", b"whatever")
+    assert "unsupported ground-truth mask type" in _errors(at)[0]
+    at = _upload(at, "gt_upload", "gt.png", png_bytes(np.dstack([labels * 80, labels, labels])))
+    assert "colour image" in _errors(at)[0]
+    at = _upload(at, "gt_upload", "gt.png", png_bytes(labels))
+    _assert_no_exception(at)
+    assert not _errors(at) and "Dice (lung)" in _metrics(at)
+
+
+def test_oversized_upload_is_refused(monkeypatch, models_dir):
+    at = _app(monkeypatch, models_dir, LUNGSEG_MAX_UPLOAD_MB="0.001")
+    img, _ = synthetic_case(seed=3)
+    data = png_bytes(img)
+    assert len(data) > 1000
+    at = _upload(at, "ct_upload", "big.png", data)
+    _assert_no_exception(at)
+    errors = _errors(at)
+    assert len(errors) == 1 and "over the upload limit of 0.001 MB" in errors[0]
+    assert "LUNGSEG_MAX_UPLOAD_MB" in errors[0]
+    assert not at.image
+
+
+def test_nifti_volume_flow_slider_download_and_dice(monkeypatch, models_dir):
+    cases = [synthetic_case(seed=s) for s in (201, 202, 203)]
+    ct = np.stack([np.zeros_like(cases[0][0])] + [c for c, _ in cases])  # slice 0 holds no lung
+    labels = np.stack([np.zeros_like(cases[0][1])] + [lab for _, lab in cases])
+    hu = (ct.astype(np.int16) * 6 - 1250).astype(np.int16)  # back to HU through the training window
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0])  # LPS: canonical already
+
+    def nii(arr_zyx: np.ndarray) -> bytes:
+        return gzip.compress(nib.Nifti1Image(np.ascontiguousarray(arr_zyx.transpose(2, 1, 0)), affine).to_bytes())
+
+    at = _app(monkeypatch, models_dir)
+    at = _upload(at, "ct_upload", "ct.nii.gz", nii(hu))
+    _assert_no_exception(at)
+    assert not _errors(at)
+    seg = at.session_state["_seg"][1]
+    slider = at.slider[0]
+    assert slider.max == 3 and slider.value == logic.default_slice(seg.lung_labels)
+    assert len(at.image) == 3
+    slider.set_value(0).run()
+    assert "slice 0/3" in at.image[0].captions[0]
+    (button,) = at.download_button
+    assert button.label == "Download the mask (NIfTI, input grid)"
+
+    at = _upload(at, "gt_upload", "gt.nii.gz", nii(labels))
+    _assert_no_exception(at)
+    assert not _errors(at)
+    expected = metrics.dice(seg.lung_labels > 0, labels > 0)
+    assert _metrics(at)["Dice (lung)"] == f"{expected:.4f}"
+    # a PNG ground truth for a volume is refused with a message
+    at = _upload(at, "gt_upload", "gt.png", png_bytes(labels[1]))
+    assert "unsupported ground-truth mask type (.png)" in _errors(at)[0]
+
+
+def test_model_selector_when_several_versions(monkeypatch, models_dir, tmp_path):
+    many = tmp_path / "models"
+    shutil.copytree(models_dir, many)
+    newer = "2025-06-01T00.00.00.000Z"
+    for sub in ("model.keras", "model_config.json"):
+        shutil.copytree(many / "lung_unet" / sub / VERSION, many / "lung_unet" / sub / newer)
+    at = _app(monkeypatch, many)
+    _assert_no_exception(at)
+    box = at.sidebar.selectbox(key="model_lung")
+    assert list(box.options) == [f"lung_unet ({newer})", f"lung_unet ({VERSION})"]
+    assert box.value == f"lung_unet ({newer})"
+    box.set_value(f"lung_unet ({VERSION})").run()
+    _assert_no_exception(at)
+    img, _ = synthetic_case(seed=5)
+    at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
+    _assert_no_exception(at)
+    assert not _errors(at) and len(at.image) == 3
+    key = at.session_state["_seg"][0]
+    assert VERSION in dict(key[2])["lung"]
