@@ -1,0 +1,244 @@
+"""The ``lungseg`` command line.
+
+``lungseg predict INPUT -o OUTDIR``
+    Segment the lungs and the infection of one CT (a NIfTI file, a DICOM folder or .zip, a PNG/JPEG
+    slice), or of every case of a folder of NIfTI files / a ``metadata.csv`` (batch mode: one folder
+    per case and ``OUTDIR/summary.csv``).
+``lungseg ui``
+    Start the web UI (Streamlit).
+``lungseg models``
+    List the trained models found in the models folder.
+
+Any :class:`lungseg.errors.LungsegError` ends the command with one line ``lungseg: error: ...`` on
+stderr and exit code 2; nothing half-written is left in OUTDIR.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from lungseg.errors import ConfigError, InputError, LungsegError
+
+logger = logging.getLogger("lungseg.cli")
+
+EXIT_OK = 0
+EXIT_INTERNAL = 1
+EXIT_ERROR = 2
+TASKS = ("lung", "infection")
+
+
+def _parse_tasks(text: str) -> tuple[str, ...]:
+    tasks = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [t for t in tasks if t not in TASKS]
+    if bad or not tasks:
+        raise argparse.ArgumentTypeError(f"invalid tasks {text!r}: give a comma-separated subset of {','.join(TASKS)}")
+    return tasks
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lungseg", description="Lung and COVID-19 infection segmentation in chest CT.")
+    _add_verbosity(parser, False)
+    # The same flags after the command (``lungseg predict ... -q``); SUPPRESS keeps the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    _add_verbosity(common, argparse.SUPPRESS)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    p = sub.add_parser(
+        "predict",
+        parents=[common],
+        help="segment a CT (NIfTI, DICOM folder/.zip, PNG/JPEG slice) or a batch of cases",
+        description="Segment the lungs and COVID-19 infection of a CT. INPUT: a .nii/.nii.gz file, a DICOM "
+        "series folder or .zip, a .png/.jpg slice; or, for batch mode, a folder of NIfTI files or a "
+        "metadata.csv (writes OUTDIR/<case>/ and OUTDIR/summary.csv).",
+    )
+    p.add_argument("input", metavar="INPUT", help="CT file, DICOM folder/.zip, NIfTI folder or metadata.csv")
+    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR", help="output folder")
+    p.add_argument("--lung-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
+    p.add_argument("--infection-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
+    p.add_argument("--models-dir", default="data/06_models", help="where trained models are (default: %(default)s)")
+    p.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: %(default)s)")
+    p.add_argument("--tasks", type=_parse_tasks, default=TASKS, help="lung, infection or lung,infection (default)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.set_defaults(func=cmd_predict)
+
+    u = sub.add_parser("ui", parents=[common], help="start the web UI", description="Start the Streamlit web UI.")
+    u.add_argument("--port", type=_positive_int, default=8501, help="default: %(default)s")
+    u.add_argument("--host", default="127.0.0.1", help="default: %(default)s")
+    u.set_defaults(func=cmd_ui)
+
+    m = sub.add_parser("models", parents=[common], help="list trained models", description="List the trained models found.")
+    m.add_argument("--models-dir", default="data/06_models", help="default: %(default)s")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
+    parser.add_argument("-v", "--verbose", action="store_true", default=default,
+                        help="debug logging; show tracebacks of internal errors")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default, help="only warnings and errors")
+
+
+def _setup_logging(verbose: bool, quiet: bool) -> None:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.getLogger("lungseg").setLevel(level)
+
+
+def _load_models(args: argparse.Namespace):
+    from lungseg.inference.models import load_model_spec
+
+    lung = load_model_spec(args.lung_model, "lung", args.models_dir)
+    infection = load_model_spec(args.infection_model, "infection", args.models_dir) if "infection" in args.tasks else None
+    return lung, infection
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    """``lungseg predict``: one input to OUTDIR, or a batch to OUTDIR/<case>/ + summary.csv."""
+    from lungseg.inference.batch import check_batch_output_dir, find_cases, is_batch_input, run_batch, write_summary
+    from lungseg.inference.report import check_output_dir
+
+    src = Path(args.input)
+    outdir = Path(args.outdir)
+    if not src.exists():
+        raise InputError(f"file {str(src)!r}: no such file or folder")
+    if outdir.resolve() == src.resolve() or outdir.resolve() in src.resolve().parents:
+        raise ConfigError(f"output folder {str(outdir)!r} must not be the input or hold it")
+    progress = not args.no_progress
+
+    if is_batch_input(src):
+        check_batch_output_dir(outdir)
+        cases = find_cases(src)
+        from lungseg.inference.segment import Segmenter
+
+        lung, infection = _load_models(args)
+        summary = run_batch(Segmenter(lung, infection, args.batch_size), cases, outdir, args.tasks, progress)
+        path = write_summary(summary, outdir)
+        failed = summary[summary["status"] != "ok"]
+        print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")
+        if len(failed):
+            raise InputError(f"{len(failed)} of {len(summary)} cases failed ({', '.join(failed['case'])}); see {path}")
+        return EXIT_OK
+
+    from lungseg.inference.readers import read_input
+
+    check_output_dir(outdir)
+    volume, kind = read_input(src)
+    lung, infection = _load_models(args)
+    from lungseg.inference.report import make_report, write_outputs
+    from lungseg.inference.segment import Segmenter
+
+    seg = Segmenter(lung, infection, args.batch_size).segment(volume, kind, tasks=args.tasks, progress=progress)
+    report = make_report(seg, volume.spacing)
+    report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
+    written = write_outputs(volume, seg, report, outdir)
+    print(f"lungseg: outputs written to {outdir}: " + ", ".join(sorted(p.relative_to(outdir).as_posix() for p in written.values())))
+    print(f"lungseg: {report['message']}")
+    return EXIT_OK
+
+
+def streamlit_app_path() -> Path:
+    """Path of the Streamlit script shipped in the package (``lungseg/app/streamlit_app.py``)."""
+    import lungseg
+
+    return Path(lungseg.__file__).resolve().parent / "app" / "streamlit_app.py"
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    """``lungseg ui``: run ``python -m streamlit run <app> --server.address HOST --server.port PORT``."""
+    app = streamlit_app_path()
+    if not app.is_file():
+        raise ConfigError(f"the web UI script is missing: {app}")
+    from lungseg.app.logic import server_max_upload_mb
+
+    cmd = [
+        sys.executable, "-m", "streamlit", "run", str(app),
+        "--server.address", str(args.host),
+        "--server.port", str(args.port),
+        "--server.headless", "true",
+        # above the page's own limit, so an oversized file gets the page's clear message
+        "--server.maxUploadSize", str(server_max_upload_mb()),
+    ]
+    logger.info("starting the web UI on http://%s:%s", args.host, args.port)
+    import signal
+
+    proc = subprocess.Popen(cmd)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally below on SIGTERM too
+    try:
+        return int(proc.wait())
+    except KeyboardInterrupt:
+        return EXIT_OK
+    finally:  # never leave the server behind (Ctrl-C, SIGTERM turned into SystemExit, errors)
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    """``lungseg models``: list trained models, newest first."""
+    from lungseg.inference.models import list_trained_models
+
+    found = list_trained_models(args.models_dir)
+    for task, entries in found.items():
+        print(f"{task}:")
+        if not entries:
+            print(f"  (none; train one with `kedro run --pipeline={task}_unet` or `make demo`)")
+        for e in entries:
+            print(f"  {e['variant']:<26} {e['version']:<26} {e['path']}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``lungseg`` console script; returns the exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_ERROR
+    _setup_logging(args.verbose, args.quiet)
+    try:
+        return int(args.func(args))
+    except LungsegError as exc:
+        print(f"lungseg: error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        print("lungseg: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"lungseg: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
+        return EXIT_INTERNAL
+
+
+# Kedro loads project-specific commands from ``<package>.cli:cli``; this module is also the
+# ``lungseg`` console script, so it exposes an (empty) click group for Kedro to merge.
+import click  # noqa: E402
+
+
+@click.group(name="lungseg")
+def cli() -> None:
+    """lungseg project commands (the app CLI itself is ``lungseg --help``)."""
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,272 @@
+"""DICOM CT series: read one into a voxel array with its affine, and write one (for tests and demos).
+
+Geometry follows the DICOM standard (patient coordinates are LPS):
+
+* ``ImageOrientationPatient`` gives the direction cosines of a row (the direction in which the column
+  index grows) and of a column (the direction in which the row index grows);
+* ``PixelSpacing`` is ``[spacing between rows, spacing between columns]`` in mm;
+* slices are sorted by ``ImagePositionPatient`` projected on the slice normal, and the slice step is
+  taken from the first and last positions.
+
+The voxel array is returned in the file's own (column, row, slice) order with a RAS affine, i.e. exactly
+what a NIfTI of the series would hold, so :func:`lungseg.volume.load_canonical` turns it into a
+canonical volume and outputs are written back on the series' own grid.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from lungseg.errors import InputError
+
+logger = logging.getLogger(__name__)
+
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+@dataclass
+class DicomSeries:
+    """One DICOM series as voxels in its own (column, row, slice) order.
+
+    Attributes:
+        data_xyz: intensities in HU (RescaleSlope/Intercept applied), int16 when exact, else float32.
+        affine_ras: 4x4 voxel-to-world affine in nibabel's RAS+ convention.
+        series_uid: the SeriesInstanceUID that was read.
+        description: its SeriesDescription ("" when absent).
+        n_series: how many image series the input held (the largest one was read).
+    """
+
+    data_xyz: np.ndarray
+    affine_ras: np.ndarray
+    series_uid: str
+    description: str
+    n_series: int
+
+
+def read_series_folder(folder: Path, origin: str | Path | None = None) -> DicomSeries:
+    """Read the largest DICOM image series found in ``folder`` (searched recursively).
+
+    ``origin`` is the name used in messages (the .zip a temporary folder came from, say).
+    """
+    folder = Path(folder)
+    files = sorted(
+        p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
+    )
+    return read_series_files(files, origin=origin if origin is not None else folder)
+
+
+def read_series_files(files: Iterable[Path], origin: str | Path) -> DicomSeries:
+    """Read the largest image series among ``files``; non-DICOM files are skipped."""
+    import pydicom
+
+    files = list(files)
+    groups: dict[str, list[tuple[Path, object]]] = {}
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
+        except Exception:  # not DICOM, or a damaged header: skipped, reported below if nothing is left
+            continue
+        if "Rows" not in ds or "Columns" not in ds:
+            continue
+        groups.setdefault(str(ds.get("SeriesInstanceUID", "unknown")), []).append((f, ds))
+    if not groups:
+        raise InputError(
+            f"file {str(origin)!r}: no DICOM image found (looked at {len(files)} file(s)); "
+            "give a folder or .zip holding one CT series"
+        )
+    ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
+    uid, members = ranked[0]
+    description = str(members[0][1].get("SeriesDescription", ""))
+    if len(ranked) > 1:
+        others = ", ".join(f"{u} ({len(m)} slices)" for u, m in ranked[1:])
+        logger.warning(
+            "%s holds %d DICOM series; using the largest: SeriesInstanceUID %s %r (%d slices); ignored: %s",
+            Path(str(origin)).name, len(ranked), uid, description, len(members), others,
+        )
+    data, affine = _assemble([f for f, _ in members], origin)
+    logger.info("read DICOM series %s %r: %d slices of %dx%d", uid, description, data.shape[2], data.shape[1], data.shape[0])
+    return DicomSeries(data, affine, uid, description, len(ranked))
+
+
+def _float_list(ds, name: str, n: int) -> np.ndarray | None:
+    value = ds.get(name)
+    if value is None:
+        return None
+    try:
+        out = np.asarray([float(v) for v in value], dtype=float)
+    except (TypeError, ValueError):
+        return None
+    return out if out.size == n else None
+
+
+def _assemble(files: Sequence[Path], origin: str | Path) -> tuple[np.ndarray, np.ndarray]:
+    """Sort the slices of one series, stack them, apply the rescale and build the affine."""
+    import pydicom
+
+    where = f"file {str(origin)!r}"
+    slices = []
+    for f in files:
+        try:
+            ds = pydicom.dcmread(f, force=True)
+        except Exception as exc:
+            raise InputError(f"{where}: cannot read DICOM file {f.name!r} ({type(exc).__name__}: {exc})") from exc
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f"{where}: {f.name!r} is a multi-frame DICOM, which is not supported; export single slices")
+        slices.append(ds)
+
+    first = slices[0]
+    iop = _float_list(first, "ImageOrientationPatient", 6)
+    if iop is None:
+        logger.warning("%s: no ImageOrientationPatient; assuming a standard axial series", where)
+        iop = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    row_dir, col_dir = iop[:3], iop[3:]
+    normal = np.cross(row_dir, col_dir)
+    spacing = _float_list(first, "PixelSpacing", 2)
+    if spacing is None:
+        logger.warning("%s: no PixelSpacing; assuming 1 mm pixels", where)
+        spacing = np.array([1.0, 1.0])
+    d_row, d_col = float(spacing[0]), float(spacing[1])
+    thickness = float(first.get("SliceThickness", 0) or 0) or 1.0
+
+    positions = [_float_list(ds, "ImagePositionPatient", 3) for ds in slices]
+    if all(p is not None for p in positions):
+        pos = np.stack(positions)
+        order = np.argsort(pos @ normal, kind="stable")
+    else:
+        logger.warning("%s: slices without ImagePositionPatient; sorting by InstanceNumber", where)
+        order = np.argsort([int(ds.get("InstanceNumber", i) or i) for i, ds in enumerate(slices)], kind="stable")
+        pos = np.zeros((len(slices), 3))
+        pos[order] = np.arange(len(slices))[:, None] * normal * thickness
+    slices = [slices[i] for i in order]
+    pos = pos[order]
+    proj = pos @ normal
+    keep = np.concatenate([[True], np.diff(proj) > 1e-3])
+    if not keep.all():
+        logger.warning("%s: %d slice(s) share a position with another; keeping the first of each", where, int((~keep).sum()))
+        slices = [s for s, k in zip(slices, keep) if k]
+        pos, proj = pos[keep], proj[keep]
+
+    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in slices}
+    if len(shapes) > 1:
+        raise InputError(f"{where}: the slices of the series have different sizes {sorted(shapes)}")
+
+    n = len(slices)
+    if n > 1:
+        step = (pos[-1] - pos[0]) / (n - 1)
+        gaps = np.diff(proj)
+        if gaps.max() - gaps.min() > 0.1 * abs(gaps.mean()):
+            logger.warning(
+                "%s: uneven slice spacing (%.3g to %.3g mm); using the mean %.3g mm",
+                where, gaps.min(), gaps.max(), gaps.mean(),
+            )
+    else:
+        step = normal * thickness
+
+    data = _stack_hu(slices, where)
+    affine_lps = np.eye(4)
+    affine_lps[:3, 0] = row_dir * d_col
+    affine_lps[:3, 1] = col_dir * d_row
+    affine_lps[:3, 2] = step
+    affine_lps[:3, 3] = pos[0]
+    return data, _LPS_TO_RAS @ affine_lps
+
+
+def _stack_hu(slices: Sequence, where: str) -> np.ndarray:
+    """(columns, rows, slices) array in HU; int16 when the rescale keeps integers in range."""
+    rows, cols = int(slices[0].Rows), int(slices[0].Columns)
+    slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in slices])
+    inters = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in slices])
+    integral = np.all(slopes == np.round(slopes)) and np.all(inters == np.round(inters))
+    out = np.empty((cols, rows, len(slices)), dtype=np.float32)
+    for k, ds in enumerate(slices):  # one decode per file; vectorised within the slice
+        try:
+            px = ds.pixel_array
+        except Exception as exc:
+            syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+            raise InputError(
+                f"{where}: cannot decode the pixel data of a slice (transfer syntax {syntax}: "
+                f"{type(exc).__name__}: {exc})"
+            ) from exc
+        if px.shape != (rows, cols):
+            raise InputError(f"{where}: a slice has pixel data of shape {px.shape}, expected {(rows, cols)}")
+        out[:, :, k] = (px.astype(np.float32) * slopes[k] + inters[k]).T
+    if integral and out.size and out.min() >= -32768 and out.max() <= 32767:
+        return out.astype(np.int16)
+    return out
+
+
+def write_dicom_series(
+    hu_zyx: np.ndarray,
+    spacing: Sequence[float],
+    outdir: str | Path,
+    *,
+    series_uid: str | None = None,
+    study_uid: str | None = None,
+    description: str = "lungseg synthetic CT",
+    origin_lps: Sequence[float] = (0.0, 0.0, 0.0),
+    patient_id: str = "LUNGSEG",
+    shuffle_names: bool = True,
+) -> list[Path]:
+    """Write a canonical (z, y, x) HU volume as an uncompressed axial CT series, one file per slice.
+
+    The standard axial orientation ``[1, 0, 0, 0, 1, 0]`` makes each stored slice exactly the canonical
+    slice (columns towards the patient's left, rows towards posterior) and slices go towards superior.
+    Values are stored as unsigned 16-bit with ``RescaleIntercept = -1024``. With ``shuffle_names`` the
+    file names do not follow the slice order, so readers must sort by position.
+
+    Returns:
+        the paths written, in slice order.
+    """
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+
+    hu = np.asarray(hu_zyx)
+    if hu.ndim != 3:
+        raise ValueError(f"expected a (z, y, x) volume, got shape {hu.shape}")
+    sz, sy, sx = (float(s) for s in spacing)
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    series_uid = series_uid or generate_uid()
+    study_uid = study_uid or generate_uid()
+    stored = np.clip(np.round(hu.astype(np.float32) + 1024.0), 0, 65535).astype("<u2")
+    names = np.random.default_rng(0).permutation(hu.shape[0]) if shuffle_names else np.arange(hu.shape[0])
+    paths = []
+    for k in range(hu.shape[0]):
+        sop_uid = generate_uid()
+        meta = FileMetaDataset()
+        meta.MediaStorageSOPClassUID = CTImageStorage
+        meta.MediaStorageSOPInstanceUID = sop_uid
+        meta.TransferSyntaxUID = ExplicitVRLittleEndian
+        ds = Dataset()
+        ds.file_meta = meta
+        ds.SOPClassUID = CTImageStorage
+        ds.SOPInstanceUID = sop_uid
+        ds.StudyInstanceUID = study_uid
+        ds.SeriesInstanceUID = series_uid
+        ds.SeriesDescription = description
+        ds.PatientID = patient_id
+        ds.Modality = "CT"
+        ds.InstanceNumber = k + 1
+        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
+        ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]), float(origin_lps[2]) + k * sz]
+        ds.PixelSpacing = [sy, sx]
+        ds.SliceThickness = sz
+        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
+        ds.SamplesPerPixel = 1
+        ds.PhotometricInterpretation = "MONOCHROME2"
+        ds.BitsAllocated = 16
+        ds.BitsStored = 16
+        ds.HighBit = 15
+        ds.PixelRepresentation = 0
+        ds.RescaleIntercept = -1024
+        ds.RescaleSlope = 1
+        ds.PixelData = stored[k].tobytes()
+        path = outdir / f"IM{int(names[k]):05d}.dcm"
+        ds.save_as(path, enforce_file_format=True)
+        paths.append(path)
+    return paths

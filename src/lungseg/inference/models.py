@@ -1,0 +1,356 @@
+"""Find and load trained models together with the preprocessing config that travels with each.
+
+Layout written by the training pipeline (Kedro versioned datasets)::
+
+    data/06_models/<variant>/model.keras/<version>/model.keras
+    data/06_models/<variant>/model_config.json/<version>/model_config.json
+
+where ``variant`` is ``<task>_<architecture>`` and ``version`` is Kedro's sortable timestamp. A plain
+``<variant>/model.keras`` file next to ``<variant>/model_config.json`` (an unversioned catalog) is found
+too. A model given explicitly (``--lung-model X.keras``) needs its config as ``model_config.json`` in the
+same folder or as ``X.json``. MLflow URIs (``runs:/<run_id>/<path>``, ``models:/<name>/<version>``)
+are loaded with ``mlflow.keras`` and their config is read from the run's ``model_config.json``
+artifact or from the logged model's metadata.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lungseg.errors import ConfigError, InputError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("lung", "infection")
+MODEL_FILE = "model.keras"
+CONFIG_FILE = "model_config.json"
+DEFAULT_MODELS_DIR = "data/06_models"
+#: Defaults for config keys that older configs may lack.
+CONFIG_DEFAULTS: dict[str, Any] = {"threshold": 0.5}
+_MLFLOW_URI = re.compile(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|hdfs|dbfs):/", re.IGNORECASE)
+_KEDRO_VERSION_FORMAT = "%Y-%m-%dT%H.%M.%S.%fZ"
+
+
+@dataclass
+class LoadedModel:
+    """A trained Keras model with its preprocessing config.
+
+    Attributes:
+        model: the ``keras.Model`` (float32 (N, S, S, 1) in [0, 1] -> sigmoid (N, S, S, 1)).
+        config: the preprocessing config saved with it (``task``, ``image_size``, ``crop_mode``,
+            ``window``, ``clahe_*``, ``crop_margin``, ``threshold``...).
+        source: where it came from (a path or an MLflow URI), for messages and reports.
+    """
+
+    model: Any
+    config: dict
+    source: str
+
+    @property
+    def task(self) -> str | None:
+        return self.config.get("task")
+
+    @property
+    def image_size(self) -> int:
+        return int(self.config["image_size"])
+
+    @property
+    def threshold(self) -> float:
+        return float(self.config.get("threshold", 0.5))
+
+
+def training_hint(task: str) -> str:
+    """The commands that train a model of ``task`` (named in every 'model not found' message)."""
+    return f"train one with `kedro run --pipeline={task}_unet` (or `make demo` for the small demo models)"
+
+
+def _check_task(task: str) -> None:
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+
+
+def _version_of(path: Path) -> str:
+    """Kedro's version string of a versioned file, or the file's mtime in the same format."""
+    parent = path.parent
+    if parent.parent.name == path.name:  # <name>/<version>/<name>
+        return parent.name
+    stamp = _dt.datetime.fromtimestamp(path.stat().st_mtime, tz=_dt.timezone.utc)
+    return stamp.strftime(_KEDRO_VERSION_FORMAT)[:-4] + "Z"
+
+
+def _variant_models(variant_dir: Path) -> list[Path]:
+    """Every model file of one variant folder (versioned or plain)."""
+    target = variant_dir / MODEL_FILE
+    if target.is_dir():
+        return [p / MODEL_FILE for p in target.iterdir() if (p / MODEL_FILE).is_file()]
+    if target.is_file():
+        return [target]
+    return []
+
+
+def list_trained_models(models_dir: str | Path = DEFAULT_MODELS_DIR) -> dict[str, list[dict]]:
+    """The trained models under ``models_dir``, per task, newest version first.
+
+    Returns:
+        ``{"lung": [...], "infection": [...]}``; each entry is ``{"variant", "task", "architecture",
+        "version", "path"}`` with ``path`` the ``model.keras`` file. Both keys are always present.
+    """
+    models_dir = Path(models_dir)
+    found: dict[str, list[dict]] = {task: [] for task in TASKS}
+    if not models_dir.is_dir():
+        return found
+    for variant_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        task, _, architecture = variant_dir.name.partition("_")
+        if task not in TASKS or not architecture:
+            continue
+        for path in _variant_models(variant_dir):
+            found[task].append(
+                {
+                    "variant": variant_dir.name,
+                    "task": task,
+                    "architecture": architecture,
+                    "version": _version_of(path),
+                    "path": path,
+                }
+            )
+    for entries in found.values():
+        entries.sort(key=lambda e: (e["version"], e["architecture"] == "unet"), reverse=True)
+    return found
+
+
+def find_latest_model(
+    task: str, models_dir: str | Path = DEFAULT_MODELS_DIR, architecture: str | None = None
+) -> Path:
+    """The newest trained ``model.keras`` of ``task`` (of any architecture unless one is given).
+
+    Raises:
+        ModelNotFoundError: none found; the message names the command that trains one.
+    """
+    _check_task(task)
+    entries = list_trained_models(models_dir)[task]
+    if architecture is not None:
+        entries = [e for e in entries if e["architecture"] == architecture]
+    if not entries:
+        what = f"{task}_{architecture}" if architecture else f"{task}"
+        raise ModelNotFoundError(
+            f"no trained {what} model in {str(models_dir)!r} (expected "
+            f"<variant>/{MODEL_FILE}/<version>/{MODEL_FILE}); {training_hint(task)}, "
+            "or pass a model with --lung-model / --infection-model"
+        )
+    return Path(entries[0]["path"])
+
+
+def config_path_for(model_path: str | Path) -> Path:
+    """Where the preprocessing config of a model file is.
+
+    Looked for, in order: the same Kedro version of ``<variant>/model_config.json``; the newest such
+    version not newer than the model's; ``model_config.json`` in the model's folder; ``<stem>.json``.
+
+    Raises:
+        ModelNotFoundError: no config found (the model cannot be used without it).
+    """
+    model_path = Path(model_path)
+    candidates: list[Path] = []
+    parent = model_path.parent
+    if parent.parent.name == model_path.name:  # versioned: <variant>/model.keras/<version>/model.keras
+        version = parent.name
+        versions_dir = parent.parent.parent / CONFIG_FILE
+        candidates.append(versions_dir / version / CONFIG_FILE)
+        if versions_dir.is_dir():
+            older = sorted(
+                (p.name for p in versions_dir.iterdir() if (p / CONFIG_FILE).is_file() and p.name <= version),
+                reverse=True,
+            )
+            candidates.extend(versions_dir / v / CONFIG_FILE for v in older)
+        candidates.append(parent.parent.parent / CONFIG_FILE)
+    candidates.append(parent / CONFIG_FILE)
+    candidates.append(model_path.with_suffix(".json"))
+    for i, candidate in enumerate(candidates):
+        if candidate.is_file():
+            if i > 0 and parent.parent.name == model_path.name and candidate.parent.name != parent.name:
+                logger.warning("no config of the same version as %s; using %s", model_path, candidate)
+            return candidate
+    raise ModelNotFoundError(
+        f"file {str(model_path)!r}: no preprocessing config found with the model (looked for "
+        f"{CONFIG_FILE} in its folder and {model_path.with_suffix('.json').name}); the config saved by "
+        "training must travel with the model"
+    )
+
+
+def read_config(path: str | Path, task: str | None = None, source: str | None = None) -> dict:
+    """Read and check a model's preprocessing config."""
+    path = Path(path)
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"file {str(path)!r}: unreadable model config ({exc})") from exc
+    return check_config(config, task, source or str(path))
+
+
+def check_config(config: Any, task: str | None, source: str) -> dict:
+    """Validate a config dict (``image_size`` present, task matching) and fill defaults."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"model {source!r}: the model config is not a JSON object")
+    if "image_size" not in config:
+        raise ConfigError(f"model {source!r}: the model config has no 'image_size'")
+    if task is not None and config.get("task") not in (None, task):
+        raise ConfigError(
+            f"model {source!r} was trained for the {config.get('task')!r} task but was given as the {task} model"
+        )
+    out = {**CONFIG_DEFAULTS, **config}
+    if task is not None:
+        out.setdefault("task", task)
+    return out
+
+
+def _resolve_path(spec: Path) -> Path:
+    """A model file from a path given by the user (a file, a versioned folder or a variant folder)."""
+    if spec.is_file():
+        return spec
+    if spec.is_dir():
+        versions = [p / spec.name for p in spec.iterdir() if (p / spec.name).is_file()] if spec.name == MODEL_FILE else []
+        versions += _variant_models(spec)
+        if versions:
+            return max(versions, key=_version_of)
+    raise ModelNotFoundError(f"file {str(spec)!r}: no such model file")
+
+
+def _check_model(model: Any, config: dict, source: str) -> None:
+    """Check that the model takes (N, S, S, 1) images of the config's size."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return
+    size = int(config["image_size"])
+    if len(shape) == 4 and shape[1] not in (None, size):
+        raise ConfigError(
+            f"model {source!r} takes {shape[1]}x{shape[2]} images but its config says image_size {size}"
+        )
+
+
+def load_model_spec(
+    spec: str | Path | None, task: str, models_dir: str | Path = DEFAULT_MODELS_DIR
+) -> LoadedModel:
+    """Load the model of ``task`` given by ``spec`` with its preprocessing config.
+
+    Args:
+        spec: None (the newest trained model of ``task`` in ``models_dir``), a path to a ``.keras``
+            file (or to a variant / versioned folder), or an MLflow model URI
+            (``runs:/<run_id>/<artifact_path>``, ``models:/<name>/<version or @alias>``).
+        task: ``"lung"`` or ``"infection"``.
+        models_dir: where trained models are looked for when ``spec`` is None.
+
+    Raises:
+        ModelNotFoundError: no such model, or no config with it; names the training command.
+        ConfigError: the config is unusable or belongs to the other task.
+        InputError: the model file cannot be loaded.
+    """
+    _check_task(task)
+    if spec is not None and _MLFLOW_URI.match(str(spec)):
+        return _load_mlflow(str(spec), task)
+    if spec is None or str(spec).strip() == "":
+        path = find_latest_model(task, models_dir)
+    else:
+        try:
+            path = _resolve_path(Path(spec).expanduser())
+        except ModelNotFoundError as exc:
+            raise ModelNotFoundError(f"{exc}; {training_hint(task)}") from None
+    config = read_config(config_path_for(path), task, source=str(path))
+    from lungseg.models import load_model
+
+    try:
+        model = load_model(path)
+    except Exception as exc:  # keras raises ValueError, OSError, zipfile errors...
+        raise InputError(f"file {str(path)!r}: cannot load the {task} model ({type(exc).__name__}: {exc})") from exc
+    _check_model(model, config, str(path))
+    logger.info("%s model: %s (image_size %s)", task, path, config["image_size"])
+    return LoadedModel(model=model, config=config, source=str(path))
+
+
+# ------------------------------------------------------------------------------------------- MLflow
+
+
+def _load_mlflow(uri: str, task: str) -> LoadedModel:
+    """Load an MLflow-logged Keras model and its preprocessing config."""
+    try:
+        import mlflow
+        import mlflow.keras
+    except ImportError as exc:  # pragma: no cover - mlflow is a dependency
+        raise ModelNotFoundError(f"model {uri!r}: MLflow is not installed") from exc
+    import lungseg.models  # noqa: F401  (registers the custom objects before deserialising)
+
+    try:
+        info = mlflow.models.get_model_info(uri)
+    except Exception as exc:
+        raise ModelNotFoundError(
+            f"model {uri!r}: not found in the MLflow tracking store {mlflow.get_tracking_uri()!r} "
+            f"({type(exc).__name__}: {exc}); {training_hint(task)}"
+        ) from exc
+    config = _mlflow_config(uri, info, task)
+    if config is None:
+        raise ModelNotFoundError(
+            f"model {uri!r}: no preprocessing config with it (neither a {CONFIG_FILE} artifact in run "
+            f"{info.run_id!r} nor 'model_config' in the model's metadata)"
+        )
+    config = check_config(config, task, uri)
+    try:
+        model = mlflow.keras.load_model(uri)
+    except Exception as exc:
+        raise InputError(f"model {uri!r}: cannot load the {task} model ({type(exc).__name__}: {exc})") from exc
+    _check_model(model, config, uri)
+    logger.info("%s model: %s (image_size %s)", task, uri, config["image_size"])
+    return LoadedModel(model=model, config=config, source=uri)
+
+
+def _mlflow_model_name(uri: str, info: Any) -> str | None:
+    """The logged model's name: ``runs:/<id>/<name>`` or the ModelInfo's ``name``."""
+    if uri.lower().startswith("runs:/"):
+        parts = uri[len("runs:/") :].strip("/").split("/", 1)
+        if len(parts) == 2 and parts[1]:
+            return parts[1].rstrip("/")
+    name = getattr(info, "name", None)
+    return str(name) if name else None
+
+
+def _mlflow_config(uri: str, info: Any, task: str | None = None) -> dict | None:
+    """The config from the model's metadata, else from a ``model_config.json`` artifact of its run.
+
+    Run artifacts looked for: ``model_config.json``; ``<name>/model_config.json`` and, for a model
+    logged as ``<variant>_model`` (the training pipeline's naming), ``<variant>/model_config.json``.
+    """
+    import mlflow
+
+    metadata = getattr(info, "metadata", None) or {}
+    if isinstance(metadata.get("model_config"), dict):
+        return dict(metadata["model_config"])
+    if "image_size" in metadata:
+        return dict(metadata)
+    run_id = getattr(info, "run_id", None)
+    if not run_id:
+        return None
+    candidates = [CONFIG_FILE]
+    name = _mlflow_model_name(uri, info)
+    if name:
+        candidates.append(f"{name}/{CONFIG_FILE}")
+        if name.endswith("_model"):
+            candidates.append(f"{name[: -len('_model')]}/{CONFIG_FILE}")
+    if task:
+        candidates += [f"{task}_{arch}/{CONFIG_FILE}" for arch in ("unet", "deeplabv3plus")]
+    for artifact in dict.fromkeys(candidates):
+        try:
+            local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)
+        except Exception:
+            continue
+        try:
+            config = json.loads(Path(local).read_text())
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"model {uri!r}: unreadable {artifact} in run {run_id!r} ({exc})") from exc
+        if not isinstance(config, dict) or task is None or config.get("task") in (None, task):
+            return config
+    return None

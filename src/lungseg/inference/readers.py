@@ -1,0 +1,223 @@
+"""Read a new CT given to inference: NIfTI, a DICOM series (folder or .zip), or a 2D PNG/JPEG slice.
+
+Every reader returns a canonical :class:`lungseg.volume.Volume` (see docs/architecture.md) and the
+intensity kind of its data (``"hu"`` or ``"uint8"``). Anything that cannot be used raises
+:class:`lungseg.errors.InputError` whose message names the file and the problem.
+
+``volume.meta`` tells the writers what the input was: ``{"input_kind": "nifti" | "dicom" | "image",
+"input": <path>}`` plus, for DICOM, the chosen series (``"series_uid"``, ``"series_description"``,
+``"n_series"``).
+"""
+
+from __future__ import annotations
+
+import logging
+import tempfile
+import zipfile
+from pathlib import Path
+
+import cv2
+import nibabel as nib
+import numpy as np
+
+from lungseg.errors import DataValidationError, InputError
+from lungseg.inference import dicom
+from lungseg.volume import Volume, from_canonical_array, load_canonical
+
+logger = logging.getLogger(__name__)
+
+#: Smallest in-plane size (pixels) accepted as a CT slice.
+MIN_INPLANE_PIXELS = 32
+
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
+
+_GZIP_MAGIC = b"\x1f\x8b"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_ZIP_MAGIC = b"PK\x03\x04"
+
+
+def read_input(path: str | Path) -> tuple[Volume, str]:
+    """Read one CT input into a canonical Volume.
+
+    Args:
+        path: a ``.nii``/``.nii.gz`` file (3D, HU or 0-255), a folder holding one DICOM series (the
+            largest is taken if it holds several), a ``.zip`` of a DICOM series, a single DICOM file,
+            or a ``.png``/``.jpg``/``.jpeg`` 2D grayscale slice (a volume of one slice, spacing 1 mm,
+            intensities taken as 0-255).
+
+    Returns:
+        ``(volume, source_kind)`` where ``source_kind`` is ``"hu"`` or ``"uint8"``.
+
+    Raises:
+        InputError: missing, empty, unreadable or corrupt file; unknown type; not a CT (a colour
+            photo, an image smaller than 32 px); a 4D NIfTI; a folder without DICOM images.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"file {str(path)!r}: no such file or folder")
+    if path.is_dir():
+        return _read_dicom(path, dicom.read_series_folder(path))
+    if path.stat().st_size == 0:
+        raise InputError(f"file {str(path)!r}: the file is empty (0 bytes)")
+    kind = _guess_kind(path)
+    if kind == "nifti":
+        return _read_nifti(path)
+    if kind == "image":
+        return _read_image(path)
+    if kind == "zip":
+        return _read_zip(path)
+    if kind == "dicom":
+        return _read_dicom(path, dicom.read_series_files([path], origin=path))
+    raise InputError(
+        f"file {str(path)!r}: unknown input type; give a NIfTI file (.nii, .nii.gz), a DICOM series "
+        "(a folder or a .zip), or a 2D grayscale .png/.jpg slice"
+    )
+
+
+def _guess_kind(path: Path) -> str | None:
+    """``"nifti"``, ``"image"``, ``"zip"``, ``"dicom"`` or None, by suffix and then by content."""
+    name = path.name.lower()
+    if name.endswith(NIFTI_SUFFIXES):
+        return "nifti"
+    if name.endswith(IMAGE_SUFFIXES):
+        return "image"
+    if name.endswith(".zip"):
+        return "zip"
+    if name.endswith(DICOM_SUFFIXES):
+        return "dicom"
+    with path.open("rb") as fh:
+        head = fh.read(352)
+    if head.startswith(_PNG_MAGIC) or head.startswith(_JPEG_MAGIC):
+        return "image"
+    if head.startswith(_ZIP_MAGIC):
+        return "zip"
+    if len(head) >= 132 and head[128:132] == b"DICM":
+        return "dicom"
+    if len(head) >= 348 and head[344:348] in (b"n+1\x00", b"ni1\x00"):
+        return "nifti"
+    if head.startswith(_GZIP_MAGIC):  # most likely a gzipped NIfTI without its suffix
+        return "nifti"
+    return None
+
+
+# --------------------------------------------------------------------------------------------- NIfTI
+
+
+def _read_nifti(path: Path) -> tuple[Volume, str]:
+    from lungseg.imaging import detect_source_kind
+
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, OSError...
+        raise InputError(f"file {str(path)!r}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
+    shape = tuple(int(s) for s in img.shape)
+    if len(shape) == 4 and shape[3] > 1:
+        raise InputError(
+            f"file {str(path)!r}: a 4D NIfTI ({shape[3]} volumes of {shape[:3]}); give one 3D CT volume"
+        )
+    if len(shape) > 4 or len(shape) < 3 and len(shape) != 2:
+        raise InputError(f"file {str(path)!r}: expected a 3D CT volume, got {len(shape)}D data of shape {shape}")
+    if len(shape) == 2:  # a single slice stored as 2D NIfTI: give it a z axis of one slice
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, header=img.header)
+    try:
+        volume = load_canonical(img, file=path)
+    except DataValidationError as exc:
+        raise InputError(str(exc)) from exc
+    _check_not_tiny(volume.array.shape[1:], path)
+    arr = volume.array
+    if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
+        raise InputError(f"file {str(path)!r}: the image contains NaN or infinite values")
+    if np.issubdtype(arr.dtype, np.bool_) or not np.issubdtype(arr.dtype, np.number):
+        raise InputError(f"file {str(path)!r}: unsupported voxel type {arr.dtype}; expected CT intensities")
+    volume.meta.update({"input_kind": "nifti", "input": str(path)})
+    kind = detect_source_kind(arr)
+    _warn_if_mask(arr, path)
+    logger.info("read %s: NIfTI %s, canonical shape %s, spacing %s mm, intensities %s",
+                path.name, volume.shape, arr.shape, volume.spacing, kind)
+    return volume, kind
+
+
+def _warn_if_mask(arr: np.ndarray, path: Path) -> None:
+    """Log a warning when the image looks like a label map rather than a CT."""
+    if arr.size and arr.min() >= 0 and arr.max() <= 3 and np.array_equal(arr, np.round(arr)):
+        logger.warning("%s holds only the values 0-3: is this a mask rather than a CT?", path.name)
+
+
+def _check_not_tiny(inplane: tuple[int, ...], path: Path) -> None:
+    h, w = (int(s) for s in inplane)
+    if min(h, w) < MIN_INPLANE_PIXELS:
+        raise InputError(
+            f"file {str(path)!r}: not a CT slice: the image is only {h}x{w} pixels "
+            f"(at least {MIN_INPLANE_PIXELS}x{MIN_INPLANE_PIXELS} expected)"
+        )
+
+
+# --------------------------------------------------------------------------------------- PNG / JPEG
+
+
+def _read_image(path: Path) -> tuple[Volume, str]:
+    """A 2D grayscale slice as a one-slice volume (row 0 anterior, column 0 the patient's right)."""
+    raw = np.fromfile(str(path), dtype=np.uint8)
+    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    if img is None:
+        raise InputError(f"file {str(path)!r}: not a readable PNG/JPEG image (corrupt or truncated?)")
+    if img.ndim == 3:
+        channels = img[..., :3] if img.shape[2] >= 3 else img[..., :1]
+        if channels.shape[2] == 3 and not (
+            np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])
+        ):
+            # JPEG compression leaves small differences between the channels of a gray image.
+            spread = int(np.max(channels.max(axis=2).astype(np.int16) - channels.min(axis=2)))
+            if not (path.suffix.lower() in (".jpg", ".jpeg") and spread <= 8):
+                raise InputError(
+                    f"file {str(path)!r}: not a CT slice: a colour image (its 3 channels differ); "
+                    "give a grayscale CT slice"
+                )
+        img = channels[..., 0]
+    _check_not_tiny(img.shape, path)
+    if img.dtype != np.uint8:
+        lo, hi = float(img.min()), float(img.max())
+        logger.warning("%s is %s; rescaling its range %g..%g linearly to 0-255", path.name, img.dtype, lo, hi)
+        scale = 255.0 / (hi - lo) if hi > lo else 0.0
+        img = np.clip((img.astype(np.float32) - lo) * scale, 0, 255).round().astype(np.uint8)
+    volume = from_canonical_array(img[None].astype(np.uint8), (1.0, 1.0, 1.0), source=str(path))
+    volume.meta.update({"input_kind": "image", "input": str(path)})
+    logger.info("read %s: 2D image %dx%d, intensities taken as 0-255", path.name, img.shape[0], img.shape[1])
+    return volume, "uint8"
+
+
+# -------------------------------------------------------------------------------------------- DICOM
+
+
+def _read_zip(path: Path) -> tuple[Volume, str]:
+    try:
+        with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory(prefix="lungseg-dicom-") as tmp:
+            root = Path(tmp).resolve()
+            for info in zf.infolist():
+                target = (root / info.filename).resolve()
+                if root not in target.parents and target != root:
+                    raise InputError(f"file {str(path)!r}: the archive holds an unsafe path {info.filename!r}")
+            zf.extractall(root)
+            series = dicom.read_series_folder(root, origin=path)
+            return _read_dicom(path, series)
+    except zipfile.BadZipFile as exc:
+        raise InputError(f"file {str(path)!r}: not a readable .zip archive ({exc})") from exc
+
+
+def _read_dicom(path: Path, series: dicom.DicomSeries) -> tuple[Volume, str]:
+    img = nib.Nifti1Image(series.data_xyz, series.affine_ras)
+    volume = load_canonical(img, file=path)
+    _check_not_tiny(volume.array.shape[1:], path)
+    volume.meta.update(
+        {
+            "input_kind": "dicom",
+            "input": str(path),
+            "series_uid": series.series_uid,
+            "series_description": series.description,
+            "n_series": series.n_series,
+        }
+    )
+    return volume, "hu"

@@ -1,0 +1,221 @@
+"""Segment a CT volume: lung model → 3D postprocess → lung crop → infection model → back on the grid.
+
+Every image operation comes from :mod:`lungseg.imaging` (``prepare_slices`` / ``restore_slices``),
+with each model's own saved preprocessing config, so inference prepares slices exactly as training did.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from lungseg.errors import ConfigError, InputError
+from lungseg.inference.models import LoadedModel
+from lungseg.volume import Volume
+
+logger = logging.getLogger(__name__)
+
+TASKS = ("lung", "infection")
+
+
+@dataclass
+class Segmentation:
+    """Predicted masks on the canonical (z, y, x) grid of the input volume.
+
+    Attributes:
+        lung_labels: uint8, 1 = left lung, 2 = right lung, 0 elsewhere.
+        infection: uint8 0/1, inside the lungs only (all zeros when the infection task was not run).
+        lung_prob: float32 lung probability, when asked for (``keep_probabilities``).
+        infection_prob: float32 infection probability (0 outside the slices that hold lung), when asked for.
+        tasks: the tasks that were run.
+    """
+
+    lung_labels: np.ndarray
+    infection: np.ndarray
+    lung_prob: np.ndarray | None = None
+    infection_prob: np.ndarray | None = None
+    tasks: tuple[str, ...] = TASKS
+
+    def combined(self) -> np.ndarray:
+        """Label map: 1 left lung, 2 right lung, 3 infection (written over the lung labels)."""
+        return np.where(self.infection > 0, np.uint8(3), self.lung_labels).astype(np.uint8)
+
+    @property
+    def has_lungs(self) -> bool:
+        return bool(self.lung_labels.any())
+
+
+def _config_for(loaded: LoadedModel, **overrides):
+    """The ``PreprocessConfig`` of a model's saved config (keys the imaging config does not know are dropped)."""
+    from lungseg.imaging import PreprocessConfig
+
+    try:
+        return PreprocessConfig.from_dict({**loaded.config, **overrides})
+    except (ConfigError, TypeError, ValueError, KeyError) as exc:
+        raise ConfigError(f"model {loaded.source!r}: unusable preprocessing config ({exc})") from exc
+
+
+class Segmenter:
+    """Runs the lung model, then the infection model inside the predicted lungs.
+
+    The volume is processed in chunks of ``chunk_slices`` slices (prepare → predict in batches →
+    map back → threshold), so memory stays bounded whatever the number of slices: the only
+    full-volume arrays are the input and the uint8/bool masks (and the float32 probabilities when
+    asked for).
+
+    Args:
+        lung: the lung model (needed for every task: the infection model works on the lung crop).
+        infection: the infection model, or None to segment the lungs only.
+        batch_size: slices per model call.
+        chunk_slices: slices prepared and mapped back at a time (rounded up to a multiple of
+            ``batch_size``).
+    """
+
+    def __init__(
+        self,
+        lung: LoadedModel | None,
+        infection: LoadedModel | None,
+        batch_size: int = 16,
+        chunk_slices: int = 64,
+    ):
+        if int(batch_size) < 1:
+            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+        self.lung = lung
+        self.infection = infection
+        self.batch_size = int(batch_size)
+        self.chunk_slices = max(1, -(-int(chunk_slices) // self.batch_size)) * self.batch_size
+
+    # ---------------------------------------------------------------------------------------------
+    def predict_slices(self, loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
+        """Sigmoid probabilities (N, S, S) float32 of uint8 model-input images (N, S, S).
+
+        One ``predict_on_batch`` call per ``batch_size`` slices (never one call per slice).
+        """
+        from lungseg.imaging import to_unit_float
+
+        n = int(images_u8.shape[0])
+        out = np.empty(images_u8.shape, dtype=np.float32)
+        for start in range(0, n, self.batch_size):
+            batch = to_unit_float(images_u8[start : start + self.batch_size])[..., None]
+            pred = np.asarray(loaded.model.predict_on_batch(batch))
+            out[start : start + batch.shape[0]] = pred.reshape(batch.shape[:3])
+        return out
+
+    def _predict_volume(
+        self,
+        loaded: LoadedModel,
+        config,
+        ct: np.ndarray,
+        source_kind: str,
+        index: np.ndarray,
+        lung_mask: np.ndarray | None,
+        progress: bool,
+        desc: str,
+        keep_probabilities: bool,
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Binary mask (and probabilities) of the slices ``ct[index]``, chunk by chunk.
+
+        Returns arrays of shape ``(len(index), H, W)``: bool above the model's threshold, and float32
+        probabilities when ``keep_probabilities``.
+        """
+        from lungseg.imaging import prepare_slices, restore_slices
+
+        shape = (len(index), *ct.shape[1:])
+        binary = np.zeros(shape, dtype=bool)
+        probs_out = np.zeros(shape, dtype=np.float32) if keep_probabilities else None
+        with tqdm(total=len(index), desc=desc, unit="slice", disable=not progress, leave=False) as bar:
+            for a in range(0, len(index), self.chunk_slices):
+                idx = index[a : a + self.chunk_slices]
+                contiguous = idx[-1] - idx[0] + 1 == len(idx)
+                sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx  # a view when possible
+                sub_mask = None if lung_mask is None else lung_mask[sel]
+                images, records = prepare_slices(ct[sel], source_kind, config, lung_mask=sub_mask, progress=False)
+                prob = restore_slices(self.predict_slices(loaded, images), records, progress=False)
+                binary[a : a + len(idx)] = prob >= loaded.threshold
+                if probs_out is not None:
+                    probs_out[a : a + len(idx)] = prob
+                bar.update(len(idx))
+        return binary, probs_out
+
+    # ---------------------------------------------------------------------------------------------
+    def segment(
+        self,
+        volume: Volume,
+        source_kind: str,
+        tasks: Sequence[str] = TASKS,
+        progress: bool = True,
+        keep_probabilities: bool = False,
+    ) -> Segmentation:
+        """Segment the lungs (and the infection) of a canonical volume.
+
+        Steps: 1. lung model on body-cropped slices (the lung model's own config), mapped back and
+        thresholded at its ``threshold``; 2. 3D postprocess (two largest components, holes filled,
+        left/right split); 3. infection model on lung-cropped slices (its own config with
+        ``crop_mode='lung_mask'`` and the predicted lungs), only on slices that hold lung; 4. infection
+        kept inside the lungs. Everything is on the canonical grid of ``volume``.
+
+        Args:
+            volume: the input, canonical (z, y, x).
+            source_kind: ``"hu"`` or ``"uint8"``.
+            tasks: any of ``("lung", "infection")``; the lung model always runs (it gives the crop).
+            progress: show tqdm bars.
+            keep_probabilities: also return the float32 probability maps (more memory).
+
+        Returns:
+            a :class:`Segmentation`; a volume without lungs gives empty masks (not an error).
+        """
+        from lungseg.imaging import clean_lung_mask
+
+        tasks = tuple(dict.fromkeys(tasks))
+        unknown = [t for t in tasks if t not in TASKS]
+        if unknown or not tasks:
+            raise ConfigError(f"unknown tasks {unknown or list(tasks)}; choose from {', '.join(TASKS)}")
+        if self.lung is None:
+            raise ConfigError("a lung model is needed for every task (the infection model works inside the lungs)")
+        if "infection" in tasks and self.infection is None:
+            raise ConfigError("the infection task needs an infection model")
+        ct = volume.array
+        if ct.ndim != 3 or min(ct.shape) < 1:
+            raise InputError(f"file {volume.source!r}: expected a (z, y, x) volume, got shape {ct.shape}")
+        name = volume.source or "input"
+
+        # 1. lung model on body-cropped slices, in batches, mapped back onto the input grid.
+        all_slices = np.arange(ct.shape[0])
+        binary, lung_prob = self._predict_volume(
+            self.lung, _config_for(self.lung), ct, source_kind, all_slices, None, progress, "lung model",
+            keep_probabilities,
+        )
+        # 2. 3D postprocess: two largest components, holes filled, split into left / right.
+        lung_labels = np.asarray(clean_lung_mask(binary), dtype=np.uint8)
+        del binary
+
+        infection = np.zeros(ct.shape, dtype=np.uint8)
+        infection_prob = np.zeros(ct.shape, dtype=np.float32) if keep_probabilities and "infection" in tasks else None
+        lung_slices = np.flatnonzero(lung_labels.reshape(lung_labels.shape[0], -1).any(axis=1))
+        if not lung_slices.size:
+            logger.warning("%s: no lungs found; the masks are empty", name)
+        elif "infection" in tasks:
+            # 3. infection model on the lung-cropped slices that hold lung, with its own config.
+            inf_binary, inf_prob = self._predict_volume(
+                self.infection, _config_for(self.infection, crop_mode="lung_mask"), ct, source_kind, lung_slices,
+                lung_labels, progress, "infection model", keep_probabilities,
+            )
+            # 4. infection only inside the lungs.
+            infection[lung_slices] = inf_binary & (lung_labels[lung_slices] > 0)
+            if infection_prob is not None:
+                infection_prob[lung_slices] = inf_prob
+        logger.info(
+            "segmented %s: %d slices with lung, %d lung voxels, %d infection voxels",
+            name, lung_slices.size, int(np.count_nonzero(lung_labels)), int(np.count_nonzero(infection)),
+        )
+        return Segmentation(
+            lung_labels=lung_labels,
+            infection=infection,
+            lung_prob=lung_prob,
+            infection_prob=infection_prob,
+            tasks=tasks,
+        )

@@ -1,0 +1,61 @@
+"""Node of the inference pipeline (a thin wrapper around :mod:`lungseg.inference`)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pandas as pd
+
+from lungseg.errors import ConfigError
+
+logger = logging.getLogger(__name__)
+
+DEFAULTS = {
+    "input": None,
+    "output_dir": "data/07_model_output/inference",
+    "lung_model": None,
+    "infection_model": None,
+    "models_dir": "data/06_models",
+    "batch_size": 16,
+    "tasks": ["lung", "infection"],
+    "progress": True,
+}
+
+
+def run_inference(params: dict) -> pd.DataFrame:
+    """Segment every case of ``params['input']`` (a folder of NIfTI files or a metadata.csv).
+
+    Each case's masks, overlays and report.json go to ``<output_dir>/<case>/`` (written atomically by
+    :func:`lungseg.inference.report.write_outputs`, outside the catalog: one folder of files per case);
+    the returned one-row-per-case summary is saved by the catalog (``inference_summary``).
+
+    Args:
+        params: ``input``, ``output_dir``, ``lung_model``, ``infection_model`` (None = newest trained
+            model in ``models_dir``; a ``.keras`` path or an MLflow URI otherwise), ``models_dir``,
+            ``batch_size``, ``tasks``.
+
+    Raises:
+        ConfigError: no ``input`` given, or unknown keys.
+    """
+    unknown = sorted(set(params) - set(DEFAULTS))
+    if unknown:
+        raise ConfigError(f"parameters 'inference': unknown keys {unknown}; known: {sorted(DEFAULTS)}")
+    p = {**DEFAULTS, **params}
+    if not p["input"]:
+        raise ConfigError("parameters 'inference.input': give a folder of NIfTI files or a metadata.csv")
+    tasks = tuple(p["tasks"])
+
+    from lungseg.inference.batch import find_cases, run_batch
+    from lungseg.inference.models import load_model_spec
+    from lungseg.inference.segment import Segmenter
+
+    cases = find_cases(Path(p["input"]))
+    lung = load_model_spec(p["lung_model"], "lung", p["models_dir"])
+    infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
+    summary = run_batch(Segmenter(lung, infection, int(p["batch_size"])), cases, p["output_dir"], tasks, bool(p["progress"]))
+    n_ok = int((summary["status"] == "ok").sum())
+    logger.info("inference: %d of %d cases segmented into %s", n_ok, len(summary), p["output_dir"])
+    if n_ok < len(summary):
+        logger.warning("inference: failed cases: %s", ", ".join(summary.loc[summary["status"] != "ok", "case"]))
+    return summary
