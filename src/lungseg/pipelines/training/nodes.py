@@ -18,7 +18,7 @@ logger = logging.getLogger(__name__)
 
 TRAINING_KEYS = {
     "epochs", "batch_size", "learning_rate", "loss", "seed", "reduce_lr", "early_stopping", "augment",
-    "distribution_strategy", "threshold", "backup_dir", "verbose", "max_train_slices",
+    "distribution_strategy", "threshold", "backup_dir", "verbose", "max_train_slices", "repeats",
 }
 REQUIRED_TRAINING_KEYS = {"epochs", "batch_size", "learning_rate", "loss"}
 MODEL_KEYS = {"architecture"}
@@ -92,6 +92,9 @@ def train_model(
     if limit and len(x_train) > int(limit):
         pick = np.sort(np.random.default_rng(seed).choice(len(x_train), int(limit), replace=False))
         x_train, y_train = x_train[pick], y_train[pick]
+    repeats = int(training_params.get("repeats", 1) or 1)
+    if repeats > 1:  # small sets: several differently augmented passes per epoch
+        x_train, y_train = np.tile(x_train, (repeats, 1, 1)), np.tile(y_train, (repeats, 1, 1))
     if len(x_val) == 0:
         raise TrainingDataError(f"{task} task: the validation subset has no slices; check the split")
     logger.info("Training %s/%s at %d px: %d train / %d val slices", task, arch, size, len(x_train), len(x_val))

@@ -1,0 +1,163 @@
+"""Training input pipeline: batches of stored ``uint8`` slices, augmented on the fly.
+
+The stored model input stays ``uint8`` ``(N, S, S)``; each batch is gathered, augmented with
+:func:`lungseg.imaging.augment_batch` (one random affine per slice, applied identically to image
+and mask), converted with :func:`lungseg.imaging.to_unit_float` and given a channel axis. Nothing
+augmented is ever stored. The slice order and the augmentation draws are pure functions of
+``(seed, epoch, batch index)``, so a run is reproducible and a resumed run sees the same batches,
+whatever the number of loader threads.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+from typing import Any
+
+import keras
+import numpy as np
+
+from lungseg.errors import ConfigError, DataValidationError
+from lungseg.imaging import AugmentParams, augment_batch, to_unit_float
+
+logger = logging.getLogger(__name__)
+
+#: How many leading batches Keras builds to infer the batch shapes (``NUM_BATCHES_FOR_TENSOR_SPEC``).
+_PEEK_BATCHES = 2
+
+
+def augment_params(augment: dict[str, Any] | AugmentParams | bool | None) -> AugmentParams | None:
+    """Normalise an ``augment`` setting: None/False/``{"enabled": false}`` -> None, a dict -> params."""
+    if augment is None or augment is False:
+        return None
+    if isinstance(augment, AugmentParams):
+        return augment
+    if augment is True:
+        return AugmentParams()
+    if not isinstance(augment, dict):
+        raise ConfigError(f"augment must be a mapping of augmentation parameters or null, got {augment!r}")
+    if not augment.get("enabled", True):
+        return None
+    return AugmentParams.from_dict({k: v for k, v in augment.items() if k != "enabled"})
+
+
+class SliceSequence(keras.utils.PyDataset):
+    """Batches ``(x, y)`` of float32 ``(B, S, S, 1)`` for ``model.fit``.
+
+    ``x`` is in [0, 1]; ``y`` is 0/1. The last batch may be smaller.
+
+    Args:
+        images_u8: ``uint8`` ``(N, S, S)`` images (kept by reference, never copied whole).
+        masks: ``(N, S, S)`` binary masks (0/1, any integer or bool dtype).
+        batch_size: slices per batch.
+        augment: augmentation parameters (see :class:`lungseg.imaging.AugmentParams`), or None.
+        shuffle: reshuffle the slice order every epoch.
+        seed: seed of the order and of the augmentation draws.
+        **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of ``keras.utils.PyDataset``.
+    """
+
+    def __init__(
+        self,
+        images_u8: np.ndarray,
+        masks: np.ndarray,
+        batch_size: int,
+        augment: dict[str, Any] | None,
+        shuffle: bool,
+        seed: int,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        images = np.asarray(images_u8)
+        masks = np.asarray(masks)
+        if images.ndim != 3 or images.shape[1] != images.shape[2]:
+            raise DataValidationError(f"SliceSequence needs (N, S, S) images, got shape {images.shape}")
+        if images.dtype != np.uint8:
+            raise DataValidationError(f"SliceSequence needs uint8 images (0-255), got dtype {images.dtype}")
+        if masks.shape != images.shape:
+            raise DataValidationError(f"SliceSequence: masks shape {masks.shape} != images shape {images.shape}")
+        if not (masks.dtype == np.bool_ or np.issubdtype(masks.dtype, np.integer)):
+            raise DataValidationError(f"SliceSequence needs integer 0/1 masks, got dtype {masks.dtype}")
+        if masks.size and (masks.min() < 0 or masks.max() > 1):
+            raise DataValidationError(
+                f"SliceSequence needs binary 0/1 masks, got values in [{masks.min()}, {masks.max()}]"
+            )
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"batch_size must be a positive integer, got {batch_size!r}")
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+        self.images = images
+        self.masks = masks if masks.dtype == np.uint8 else masks.astype(np.uint8)
+        self.batch_size = int(batch_size)
+        self.augment = augment_params(augment)
+        self.shuffle = bool(shuffle)
+        self.seed = int(seed)
+        self._epoch = 0
+        self._order = self._make_order(0)
+        # Keras builds the first batches once to learn their shapes when ``fit`` starts, then asks
+        # for them again: keep those few, each handed out once more, instead of preparing them twice.
+        self._peeked: dict[tuple[int, int], tuple[np.ndarray, np.ndarray]] = {}
+        self._lock = threading.Lock()
+
+    # ------------------------------------------------------------------ keras.utils.PyDataset API
+    def __len__(self) -> int:
+        return math.ceil(len(self.images) / self.batch_size)
+
+    def __getitem__(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        n_batches = len(self)
+        if not -n_batches <= idx < n_batches:
+            raise IndexError(f"batch {idx} out of range (0..{n_batches - 1})")
+        idx %= n_batches
+        key = (self._epoch, int(idx))
+        with self._lock:
+            hit = self._peeked.pop(key, None)
+        if hit is not None:
+            return hit
+        batch = self._make_batch(int(idx))
+        if idx < _PEEK_BATCHES:
+            with self._lock:
+                self._peeked = {k: v for k, v in self._peeked.items() if k[0] == self._epoch}
+                self._peeked[key] = batch
+        return batch
+
+    def _make_batch(self, idx: int) -> tuple[np.ndarray, np.ndarray]:
+        sel = self._order[idx * self.batch_size : (idx + 1) * self.batch_size]
+        images = self.images[sel]
+        masks = self.masks[sel]
+        if self.augment is not None:
+            rng = np.random.default_rng([self.seed, self._epoch, idx])
+            images, masks = augment_batch(images, masks, rng, self.augment)
+        x = to_unit_float(images)[..., np.newaxis]
+        y = masks.astype(np.float32)[..., np.newaxis]
+        return x, y
+
+    def on_epoch_end(self) -> None:
+        self.set_epoch(self._epoch + 1)
+
+    # ------------------------------------------------------------------ extras
+    @property
+    def epoch(self) -> int:
+        """The epoch whose order and augmentation draws the batches follow."""
+        return self._epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        """Follow epoch ``epoch``'s order and draws (used by :func:`lungseg.models.fit` on resume)."""
+        if epoch != self._epoch:
+            self._epoch = int(epoch)
+            self._order = self._make_order(self._epoch)
+            with self._lock:
+                self._peeked.clear()
+
+    @property
+    def n_slices(self) -> int:
+        return int(len(self.images))
+
+    @property
+    def image_size(self) -> int:
+        return int(self.images.shape[1])
+
+    def _make_order(self, epoch: int) -> np.ndarray:
+        n = len(self.images)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, int(epoch)]).permutation(n)

@@ -1,0 +1,290 @@
+"""The fit loop: checkpoint the best epoch, reduce the learning rate on plateaus, stop early,
+back up every epoch so an interrupted run resumes where it stopped, and return the best model.
+
+Backups (``backup_dir``) hold two sub-folders, both removed after a clean finish:
+
+- ``keras_backup/``: ``keras.callbacks.BackupAndRestore`` (weights + optimizer state + epoch);
+- ``lungseg_state/``: the best checkpoint so far (``best.keras``) and ``state.json`` with the
+  history of the finished epochs and the best monitored value, so that after a resume the best
+  model and the full history are still those of the whole run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from lungseg.errors import ConfigError, TrainingDataError
+from lungseg.models.data import SliceSequence
+
+logger = logging.getLogger(__name__)
+
+KERAS_BACKUP = "keras_backup"
+STATE_DIR = "lungseg_state"
+STATE_FILE = "state.json"
+BEST_FILE = "best.keras"
+
+REDUCE_LR_DEFAULTS: dict[str, Any] = {"factor": 0.5, "patience": 3, "min_lr": 1e-6, "min_delta": 1e-4, "cooldown": 0}
+EARLY_STOPPING_DEFAULTS: dict[str, Any] = {"patience": 8, "min_delta": 1e-4}
+_REDUCE_LR_KEYS = set(REDUCE_LR_DEFAULTS) | {"monitor", "mode", "enabled"}
+_EARLY_STOPPING_KEYS = set(EARLY_STOPPING_DEFAULTS) | {"monitor", "mode", "start_from_epoch", "enabled"}
+STRATEGIES = ("none", "mirrored")
+
+
+def set_seeds(seed: int) -> None:
+    """Seed Python, NumPy and the Keras backend (``keras.utils.set_random_seed``)."""
+    keras.utils.set_random_seed(int(seed))
+
+
+def strategy_scope(name: str | None):
+    """Context manager to build and compile a model in.
+
+    ``None`` / ``'none'``: a no-op context. ``'mirrored'``: ``tf.distribute.MirroredStrategy().scope()``
+    (all visible GPUs; TensorFlow backend only).
+
+    Raises:
+        ConfigError: unknown name, or ``'mirrored'`` on a non-TensorFlow backend.
+    """
+    key = "none" if name is None else str(name).strip().lower()
+    if key in ("none", "", "null", "default"):
+        return contextlib.nullcontext()
+    if key != "mirrored":
+        raise ConfigError(f"unknown distribution_strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
+    if keras.backend.backend() != "tensorflow":
+        raise ConfigError(
+            f"distribution_strategy 'mirrored' needs the TensorFlow backend, but Keras runs on "
+            f"{keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow or use distribution_strategy: none)"
+        )
+    import tensorflow as tf  # lazy: the only TensorFlow import of lungseg.models
+
+    strategy = tf.distribute.MirroredStrategy()
+    logger.info("MirroredStrategy over %d replica(s)", strategy.num_replicas_in_sync)
+    return strategy.scope()
+
+
+def check_training_data(images: np.ndarray, masks: np.ndarray, task: str) -> None:
+    """Refuse data that cannot train a model, naming the task.
+
+    Raises:
+        TrainingDataError: no slice, images/masks that do not match, or no positive mask pixel.
+    """
+    images = np.asarray(images)
+    masks = np.asarray(masks)
+    if images.ndim == 0 or len(images) == 0:
+        raise TrainingDataError(
+            f"{task} task: the training set is empty (0 slices after filtering); check the slice filter "
+            "parameters, the case split and that the masks of the training cases are not empty"
+        )
+    if masks.shape != images.shape:
+        raise TrainingDataError(f"{task} task: masks shape {masks.shape} does not match images shape {images.shape}")
+    if not np.any(masks):
+        raise TrainingDataError(
+            f"{task} task: the {len(masks)} training masks have no positive pixel, so there is nothing to "
+            "learn; check the mask files and the label mapping of the task"
+        )
+
+
+def _callback_params(given: dict[str, Any] | None, defaults: dict[str, Any], allowed: set[str], what: str,
+                     monitor: str) -> dict[str, Any] | None:
+    if given is None or given is False:
+        return None
+    if given is True:
+        given = {}
+    if not isinstance(given, dict):
+        raise ConfigError(f"{what} must be a mapping of settings or null, got {given!r}")
+    unknown = sorted(set(given) - allowed)
+    if unknown:
+        raise ConfigError(f"unknown {what} setting(s) {unknown}; allowed: {sorted(allowed)}")
+    if not given.get("enabled", True):
+        return None
+    out = {**defaults, "monitor": monitor, **{k: v for k, v in given.items() if k != "enabled"}}
+    return out
+
+
+class _EpochSync(keras.callbacks.Callback):
+    """Makes the training sequence follow the epoch Keras runs (also after a resume)."""
+
+    def __init__(self, sequence: SliceSequence):
+        super().__init__()
+        self.sequence = sequence
+        self.started = False
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.started = True
+        if hasattr(self.sequence, "set_epoch"):
+            self.sequence.set_epoch(epoch)
+
+
+class _StateSaver(keras.callbacks.Callback):
+    """After each epoch, writes the history so far and the best value to ``state.json`` (atomically)."""
+
+    def __init__(self, path: Path, history: dict[str, list[float]], checkpoint: keras.callbacks.ModelCheckpoint):
+        super().__init__()
+        self.path = path
+        self.history = history
+        self.checkpoint = checkpoint
+
+    def on_epoch_end(self, epoch, logs=None):
+        for key, value in (logs or {}).items():
+            self.history.setdefault(key, []).append(float(value))
+        best = self.checkpoint.best
+        state = {"epochs_done": epoch + 1, "monitor": self.checkpoint.monitor,
+                 "best": None if best is None or not math.isfinite(float(best)) else float(best),
+                 "history": self.history}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.path)
+
+
+def _read_json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def fit(
+    model: keras.Model,
+    train: SliceSequence,
+    val: SliceSequence | None,
+    *,
+    epochs: int,
+    checkpoint_path: Path | None = None,
+    backup_dir: Path | None = None,
+    reduce_lr: dict[str, Any] | None = None,
+    early_stopping: dict[str, Any] | None = None,
+    verbose: int = 1,
+    callbacks: list[keras.callbacks.Callback] | None = None,
+) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train a compiled model and return it with the weights of its best epoch, and the history.
+
+    Args:
+        model: a compiled model (see :func:`lungseg.models.compile_model`).
+        train: training batches; its own per-epoch shuffle is used (Keras' batch shuffle is off).
+        val: validation batches, or None (then the training loss is monitored).
+        epochs: total number of epochs (a resumed run counts the epochs done before the interruption).
+        checkpoint_path: where the best model (``.keras``) is saved; None: a temporary file.
+        backup_dir: folder for per-epoch backups; when it holds a backup of an interrupted run with
+            the same model, training resumes after the last finished epoch. Cleared after a clean finish.
+        reduce_lr: ``ReduceLROnPlateau`` settings (``factor``, ``patience``, ``min_lr``, ``min_delta``,
+            ``cooldown``); None or ``{"enabled": false}`` turns it off; ``{}`` uses the defaults.
+        early_stopping: ``EarlyStopping`` settings (``patience``, ``min_delta``, ``start_from_epoch``);
+            None turns it off.
+        verbose: Keras verbosity (1: a progress bar per epoch, 2: one line per epoch, 0: silent).
+        callbacks: extra Keras callbacks, run after the lungseg ones.
+
+    Returns:
+        ``(model, history)``: the same model object holding the best epoch's weights, and
+        ``{metric: [value per epoch]}`` over the whole run (including epochs before a resume).
+
+    Raises:
+        ConfigError: bad epochs or callback settings.
+    """
+    if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
+        raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", True):
+        raise ConfigError("fit needs a compiled model; call lungseg.models.compile_model first")
+    monitor = "val_loss" if val is not None else "loss"
+    lr_params = _callback_params(reduce_lr, REDUCE_LR_DEFAULTS, _REDUCE_LR_KEYS, "reduce_lr", monitor)
+    es_params = _callback_params(early_stopping, EARLY_STOPPING_DEFAULTS, _EARLY_STOPPING_KEYS,
+                                 "early_stopping", monitor)
+
+    with contextlib.ExitStack() as stack:
+        if backup_dir is not None:
+            backup_dir = Path(backup_dir)
+            state_dir = backup_dir / STATE_DIR
+            best_path = state_dir / BEST_FILE
+        else:
+            state_dir = None
+            if checkpoint_path is None:
+                tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lungseg-best-"))
+                best_path = Path(tmp) / BEST_FILE
+            else:
+                best_path = Path(checkpoint_path)
+        if best_path.suffix != ".keras":
+            raise ConfigError(f"checkpoint_path must end in .keras, got {str(best_path)!r}")
+        best_path.parent.mkdir(parents=True, exist_ok=True)
+
+        # Resume: what a previous, interrupted run with this backup_dir left behind.
+        prior_history: dict[str, list[float]] = {}
+        best_so_far = None
+        initial_epoch = 0
+        if backup_dir is not None:
+            meta = _read_json(backup_dir / KERAS_BACKUP / "training_metadata.json")
+            state = _read_json(state_dir / STATE_FILE)
+            if meta is not None:
+                initial_epoch = int(meta.get("epoch", 0))
+                if state is not None and state.get("monitor") == monitor and best_path.is_file():
+                    best_so_far = state.get("best")
+                if state is not None:
+                    prior_history = {k: list(v)[:initial_epoch] for k, v in state.get("history", {}).items()}
+                logger.info("Resuming training from backup %s after epoch %d of %d", backup_dir, initial_epoch, epochs)
+            elif state_dir.exists():
+                shutil.rmtree(state_dir)  # leftovers without a Keras backup: start afresh
+            if not (best_path.is_file() and best_so_far is not None):
+                best_so_far = None
+
+        checkpoint = keras.callbacks.ModelCheckpoint(
+            str(best_path), monitor=monitor, save_best_only=True, mode="min",
+            initial_value_threshold=best_so_far, verbose=0,
+        )
+        sync = _EpochSync(train)
+        cbs: list[keras.callbacks.Callback] = [sync, keras.callbacks.TerminateOnNaN(), checkpoint]
+        run_history: dict[str, list[float]] = {k: list(v) for k, v in prior_history.items()}
+        if lr_params is not None:
+            cbs.append(keras.callbacks.ReduceLROnPlateau(**lr_params, verbose=int(verbose > 0)))
+        if es_params is not None:
+            cbs.append(keras.callbacks.EarlyStopping(**es_params, restore_best_weights=False,
+                                                     verbose=int(verbose > 0)))
+        if backup_dir is not None:
+            # After ReduceLROnPlateau, so the backup holds the reduced learning rate and the state
+            # file the ``learning_rate`` it logs.
+            cbs.append(keras.callbacks.BackupAndRestore(str(backup_dir / KERAS_BACKUP), delete_checkpoint=True))
+            cbs.append(_StateSaver(state_dir / STATE_FILE, run_history, checkpoint))
+        cbs.extend(callbacks or [])
+
+        logger.info("Training %s for %d epochs: %d train slices in %d batches, %s val slices",
+                    model.name, epochs, train.n_slices if hasattr(train, "n_slices") else -1, len(train),
+                    val.n_slices if val is not None and hasattr(val, "n_slices") else 0)
+        try:
+            result = model.fit(train, validation_data=val, epochs=int(epochs), callbacks=cbs,
+                               shuffle=False, verbose=verbose)
+        except (ValueError, OSError) as exc:
+            if initial_epoch and not sync.started:  # failed while restoring the backup
+                raise ConfigError(
+                    f"folder {str(backup_dir)!r}: cannot resume training from this backup, which does not "
+                    f"match the model ({type(exc).__name__}: {exc}); delete the folder to start afresh"
+                ) from exc
+            raise
+
+        history = {k: list(v) for k, v in prior_history.items()}
+        for key, values in result.history.items():
+            history.setdefault(key, [])
+            history[key] = history[key][: len(prior_history.get(key, []))] + [float(v) for v in values]
+
+        if best_path.is_file():
+            model.load_weights(str(best_path))
+            best = history.get(monitor, [])
+            if best:
+                logger.info("Best epoch %d: %s = %.5f", int(np.nanargmin(best)) + 1, monitor, float(np.nanmin(best)))
+            if checkpoint_path is not None and Path(checkpoint_path) != best_path:
+                Path(checkpoint_path).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(best_path, checkpoint_path)
+        else:
+            logger.warning("No checkpoint was saved (%s never finite); keeping the last weights", monitor)
+        if backup_dir is not None:
+            shutil.rmtree(state_dir, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                backup_dir.rmdir()  # only if empty: never remove what others put there
+    return model, history

@@ -1,0 +1,144 @@
+"""The fit loop: training on a synthetic blob dataset, best-model restore, resume after an interrupt."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from lungseg.errors import ConfigError, TrainingDataError
+from lungseg.models import (
+    SliceSequence,
+    build_unet,
+    check_training_data,
+    compile_model,
+    fit,
+    set_seeds,
+    strategy_scope,
+)
+
+S = 32
+
+
+def blobs(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Bright discs (random centre and radius) on a dark noisy background; masks are the discs."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:S, 0:S]
+    cy, cx = rng.uniform(10, S - 10, (2, n, 1, 1))
+    r = rng.uniform(4, 8, (n, 1, 1))
+    masks = (((yy - cy) ** 2 + (xx - cx) ** 2) < r**2).astype(np.uint8)
+    images = np.clip(40 + 160 * masks + rng.normal(0, 15, (n, S, S)), 0, 255).astype(np.uint8)
+    return images, masks
+
+
+def _model(lr=1e-2, **compile_kwargs):
+    return compile_model(build_unet(S, base_filters=4, depth=2), loss="bce_dice", learning_rate=lr, **compile_kwargs)
+
+
+def test_tiny_unet_trains_and_fit_returns_the_best_epoch(tmp_path):
+    set_seeds(0)
+    model = _model()
+    train = SliceSequence(*blobs(16, 0), batch_size=8, augment={"rotation_deg": 10}, shuffle=True, seed=0)
+    val = SliceSequence(*blobs(8, 1), batch_size=8, augment=None, shuffle=False, seed=0)
+    ckpt = tmp_path / "ckpt" / "best.keras"
+    model, history = fit(model, train, val, epochs=5, checkpoint_path=ckpt, backup_dir=None,
+                         reduce_lr={"patience": 1}, early_stopping=None, verbose=0)
+    assert len(history["loss"]) == 5
+    assert {"loss", "dice", "iou", "val_loss", "val_dice", "val_iou", "learning_rate"} <= set(history)
+    assert history["loss"][-1] < 0.8 * history["loss"][0]
+    assert ckpt.is_file()
+    # the returned weights are those of the epoch with the lowest val_loss
+    restored = model.evaluate(val, verbose=0, return_dict=True)["loss"]
+    assert restored == pytest.approx(min(history["val_loss"]), rel=1e-4, abs=1e-5)
+
+
+class _Interrupt(keras.callbacks.Callback):
+    """Simulates a crash at the start of epoch ``at`` and records the weights at the end of each epoch."""
+
+    def __init__(self, at: int):
+        super().__init__()
+        self.at = at
+        self.weights_after: dict[int, np.ndarray] = {}
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.weights_after[epoch] = self.model.get_weights()[0].copy()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at:
+            raise RuntimeError("simulated interrupt")
+
+
+class _Recorder(keras.callbacks.Callback):
+    def __init__(self):
+        super().__init__()
+        self.epochs: list[int] = []
+        self.weights_before: dict[int, np.ndarray] = {}
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+        self.weights_before[epoch] = self.model.get_weights()[0].copy()
+
+
+def test_interrupted_fit_resumes_from_backup_instead_of_starting_over(tmp_path):
+    set_seeds(1)
+    train = SliceSequence(*blobs(8, 2), batch_size=8, augment=None, shuffle=True, seed=1)
+    val = SliceSequence(*blobs(4, 3), batch_size=4, augment=None, shuffle=False, seed=1)
+    backup = tmp_path / "backup"
+    crash = _Interrupt(at=1)
+    with pytest.raises(RuntimeError, match="simulated interrupt"):
+        fit(_model(run_eagerly=True), train, val, epochs=3, checkpoint_path=None, backup_dir=backup,
+            reduce_lr=None, early_stopping=None, verbose=0, callbacks=[crash])
+    assert json.loads((backup / "keras_backup" / "training_metadata.json").read_text())["epoch"] == 1
+    first_loss = json.loads((backup / "lungseg_state" / "state.json").read_text())["history"]["loss"]
+    assert len(first_loss) == 1
+
+    # A new process would build a fresh model: do the same, and resume with the same backup_dir.
+    rec = _Recorder()
+    model, history = fit(_model(run_eagerly=True), train, val, epochs=3, checkpoint_path=tmp_path / "best.keras",
+                         backup_dir=backup, reduce_lr=None, early_stopping=None, verbose=0, callbacks=[rec])
+    assert rec.epochs == [1, 2]  # epoch 0 was not run again
+    np.testing.assert_array_equal(rec.weights_before[1], crash.weights_after[0])  # weights came back
+    assert len(history["loss"]) == 3 and history["loss"][0] == pytest.approx(first_loss[0])
+    assert len(history["val_loss"]) == 3
+    assert (tmp_path / "best.keras").is_file()
+    assert not backup.exists()  # cleared after the clean finish
+
+
+def test_fit_refuses_bad_settings_before_training():
+    train = SliceSequence(*blobs(4, 0), batch_size=2, augment=None, shuffle=False, seed=0)
+    with pytest.raises(ConfigError, match=r"unknown reduce_lr setting\(s\) \['patiance'\]"):
+        fit(_model(), train, None, epochs=1, checkpoint_path=None, backup_dir=None,
+            reduce_lr={"patiance": 2}, early_stopping=None, verbose=0)
+    with pytest.raises(ConfigError, match="epochs"):
+        fit(_model(), train, None, epochs=0, checkpoint_path=None, backup_dir=None,
+            reduce_lr=None, early_stopping=None, verbose=0)
+
+
+def test_check_training_data_names_the_task():
+    images, masks = blobs(3, 0)
+    check_training_data(images, masks, "lung")  # fine
+    with pytest.raises(TrainingDataError, match=r"infection task: .*0 slices after filtering"):
+        check_training_data(images[:0], masks[:0], "infection")
+    with pytest.raises(TrainingDataError, match="infection task: .*no positive pixel"):
+        check_training_data(images, np.zeros_like(masks), "infection")
+    with pytest.raises(TrainingDataError, match="does not match"):
+        check_training_data(images, masks[:2], "lung")
+
+
+def test_strategy_scope_and_seeds():
+    assert isinstance(strategy_scope(None), contextlib.nullcontext)
+    assert isinstance(strategy_scope("none"), contextlib.nullcontext)
+    with pytest.raises(ConfigError, match="unknown distribution_strategy 'horovod'"):
+        strategy_scope("horovod")
+    if keras.backend.backend() == "tensorflow":
+        with strategy_scope("mirrored"):
+            model = build_unet(S, base_filters=2, depth=1)
+        assert model.output_shape == (None, S, S, 1)
+    set_seeds(5)
+    a = build_unet(S, base_filters=2, depth=1).get_weights()[0]
+    set_seeds(5)
+    b = build_unet(S, base_filters=2, depth=1).get_weights()[0]
+    np.testing.assert_array_equal(a, b)
