@@ -107,14 +107,14 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=2)
     args = ap.parse_args()
 
-    from lungseg.synthetic import generate_case, profile_params, write_dataset
+    from lungseg.synthetic import generate_case, write_dataset
 
     # ---- speed on one full-profile case (512 x 512, HU)
     case_path = args.workdir / "speed_case.nii.gz"
     if not case_path.exists():
         args.workdir.mkdir(parents=True, exist_ok=True)
-        params = profile_params("full")
-        case = generate_case(0, params, seed=7)
+        case = next(c for c in (generate_case(i, "full", seed=7) for i in range(20))
+                    if c.source_kind == "hu" and c.ct.shape[1] == 512 and c.ct.shape[0] >= 200)
         img = nib.Nifti1Image(np.ascontiguousarray(case.ct.transpose(2, 1, 0)), np.diag([-0.7, -0.7, 1.0, 1.0]))
         nib.save(img, str(case_path))
     shape = nib.load(str(case_path)).shape

@@ -4,6 +4,7 @@ metrics, and kedro-viz shows the variant namespaces."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import socket
@@ -20,6 +21,7 @@ CHROMIUM = "/usr/bin/chromium"
 pytestmark = pytest.mark.skipif(not Path(CHROMIUM).exists(),
                                 reason="Debian's chromium is not installed (make test installs it as root)")
 BIN = Path(sys.executable).parent
+VARIANTS = ("lung_unet", "lung_deeplabv3plus", "infection_unet", "infection_deeplabv3plus")
 LAUNCH_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
                "--disable-sync", "--no-first-run"]
 
@@ -106,8 +108,10 @@ def test_kedro_viz_shows_variant_namespaces(tmp_path):
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "--directory", str(build)]
+    api = json.loads((build / "api" / "main").read_text())
+    assert set(api["modular_pipelines"]) >= {"ingestion", "preprocessing", "evaluation", *VARIANTS}
     with server(cmd, url, tmp_path, tmp_path / "http.log"), browser() as page:
         page.goto(url, wait_until="domcontentloaded")
-        for name in ("Lung Unet", "Infection Unet", "Infection Deeplabv3plus", "Lung Deeplabv3plus", "Preprocessing"):
-            page.get_by_text(name, exact=False).first.wait_for(timeout=60_000)
+        for name in ("ingestion", "preprocessing", *VARIANTS):  # the collapsible namespaces in the sidebar tree
+            page.locator(f"text='{name}' >> visible=true").first.wait_for(timeout=60_000)
         page.screenshot(path=str(tmp_path / "viz.png"))

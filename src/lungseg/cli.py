@@ -41,6 +41,13 @@ def _parse_tasks(text: str) -> tuple[str, ...]:
     return tasks
 
 
+def _parse_cases(text: str) -> tuple[str, ...]:
+    cases = tuple(dict.fromkeys(c.strip() for c in text.split(",") if c.strip()))
+    if not cases:
+        raise argparse.ArgumentTypeError(f"invalid case list {text!r}: give comma-separated case ids")
+    return cases
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -75,6 +82,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: %(default)s)")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS, help="lung, infection or lung,infection (default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--cases", type=_parse_cases, default=None, metavar="A,B,C",
+                   help="batch mode: segment only these case ids (e.g. the held-out patients)")
     p.set_defaults(func=cmd_predict)
 
     u = sub.add_parser("ui", parents=[common], help="start the web UI", description="Start the Streamlit web UI.")
@@ -111,7 +120,10 @@ def _load_models(args: argparse.Namespace):
 
 def cmd_predict(args: argparse.Namespace) -> int:
     """``lungseg predict``: one input to OUTDIR, or a batch to OUTDIR/<case>/ + summary.csv."""
-    from lungseg.inference.batch import check_batch_output_dir, find_cases, is_batch_input, run_batch, write_summary
+    from lungseg.inference.batch import (
+        check_batch_output_dir, evaluation_failures, find_cases, ground_truth_summary_lines, is_batch_input,
+        run_batch, select_cases, write_summary,
+    )
     from lungseg.inference.report import check_output_dir
 
     src = Path(args.input)
@@ -121,10 +133,11 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if outdir.resolve() == src.resolve() or outdir.resolve() in src.resolve().parents:
         raise ConfigError(f"output folder {str(outdir)!r} must not be the input or hold it")
     progress = not args.no_progress
+    case_ids = getattr(args, "cases", None)
 
     if is_batch_input(src):
         check_batch_output_dir(outdir)
-        cases = find_cases(src)
+        cases = select_cases(find_cases(src), case_ids)
         from lungseg.inference.segment import Segmenter
 
         lung, infection = _load_models(args)
@@ -132,10 +145,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
         path = write_summary(summary, outdir)
         failed = summary[summary["status"] != "ok"]
         print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")
+        for line in ground_truth_summary_lines(summary):
+            print(f"lungseg: {line}")
+        not_evaluated = evaluation_failures(summary)
+        if not_evaluated:
+            print(f"lungseg: ground truth unusable for {len(not_evaluated)} case(s) ({', '.join(not_evaluated)}); "
+                  f"see the eval_error column of {path}")
         if len(failed):
             raise InputError(f"{len(failed)} of {len(summary)} cases failed ({', '.join(failed['case'])}); see {path}")
         return EXIT_OK
 
+    if case_ids is not None:
+        raise ConfigError("--cases applies to batch mode only (a folder of NIfTI files or a metadata.csv)")
     from lungseg.inference.readers import read_input
 
     check_output_dir(outdir)
@@ -179,12 +200,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     import signal
 
     proc = subprocess.Popen(cmd)
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally below on SIGTERM too
+    previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally below on SIGTERM too
     try:
         return int(proc.wait())
     except KeyboardInterrupt:
         return EXIT_OK
     finally:  # never leave the server behind (Ctrl-C, SIGTERM turned into SystemExit, errors)
+        signal.signal(signal.SIGTERM, previous)
         if proc.poll() is None:
             proc.terminate()
             try:

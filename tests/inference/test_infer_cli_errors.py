@@ -93,16 +93,23 @@ def test_ui_launches_streamlit_on_the_shipped_app(monkeypatch, tmp_path):
     app.write_text("")
     seen = {}
 
-    def fake_call(cmd):
-        seen["cmd"] = cmd
-        return 0
+    class FakePopen:
+        def __init__(self, cmd):
+            seen["cmd"] = cmd
 
-    monkeypatch.setattr(subprocess, "call", fake_call)
+        def wait(self, timeout=None):
+            return 0
+
+        def poll(self):
+            return 0
+
+    monkeypatch.setattr(subprocess, "Popen", FakePopen)
     monkeypatch.setattr(cli, "streamlit_app_path", lambda: app)
     assert cli.main(["ui", "--port", "8600", "--host", "0.0.0.0"]) == 0
     cmd = seen["cmd"]
     assert cmd[1:5] == ["-m", "streamlit", "run", str(app)]
-    assert cmd[5:] == ["--server.address", "0.0.0.0", "--server.port", "8600", "--server.headless", "true"]
+    assert cmd[5:11] == ["--server.address", "0.0.0.0", "--server.port", "8600", "--server.headless", "true"]
+    assert cmd[11] == "--server.maxUploadSize" and int(cmd[12]) > 200  # the page's own limit gives the message
 
 
 def test_ui_without_the_app_script_is_a_clear_error(monkeypatch, tmp_path, capsys):

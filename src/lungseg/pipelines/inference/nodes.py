@@ -20,7 +20,23 @@ DEFAULTS = {
     "batch_size": 16,
     "tasks": ["lung", "infection"],
     "progress": True,
+    "cases": None,
 }
+
+
+def _case_ids(value) -> list[str] | None:
+    """``inference.cases``: None (every case), a list of case ids, or a comma-separated string."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        ids = [c.strip() for c in value.split(",") if c.strip()]
+    elif isinstance(value, (list, tuple)):
+        ids = [str(c).strip() for c in value if str(c).strip()]
+    else:
+        raise ConfigError(f"parameters 'inference.cases': expected null or a list of case ids, got {value!r}")
+    if not ids:
+        raise ConfigError("parameters 'inference.cases': the list is empty; use null to segment every case")
+    return ids
 
 
 def run_inference(params: dict) -> pd.DataFrame:
@@ -33,10 +49,16 @@ def run_inference(params: dict) -> pd.DataFrame:
     Args:
         params: ``input``, ``output_dir``, ``lung_model``, ``infection_model`` (None = newest trained
             model in ``models_dir``; a ``.keras`` path or an MLflow URI otherwise), ``models_dir``,
-            ``batch_size``, ``tasks``.
+            ``batch_size``, ``tasks``, ``progress``, ``cases`` (None = every case; else a list of
+            case ids to segment, e.g. the held-out patients).
+
+    Returns:
+        The summary (see :mod:`lungseg.inference.batch`), with Dice/IoU columns for the cases whose
+        ``metadata.csv`` row gives ground-truth masks; their means are logged by ``run_batch``.
 
     Raises:
-        ConfigError: no ``input`` given, or unknown keys.
+        ConfigError: no ``input`` given, unknown keys, a bad ``cases`` value.
+        InputError: ``cases`` names a case that is not in the input.
     """
     unknown = sorted(set(params) - set(DEFAULTS))
     if unknown:
@@ -46,11 +68,12 @@ def run_inference(params: dict) -> pd.DataFrame:
         raise ConfigError("parameters 'inference.input': give a folder of NIfTI files or a metadata.csv")
     tasks = tuple(p["tasks"])
 
-    from lungseg.inference.batch import find_cases, run_batch
+    from lungseg.inference.batch import evaluation_failures, find_cases, run_batch, select_cases
     from lungseg.inference.models import load_model_spec
     from lungseg.inference.segment import Segmenter
 
-    cases = find_cases(Path(p["input"]))
+    ids = _case_ids(p["cases"])
+    cases = select_cases(find_cases(Path(p["input"])), ids)
     lung = load_model_spec(p["lung_model"], "lung", p["models_dir"])
     infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
     summary = run_batch(Segmenter(lung, infection, int(p["batch_size"])), cases, p["output_dir"], tasks, bool(p["progress"]))
@@ -58,4 +81,7 @@ def run_inference(params: dict) -> pd.DataFrame:
     logger.info("inference: %d of %d cases segmented into %s", n_ok, len(summary), p["output_dir"])
     if n_ok < len(summary):
         logger.warning("inference: failed cases: %s", ", ".join(summary.loc[summary["status"] != "ok", "case"]))
+    not_evaluated = evaluation_failures(summary)
+    if not_evaluated:
+        logger.warning("inference: ground truth unusable for: %s (see eval_error)", ", ".join(not_evaluated))
     return summary
