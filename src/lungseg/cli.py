@@ -3,7 +3,8 @@
 ``lungseg predict INPUT -o OUTDIR``
     Segment the lungs and the infection of one CT (a NIfTI file, a DICOM folder or .zip, a PNG/JPEG
     slice), or of every case of a folder of NIfTI files / a ``metadata.csv`` (batch mode: one folder
-    per case and ``OUTDIR/summary.csv``).
+    per case and ``OUTDIR/summary.csv``). ``--cases a,b`` keeps only those case ids; a metadata.csv with
+    ``lung_mask`` / ``infection_mask`` columns also gives per-case Dice/IoU columns and their means.
 ``lungseg ui``
     Start the web UI (Streamlit).
 ``lungseg models``
