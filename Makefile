@@ -38,9 +38,11 @@ demo: $(STAMP)
 		$(BIN)/kedro run --env=demo --pipeline=synthetic_data; \
 	fi
 	$(BIN)/kedro run --env=demo --pipeline=infection_unet
+	@echo "==> a small lung model too, so that 'lungseg predict' and 'lungseg ui' work on the demo models"
+	$(BIN)/kedro run --env=demo --pipeline=lung_unet
 	@echo ""
 	@echo "==> done. Results:"
-	@echo "    models:        data/06_models/infection_unet/"
+	@echo "    models:        data/06_models/infection_unet/, data/06_models/lung_unet/"
 	@echo "    reports:       data/08_reporting/infection_unet/ (metrics.json, metrics.csv, curves, overlays)"
 	@echo "    comparison:    data/08_reporting/comparison.csv"
 	@echo "    MLflow runs:   $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (or: make mlflow)"

@@ -114,7 +114,8 @@ def make_kedro_project(tmp_path: Path, raw_root: Path, extra_params: dict | None
     test_env = project / "conf" / "test"
     test_env.mkdir()
     (project / "conf" / "local").mkdir()
-    (test_env / "globals.yml").write_text(yaml.safe_dump({"dataset_name": "tiny", "raw_root": str(raw_root)}))
+    (test_env / "globals.yml").write_text(
+        yaml.safe_dump({"dataset_name": "tiny", "raw_root": str(raw_root), "synthetic_root": str(raw_root)}))
     # an absolute tracking URI: MLflow caches one store per URI string, so a relative
     # sqlite:///mlflow.db would keep pointing at the first project's database within one process
     mlflow_conf = yaml.safe_load((project / "conf" / "base" / "mlflow.yml").read_text())

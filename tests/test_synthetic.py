@@ -253,7 +253,7 @@ def test_kedro_node_writes_through_partitioned_dataset(tmp_path, tiny_cases, tin
     from lungseg.pipelines.synthetic_data.nodes import generate_synthetic_dataset
     from lungseg.pipelines.synthetic_data.pipeline import create_pipeline
 
-    metadata, volumes = generate_synthetic_dataset({"profile": "tiny", "seed": 0, "n_cases": 2})
+    volumes, metadata = generate_synthetic_dataset({"profile": "tiny", "seed": 0, "n_cases": 2})
     assert len(metadata) == 2 and len(volumes) == 8
     assert all(callable(v) for v in volumes.values())
     PartitionedDataset(path=str(tmp_path), dataset="lungseg.datasets.NiftiDataset",

@@ -287,7 +287,7 @@ def missing_model_message(tasks: Sequence[str], models_dir: str | Path) -> str:
     commands = " / ".join(f"`{TRAIN_COMMANDS[t]}`" for t in tasks)
     return (
         f"No trained {names} model in `{models_dir}`. Train one with `make demo` "
-        f"(all models on the synthetic demo data) or {commands}, "
+        f"(the lung and infection U-Nets on the synthetic demo data) or, on the real dataset, {commands}, "
         f"or point the sidebar's models folder at a folder that holds them."
     )
 

@@ -378,6 +378,9 @@ def run_batch(
         except LungsegError as exc:
             logger.error("case %s failed: %s", case, exc)
             row.update(status="error", error=str(exc))
+        except Exception as exc:  # one broken case must not lose the summary of the others
+            logger.exception("case %s failed with an internal error", case)
+            row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
         else:
             row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"])
             for side in ("left", "right", "total"):

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 
 def generate_synthetic_dataset(
     params: dict[str, Any],
-) -> tuple[pd.DataFrame, dict[str, Callable[[], nib.Nifti1Image]]]:
+) -> tuple[dict[str, Callable[[], nib.Nifti1Image]], pd.DataFrame]:
     """Describe the synthetic dataset of the chosen profile; the volumes are generated lazily.
 
     Args:
@@ -24,7 +24,9 @@ def generate_synthetic_dataset(
             ``seed``, ``profiles`` (per-profile settings) and an optional ``n_cases`` override.
 
     Returns:
-        ``metadata.csv`` as a DataFrame, and one lazy loader per NIfTI file keyed by its path
+        One lazy loader per NIfTI file, then ``metadata.csv`` as a DataFrame (in this order, so that
+        Kedro writes ``metadata.csv`` last and an interrupted run is never taken for a finished
+        one). The loaders are keyed by path
         relative to the dataset root without ``.nii.gz`` (``ct_scans/synth_000_org``,
         ``lung_mask/synth_000``...). A ``PartitionedDataset`` calls the loaders one after another;
         each case is generated once and only one case is held in memory.
@@ -32,4 +34,4 @@ def generate_synthetic_dataset(
     profile, seed, name = resolve_params(params)
     store = LazyCaseStore(profile, seed)
     logger.info("Synthetic dataset: profile %r, %d case(s), seed %d", name, store.n_cases, seed)
-    return metadata_frame(store.n_cases), store.loaders()
+    return store.loaders(), metadata_frame(store.n_cases)

@@ -12,7 +12,7 @@ def create_pipeline(**kwargs) -> Pipeline:
             node(
                 generate_synthetic_dataset,
                 "params:synthetic_data",
-                ["synthetic_metadata", "synthetic_volumes"],
+                ["synthetic_volumes", "synthetic_metadata"],
                 name="generate_synthetic_dataset",
                 tags=["synthetic_data"],
             )

@@ -67,12 +67,13 @@ def train_model(
     model_params: dict[str, Any],
     training_params: dict[str, Any],
     dataset_name: str,
-) -> tuple[Any, Any, dict[str, Any], dict[str, Any], dict[str, list[float]], dict[str, list[dict[str, float]]]]:
+) -> tuple[dict[str, Any], Any, Any, dict[str, Any], dict[str, list[float]], dict[str, list[dict[str, float]]]]:
     """Train one variant.
 
-    Returns the best model (twice: for the versioned ``.keras`` file and for MLflow), the model
-    config that travels with it (twice: beside the model, and beside the reports / in MLflow), the
-    history per epoch, and the same history as MLflow step metrics.
+    Returns the model config that travels with the model (saved first, so a model file never
+    exists without its config), the best model (twice: for the versioned ``.keras`` file and for
+    MLflow), the config again (beside the reports / in MLflow), the history per epoch, and the same
+    history as MLflow step metrics.
     """
     from lungseg.models import SliceSequence, build_model, check_training_data, compile_model, fit, set_seeds
     from lungseg.models.train import strategy_scope
@@ -128,4 +129,4 @@ def train_model(
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     steps = {k: [{"value": float(v), "step": i} for i, v in enumerate(vals)] for k, vals in history.items()}
-    return model, model, config, dict(config), history, steps
+    return config, model, model, dict(config), history, steps

@@ -27,7 +27,7 @@ def create_template() -> Pipeline:
             Node(
                 train_model,
                 ["model_input", "case_split", "params:model", "params:training", "params:dataset_name"],
-                ["model", "mlflow_model", "model_config", "model_config_report", "history", "epoch_metrics"],
+                ["model_config", "model", "mlflow_model", "model_config_report", "history", "epoch_metrics"],
                 name="train_model",
                 tags=["training"],
             ),
