@@ -22,12 +22,12 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def _conv_block(x, filters: int, prefix: str):
+def _conv_block(x, filters: int, prefix: str, bn_momentum: float = 0.99):
     """Two 3x3 convolutions, each followed by BatchNorm and ReLU."""
     for i in (1, 2):
         x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer="he_normal",
                           name=f"{prefix}_conv{i}")(x)
-        x = layers.BatchNormalization(name=f"{prefix}_bn{i}")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"{prefix}_bn{i}")(x)
         x = layers.Activation("relu", name=f"{prefix}_relu{i}")(x)
     return x
 
@@ -38,6 +38,7 @@ def build_unet(
     depth: int = 4,
     dropout: float = 0.0,
     name: str = "unet",
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """Build a U-Net mapping ``(S, S, 1)`` float32 images in [0, 1] to ``(S, S, 1)`` sigmoid probabilities.
 
@@ -53,6 +54,9 @@ def build_unet(
         depth: number of pooling steps.
         dropout: dropout rate in the bottleneck, in [0, 1).
         name: model name.
+        bn_momentum: BatchNorm moving-average momentum. Keras' 0.99 needs several hundred steps
+            before the moving statistics (used at validation and inference) catch up; short CPU
+            runs use 0.9.
 
     Raises:
         ConfigError: a bad size, depth, filter count or dropout rate.
@@ -72,17 +76,17 @@ def build_unet(
     x = inputs
     skips = []
     for level in range(depth):
-        x = _conv_block(x, base_filters * 2**level, f"enc{level + 1}")
+        x = _conv_block(x, base_filters * 2**level, f"enc{level + 1}", bn_momentum)
         skips.append(x)
         x = layers.MaxPooling2D(2, name=f"enc{level + 1}_pool")(x)
-    x = _conv_block(x, base_filters * 2**depth, "bottleneck")
+    x = _conv_block(x, base_filters * 2**depth, "bottleneck", bn_momentum)
     if dropout > 0:
         x = layers.Dropout(float(dropout), name="bottleneck_dropout")(x)
     for level in reversed(range(depth)):
         filters = base_filters * 2**level
         x = layers.Conv2DTranspose(filters, 2, strides=2, padding="same", name=f"dec{level + 1}_up")(x)
         x = layers.Concatenate(name=f"dec{level + 1}_concat")([x, skips[level]])
-        x = _conv_block(x, filters, f"dec{level + 1}")
+        x = _conv_block(x, filters, f"dec{level + 1}", bn_momentum)
     logits = layers.Conv2D(1, 1, name="head_conv")(x)
     outputs = layers.Activation("sigmoid", dtype="float32", name="mask")(logits)
     model = keras.Model(inputs, outputs, name=name)
