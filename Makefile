@@ -1,5 +1,5 @@
 # lungseg: two commands do everything from a fresh clone.
-#   make demo   create .venv, install, generate the synthetic dataset if absent, train + evaluate infection_unet
+#   make demo   create .venv, install, generate the synthetic dataset if absent, train + evaluate infection_unet, then a small lung_unet
 #   make test   create .venv if needed, install the dev extra (+ Debian's chromium for browser tests), run pytest
 
 PYTHON ?= python3
@@ -17,7 +17,7 @@ export PYTHONWARNINGS := ignore::DeprecationWarning
 .PHONY: demo test install chromium ui viz mlflow bench clean-demo help
 
 help:
-	@echo "make demo   - install, generate the synthetic dataset, train + evaluate infection_unet on it"
+	@echo "make demo   - install, generate the synthetic dataset, train + evaluate infection_unet (+ a small lung_unet) on it"
 	@echo "make test   - install the dev extra and run the test suite"
 	@echo "make ui     - start the web UI on http://127.0.0.1:8501"
 	@echo "make viz    - kedro-viz on http://127.0.0.1:4141"
