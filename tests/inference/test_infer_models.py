@@ -157,3 +157,12 @@ def test_mlflow_uris(tiny_unet_file, tmp_path, monkeypatch):
             load_model_spec("models:/no_such_model/3", "lung", "unused")
     finally:
         mlflow.set_tracking_uri(previous)
+
+
+def test_lung_model_trained_on_lung_mask_crops_is_refused():
+    from lungseg.errors import ConfigError
+    from lungseg.inference.models import check_config
+
+    with pytest.raises(ConfigError, match="lung_crop_source: lung_mask"):
+        check_config({"task": "lung", "image_size": 32, "crop_mode": "lung_mask"}, "lung", "m.keras")
+    assert check_config({"task": "infection", "image_size": 32, "crop_mode": "lung_mask"}, "infection", "m")

@@ -207,6 +207,12 @@ def check_config(config: Any, task: str | None, source: str) -> dict:
     out = {**CONFIG_DEFAULTS, **config}
     if task is not None:
         out.setdefault("task", task)
+    if out.get("task") == "lung" and out.get("crop_mode", "body") != "body":
+        raise ConfigError(
+            f"model {source!r} is a lung model trained on slices cropped to the ground-truth lungs "
+            f"(preprocessing.lung_crop_source: lung_mask, the paper's protocol); a new CT has no lung mask, "
+            f"so it cannot be used for inference. Retrain it with lung_crop_source: body"
+        )
     return out
 
 
