@@ -199,3 +199,11 @@ def test_npz_dataset_roundtrip(tmp_path):
     ds.save({"x": np.arange(5, dtype=np.int16), "y": np.ones((2, 2), np.uint8)})
     out = ds.load()
     assert out["x"].dtype == np.int16 and out["x"].tolist() == [0, 1, 2, 3, 4] and out["y"].sum() == 4
+
+
+def test_skip_invalid_cases_also_skips_a_bad_path(tiny_dataset):
+    meta = pd.read_csv(tiny_dataset / "metadata.csv")
+    meta.loc[1, "ct_scan"] = "../../etc/passwd"
+    table, _, skipped = ingest_cases(meta, _volumes(tiny_dataset), {"skip_invalid_cases": True})
+    assert list(table["case_id"]) == ["case_a", "case_c"]
+    assert skipped.loc[0, "case_id"] == "case_b" and "escapes the dataset root" in skipped.loc[0, "problem"]

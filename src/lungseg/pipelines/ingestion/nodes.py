@@ -32,10 +32,13 @@ LABEL_SETS = {
 SKIPPED_COLUMNS = ["case_id", "file", "problem"]
 
 
-def check_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
+def check_metadata(
+    metadata: pd.DataFrame, skipped: list[dict[str, str]] | None = None
+) -> pd.DataFrame:
     """Check the columns of ``metadata.csv`` and resolve every path relative to the dataset root.
 
-    Returns one row per case: ``case_id`` and the four resolved relative paths.
+    Returns one row per case: ``case_id`` and the four resolved relative paths. When ``skipped`` is
+    a list, a row with a bad path is recorded there and left out instead of stopping the run.
     """
     missing = [c for c in REQUIRED_COLUMNS if c not in metadata.columns]
     if missing:
@@ -50,14 +53,21 @@ def check_metadata(metadata: pd.DataFrame) -> pd.DataFrame:
         rec = rec._asdict()
         case = case_id_from_path(str(rec["lung_mask"]).replace("\\", "/")) if pd.notna(rec["lung_mask"]) else f"row {i + 1}"
         row = {"case_id": case}
-        for col in REQUIRED_COLUMNS:
-            value = rec[col]
-            if col == "lung_and_infection_mask" and (pd.isna(value) or str(value).strip() == ""):
-                row[col] = ""  # optional: rebuilt from the lung and infection masks
-                continue
-            row[col] = resolve_relative(value, case=case)
+        try:
+            for col in REQUIRED_COLUMNS:
+                value = rec[col]
+                if col == "lung_and_infection_mask" and (pd.isna(value) or str(value).strip() == ""):
+                    row[col] = ""  # optional: rebuilt from the lung and infection masks
+                    continue
+                row[col] = resolve_relative(value, case=case)
+        except DataValidationError as exc:
+            if skipped is None:
+                raise
+            logger.warning("Skipping %s", exc)
+            skipped.append({"case_id": case, "file": exc.file or "", "problem": exc.problem})
+            continue
         rows.append(row)
-    table = pd.DataFrame(rows)
+    table = pd.DataFrame(rows, columns=["case_id", *REQUIRED_COLUMNS])
     dupes = table["case_id"][table["case_id"].duplicated()].unique().tolist()
     if dupes:
         raise DataValidationError(f"duplicate case id(s) {dupes}", file="metadata.csv")
@@ -191,8 +201,9 @@ def ingest_cases(
         The case table, lazy canonical cases (one ``.npz`` each) and the skipped-cases report.
     """
     skip = bool(params.get("skip_invalid_cases", False))
-    table = check_metadata(metadata)
-    facts, skipped, valid = [], [], []
+    skipped: list[dict[str, str]] = []
+    table = check_metadata(metadata, skipped if skip else None)
+    facts, valid = [], []
     for rec in tqdm(table.to_dict("records"), desc="ingest cases", unit="case"):
         case = rec.pop("case_id")
         try:
