@@ -141,9 +141,12 @@ def test_upload_slice_and_mask_in_a_browser(server, models_dir, tmp_path):
             page.locator("input[type=file]").first.set_input_files(str(ct_path))
             page.get_by_text("Overlay", exact=True).wait_for()
             images = page.locator("[data-testid=stImage] img")
+            images.nth(2).wait_for()  # Streamlit renders progressively: wait, then count
             assert images.count() == 3
             page.get_by_text("Severity grade").wait_for()
-            assert page.locator("[data-testid=stDownloadButton]").count() == 1
+            download = page.locator("[data-testid=stDownloadButton]")
+            download.first.wait_for()
+            assert download.count() == 1
 
             page.locator("input[type=file]").nth(1).set_input_files(str(gt_path))
             dice = page.locator("[data-testid=stMetric]", has_text="Dice (lung)")
