@@ -49,6 +49,20 @@ class Segmentation:
         return bool(self.lung_labels.any())
 
 
+def predict_probabilities(model, images_u8: np.ndarray, batch_size: int = 16) -> np.ndarray:
+    """Sigmoid probabilities (N, S, S) float32 of uint8 model-input images (N, S, S), one
+    ``predict_on_batch`` call per ``batch_size`` slices. Shared by inference and evaluation."""
+    from lungseg.imaging import to_unit_float
+
+    n = int(images_u8.shape[0])
+    out = np.empty(images_u8.shape, dtype=np.float32)
+    for start in range(0, n, batch_size):
+        batch = to_unit_float(images_u8[start : start + batch_size])[..., None]
+        pred = np.asarray(model.predict_on_batch(batch))
+        out[start : start + batch.shape[0]] = pred.reshape(batch.shape[:3])
+    return out
+
+
 def _config_for(loaded: LoadedModel, **overrides):
     """The ``PreprocessConfig`` of a model's saved config (keys the imaging config does not know are dropped)."""
     from lungseg.imaging import PreprocessConfig
@@ -95,15 +109,7 @@ class Segmenter:
 
         One ``predict_on_batch`` call per ``batch_size`` slices (never one call per slice).
         """
-        from lungseg.imaging import to_unit_float
-
-        n = int(images_u8.shape[0])
-        out = np.empty(images_u8.shape, dtype=np.float32)
-        for start in range(0, n, self.batch_size):
-            batch = to_unit_float(images_u8[start : start + self.batch_size])[..., None]
-            pred = np.asarray(loaded.model.predict_on_batch(batch))
-            out[start : start + batch.shape[0]] = pred.reshape(batch.shape[:3])
-        return out
+        return predict_probabilities(loaded.model, images_u8, self.batch_size)
 
     def _predict_volume(
         self,

@@ -19,20 +19,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungseg.evaluation.metrics import NSD_TOLERANCE_MM, slice_metrics, summarize_slices, volume_metrics
-from lungseg.imaging import PreprocessConfig, crop_and_resize, restore_slices, to_unit_float
+from lungseg.imaging import PreprocessConfig, crop_and_resize, restore_slices
+from lungseg.inference.segment import predict_probabilities as predict_probs
 from lungseg.pipelines.training.nodes import split_model_input
 
 logger = logging.getLogger(__name__)
 Lazy = Callable[[], dict[str, np.ndarray]]
-
-
-def predict_probs(model, images_u8: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Sigmoid probabilities (N, S, S) for uint8 slices (N, S, S), in batches."""
-    out = np.zeros(images_u8.shape, np.float32)
-    for start in range(0, len(images_u8), batch_size):
-        x = to_unit_float(images_u8[start:start + batch_size])[..., None]
-        out[start:start + batch_size] = np.asarray(model.predict_on_batch(x))[..., 0]
-    return out
 
 
 def predict_case(model, config: dict[str, Any], image_u8: np.ndarray, lung: np.ndarray, batch_size: int = 16) -> np.ndarray:
