@@ -52,6 +52,8 @@ def test_unet_bad_sizes_raise_config_error():
         build_unet(32, base_filters=4, depth=2, dropout=1.0)
     with pytest.raises(ConfigError, match="depth"):
         build_unet(32, base_filters=4, depth=0)
+    with pytest.raises(ConfigError, match=r"bn_momentum must be a number in \[0, 1\), got 1.5"):
+        build_unet(32, base_filters=4, depth=2, bn_momentum=1.5)
 
 
 def test_deeplab_round_trips_through_keras_file(deeplab, tmp_path):
@@ -74,6 +76,28 @@ def test_deeplab_shapes_range_and_one_training_step(deeplab):
     y = (_x(seed=1) > 0.5).astype(np.float32)
     loss = deeplab.train_on_batch(_x(), y, return_dict=True)["loss"]
     assert np.isfinite(loss)
+
+
+def test_deeplab_bn_momentum_reaches_every_batchnorm_and_survives_saving(tmp_path):
+    model = build_deeplabv3plus(32, bn_momentum=0.9, **SMALL_DEEPLAB)
+
+    def momenta(m):
+        found = []
+        for layer in m.layers:
+            if isinstance(layer, keras.Model):
+                found += momenta(layer)
+            elif isinstance(layer, keras.layers.BatchNormalization):
+                found.append(layer.momentum)
+        return found
+
+    got = momenta(model)
+    assert len(got) > 50 and set(got) == {0.9}  # ResNet50's own BatchNorms too, not only the head's
+    path = tmp_path / "m.keras"
+    model.save(path)
+    assert set(momenta(load_model(path, compile=False))) == {0.9}
+    assert set(momenta(build_deeplabv3plus(32, **SMALL_DEEPLAB))) == {0.99}  # Keras' default
+    with pytest.raises(ConfigError, match=r"bn_momentum must be a number in \[0, 1\)"):
+        build_deeplabv3plus(32, bn_momentum="fast", **SMALL_DEEPLAB)
 
 
 def test_deeplab_bad_size_layer_and_weights_raise_config_error(tmp_path):

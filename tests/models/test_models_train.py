@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 
 import keras
 import numpy as np
@@ -90,7 +91,7 @@ def test_interrupted_fit_resumes_from_backup_instead_of_starting_over(tmp_path):
     crash = _Interrupt(at=1)
     with pytest.raises(RuntimeError, match="simulated interrupt"):
         fit(_model(run_eagerly=True), train, val, epochs=3, checkpoint_path=None, backup_dir=backup,
-            reduce_lr=None, early_stopping=None, verbose=0, callbacks=[crash])
+            reduce_lr=None, early_stopping=None, verbose=0, callbacks=[crash], fingerprint="run-a")
     assert json.loads((backup / "keras_backup" / "training_metadata.json").read_text())["epoch"] == 1
     first_loss = json.loads((backup / "lungseg_state" / "state.json").read_text())["history"]["loss"]
     assert len(first_loss) == 1
@@ -98,13 +99,35 @@ def test_interrupted_fit_resumes_from_backup_instead_of_starting_over(tmp_path):
     # A new process would build a fresh model: do the same, and resume with the same backup_dir.
     rec = _Recorder()
     model, history = fit(_model(run_eagerly=True), train, val, epochs=3, checkpoint_path=tmp_path / "best.keras",
-                         backup_dir=backup, reduce_lr=None, early_stopping=None, verbose=0, callbacks=[rec])
+                         backup_dir=backup, reduce_lr=None, early_stopping=None, verbose=0, callbacks=[rec],
+                         fingerprint="run-a")
     assert rec.epochs == [1, 2]  # epoch 0 was not run again
     np.testing.assert_array_equal(rec.weights_before[1], crash.weights_after[0])  # weights came back
     assert len(history["loss"]) == 3 and history["loss"][0] == pytest.approx(first_loss[0])
     assert len(history["val_loss"]) == 3
     assert (tmp_path / "best.keras").is_file()
     assert not backup.exists()  # cleared after the clean finish
+
+
+def test_backup_of_a_run_with_other_settings_is_discarded_not_resumed(tmp_path, caplog):
+    set_seeds(1)
+    train = SliceSequence(*blobs(8, 2), batch_size=8, augment=None, shuffle=True, seed=1)
+    val = SliceSequence(*blobs(4, 3), batch_size=4, augment=None, shuffle=False, seed=1)
+    backup = tmp_path / "backup"
+    with pytest.raises(RuntimeError, match="simulated interrupt"):
+        fit(_model(run_eagerly=True), train, val, epochs=3, backup_dir=backup, reduce_lr=None,
+            early_stopping=None, verbose=0, callbacks=[_Interrupt(at=1)], fingerprint="run-a")
+    assert (backup / "keras_backup" / "training_metadata.json").is_file()
+
+    rec = _Recorder()
+    with caplog.at_level(logging.WARNING, logger="lungseg.models.train"):
+        _, history = fit(_model(run_eagerly=True), train, val, epochs=3, backup_dir=backup, reduce_lr=None,
+                         early_stopping=None, verbose=0, callbacks=[rec], fingerprint="run-b")
+    assert rec.epochs == [0, 1, 2]  # started afresh
+    assert len(history["loss"]) == 3
+    assert any(str(backup) in r.getMessage() and "other settings or data" in r.getMessage()
+               for r in caplog.records)
+    assert not backup.exists()
 
 
 def test_fit_refuses_bad_settings_before_training():
@@ -142,3 +165,21 @@ def test_strategy_scope_and_seeds():
     set_seeds(5)
     b = build_unet(S, base_filters=2, depth=1).get_weights()[0]
     np.testing.assert_array_equal(a, b)
+
+
+def test_run_fingerprint_changes_with_settings_and_data_but_not_with_verbosity():
+    from lungseg.pipelines.training.nodes import run_fingerprint
+
+    x, y = (np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8), np.zeros((2, 8, 8), np.uint8))
+    prep = {"task": "lung", "image_size": 8}
+    base = run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3, "verbose": 1, "backup_dir": "a"}, prep, x, y, x)
+    assert base == run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3, "verbose": 2, "backup_dir": "b"},
+                                   prep, x, y, x)
+    others = {
+        run_fingerprint("unet", {"base_filters": 8}, {"epochs": 3}, prep, x, y, x),
+        run_fingerprint("unet", {"base_filters": 4}, {"epochs": 4}, prep, x, y, x),
+        run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3}, {**prep, "image_size": 16}, x, y, x),
+        run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3}, prep, x + 1, y, x),
+        run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3}, prep, x, y, x[:1]),
+    }
+    assert base not in others and len(others) == 5

@@ -40,10 +40,16 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-def _conv_bn_relu(x, filters: int, kernel: int, name: str, dilation: int = 1):
+def _check_momentum(value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
+        raise ConfigError(f"DeepLabV3+ bn_momentum must be a number in [0, 1), got {value!r}")
+    return float(value)
+
+
+def _conv_bn_relu(x, filters: int, kernel: int, name: str, dilation: int = 1, bn_momentum: float = 0.99):
     x = layers.Conv2D(filters, kernel, padding="same", dilation_rate=dilation, use_bias=False,
                       kernel_initializer="he_normal", name=f"{name}_conv")(x)
-    x = layers.BatchNormalization(name=f"{name}_bn")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name=f"{name}_bn")(x)
     return layers.Activation("relu", name=f"{name}_relu")(x)
 
 
@@ -96,6 +102,7 @@ def build_deeplabv3plus(
     decoder_filters: int = 256,
     name: str = "deeplabv3plus",
     low_level_filters: int = 48,
+    bn_momentum: float = 0.99,
 ) -> keras.Model:
     """Build DeepLabV3+ mapping ``(S, S, 1)`` float32 images in [0, 1] to ``(S, S, 1)`` probabilities.
 
@@ -109,6 +116,9 @@ def build_deeplabv3plus(
         decoder_filters: filters of the two decoder 3x3 convolutions (256 in the paper).
         name: model name.
         low_level_filters: filters of the low-level 1x1 projection (48 in the paper).
+        bn_momentum: moving-average momentum of every BatchNorm layer, the backbone's included.
+            Keras' 0.99 needs several hundred steps before the moving statistics (used at
+            validation and inference) catch up; short CPU runs from random weights use 0.9.
 
     Raises:
         ConfigError: bad size, layer name, filter count, or unusable backbone weights.
@@ -122,6 +132,7 @@ def build_deeplabv3plus(
     for key, value in (("aspp_filters", aspp_filters), ("decoder_filters", decoder_filters),
                        ("low_level_filters", low_level_filters)):
         _check_int(key, value, 1)
+    bn_momentum = _check_momentum(bn_momentum)
 
     resnet = _resnet50(image_size, backbone_weights)
     low = _feature_layer(resnet, low_level_layer, "low_level_layer")
@@ -132,6 +143,9 @@ def build_deeplabv3plus(
             f"DeepLabV3+ low_level_layer {low_level_layer!r} ({low_size} px) must have a finer grid than "
             f"high_level_layer {high_level_layer!r} ({high_size} px); typical: {_STAGE_HINT}"
         )
+    for layer in resnet.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = bn_momentum  # read at call time and saved in the layer config
     backbone = keras.Model(resnet.input, [low, high], name="resnet50_backbone")
 
     inputs = keras.Input(shape=(image_size, image_size, 1), dtype="float32", name="image")
@@ -142,22 +156,23 @@ def build_deeplabv3plus(
     low_feat, high_feat = backbone(x)
 
     # ASPP on the high-level features.
-    branches = [_conv_bn_relu(high_feat, aspp_filters, 1, "aspp_1x1")]
+    branches = [_conv_bn_relu(high_feat, aspp_filters, 1, "aspp_1x1", bn_momentum=bn_momentum)]
     for rate in (6, 12, 18):
-        branches.append(_conv_bn_relu(high_feat, aspp_filters, 3, f"aspp_rate{rate}", dilation=rate))
+        branches.append(_conv_bn_relu(high_feat, aspp_filters, 3, f"aspp_rate{rate}", dilation=rate,
+                                      bn_momentum=bn_momentum))
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(high_feat)
-    pooled = _conv_bn_relu(pooled, aspp_filters, 1, "aspp_pool_proj")
+    pooled = _conv_bn_relu(pooled, aspp_filters, 1, "aspp_pool_proj", bn_momentum=bn_momentum)
     pooled = layers.UpSampling2D(size=high_size, interpolation="bilinear", name="aspp_pool_up")(pooled)
     branches.append(pooled)
     aspp = layers.Concatenate(name="aspp_concat")(branches)
-    aspp = _conv_bn_relu(aspp, aspp_filters, 1, "aspp_out")
+    aspp = _conv_bn_relu(aspp, aspp_filters, 1, "aspp_out", bn_momentum=bn_momentum)
 
     # Decoder.
     aspp_up = layers.UpSampling2D(size=low_size // high_size, interpolation="bilinear", name="aspp_up")(aspp)
-    low_proj = _conv_bn_relu(low_feat, low_level_filters, 1, "low_level_proj")
+    low_proj = _conv_bn_relu(low_feat, low_level_filters, 1, "low_level_proj", bn_momentum=bn_momentum)
     x = layers.Concatenate(name="decoder_concat")([aspp_up, low_proj])
-    x = _conv_bn_relu(x, decoder_filters, 3, "decoder1")
-    x = _conv_bn_relu(x, decoder_filters, 3, "decoder2")
+    x = _conv_bn_relu(x, decoder_filters, 3, "decoder1", bn_momentum=bn_momentum)
+    x = _conv_bn_relu(x, decoder_filters, 3, "decoder2", bn_momentum=bn_momentum)
     logits = layers.Conv2D(1, 1, name="head_conv")(x)
     logits = layers.UpSampling2D(size=image_size // low_size, interpolation="bilinear", name="head_up")(logits)
     outputs = layers.Activation("sigmoid", dtype="float32", name="mask")(logits)

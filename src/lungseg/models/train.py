@@ -128,11 +128,13 @@ class _EpochSync(keras.callbacks.Callback):
 class _StateSaver(keras.callbacks.Callback):
     """After each epoch, writes the history so far and the best value to ``state.json`` (atomically)."""
 
-    def __init__(self, path: Path, history: dict[str, list[float]], checkpoint: keras.callbacks.ModelCheckpoint):
+    def __init__(self, path: Path, history: dict[str, list[float]], checkpoint: keras.callbacks.ModelCheckpoint,
+                 fingerprint: str | None = None):
         super().__init__()
         self.path = path
         self.history = history
         self.checkpoint = checkpoint
+        self.fingerprint = fingerprint
 
     def on_epoch_end(self, epoch, logs=None):
         for key, value in (logs or {}).items():
@@ -140,7 +142,7 @@ class _StateSaver(keras.callbacks.Callback):
         best = self.checkpoint.best
         state = {"epochs_done": epoch + 1, "monitor": self.checkpoint.monitor,
                  "best": None if best is None or not math.isfinite(float(best)) else float(best),
-                 "history": self.history}
+                 "history": self.history, "fingerprint": self.fingerprint}
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_suffix(".tmp")
         tmp.write_text(json.dumps(state))
@@ -166,6 +168,7 @@ def fit(
     early_stopping: dict[str, Any] | None = None,
     verbose: int = 1,
     callbacks: list[keras.callbacks.Callback] | None = None,
+    fingerprint: str | None = None,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train a compiled model and return it with the weights of its best epoch, and the history.
 
@@ -183,6 +186,10 @@ def fit(
             None turns it off.
         verbose: Keras verbosity (1: a progress bar per epoch, 2: one line per epoch, 0: silent).
         callbacks: extra Keras callbacks, run after the lungseg ones.
+        fingerprint: identifies the run's settings and data (see
+            :func:`lungseg.pipelines.training.nodes.train_model`). It is stored with the backup; a
+            backup made under another fingerprint (or under none, when one is given) is discarded
+            with a warning and training starts afresh, instead of resuming a different run.
 
     Returns:
         ``(model, history)``: the same model object holding the best epoch's weights, and
@@ -223,6 +230,14 @@ def fit(
         if backup_dir is not None:
             meta = _read_json(backup_dir / KERAS_BACKUP / "training_metadata.json")
             state = _read_json(state_dir / STATE_FILE)
+            if meta is not None and fingerprint is not None and (state or {}).get("fingerprint") != fingerprint:
+                logger.warning(
+                    "Folder %s holds a backup of an interrupted run with other settings or data "
+                    "(fingerprint %s, this run %s): discarding it and starting afresh",
+                    backup_dir, (state or {}).get("fingerprint"), fingerprint)
+                shutil.rmtree(backup_dir / KERAS_BACKUP, ignore_errors=True)
+                shutil.rmtree(state_dir, ignore_errors=True)
+                meta = state = None
             if meta is not None:
                 initial_epoch = int(meta.get("epoch", 0))
                 if state is not None and state.get("monitor") == monitor and best_path.is_file():
@@ -251,7 +266,7 @@ def fit(
             # After ReduceLROnPlateau, so the backup holds the reduced learning rate and the state
             # file the ``learning_rate`` it logs.
             cbs.append(keras.callbacks.BackupAndRestore(str(backup_dir / KERAS_BACKUP), delete_checkpoint=True))
-            cbs.append(_StateSaver(state_dir / STATE_FILE, run_history, checkpoint))
+            cbs.append(_StateSaver(state_dir / STATE_FILE, run_history, checkpoint, fingerprint))
         cbs.extend(callbacks or [])
 
         logger.info("Training %s for %d epochs: %d train slices in %d batches, %s val slices",

@@ -59,13 +59,16 @@ def build_unet(
             runs use 0.9.
 
     Raises:
-        ConfigError: a bad size, depth, filter count or dropout rate.
+        ConfigError: a bad size, depth, filter count, dropout rate or BatchNorm momentum.
     """
     _check_int("image_size", image_size, 1)
     depth = _check_int("depth", depth, 1)
     base_filters = _check_int("base_filters", base_filters, 1)
     if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
         raise ConfigError(f"U-Net dropout must be a number in [0, 1), got {dropout!r}")
+    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) \
+            or not 0.0 <= float(bn_momentum) < 1.0:
+        raise ConfigError(f"U-Net bn_momentum must be a number in [0, 1), got {bn_momentum!r}")
     if image_size % (2**depth):
         raise ConfigError(
             f"image_size {image_size} does not suit architecture 'unet' with depth {depth}: it must be "

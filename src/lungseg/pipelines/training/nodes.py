@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import tempfile
@@ -61,6 +62,21 @@ def split_model_input(
     return model_input["images"][idx], model_input["masks"][idx], idx
 
 
+def run_fingerprint(arch: str, arch_params: dict[str, Any], training_params: dict[str, Any],
+                    prep: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> str:
+    """A short hash of what determines a training run: the model, the training settings (all but
+    ``verbose`` and ``backup_dir``), the preprocessing config and the training / validation data.
+
+    A backup is resumed only by a run with the same fingerprint (see :func:`lungseg.models.fit`).
+    """
+    settings = {k: v for k, v in training_params.items() if k not in ("verbose", "backup_dir")}
+    h = hashlib.sha256(json.dumps([arch, arch_params, settings, prep], sort_keys=True, default=str).encode())
+    for arr in (x_train, y_train, x_val):
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()[:16]
+
+
 def train_model(
     model_input: dict[str, np.ndarray],
     case_split: pd.DataFrame,
@@ -93,6 +109,7 @@ def train_model(
     if limit and len(x_train) > int(limit):
         pick = np.sort(np.random.default_rng(seed).choice(len(x_train), int(limit), replace=False))
         x_train, y_train = x_train[pick], y_train[pick]
+    fingerprint = run_fingerprint(arch, arch_params, training_params, prep, x_train, y_train, x_val)
     repeats = int(training_params.get("repeats", 1) or 1)
     if repeats > 1:  # small sets: several differently augmented passes per epoch
         x_train, y_train = np.tile(x_train, (repeats, 1, 1)), np.tile(y_train, (repeats, 1, 1))
@@ -116,6 +133,7 @@ def train_model(
             reduce_lr=training_params.get("reduce_lr"),
             early_stopping=training_params.get("early_stopping"),
             verbose=int(training_params.get("verbose", 1)),
+            fingerprint=fingerprint,
         )
     config = {
         **prep,
@@ -126,6 +144,7 @@ def train_model(
         "dataset": dataset_name,
         "train_cases": sorted(set(case_split.loc[case_split["subset"] != "val", "case_id"])),
         "val_cases": sorted(set(case_split.loc[case_split["subset"] != "train", "case_id"])),
+        "run_fingerprint": fingerprint,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
     steps = {k: [{"value": float(v), "step": i} for i, v in enumerate(vals)] for k, vals in history.items()}
