@@ -152,6 +152,19 @@ def test_find_cases_reads_ground_truth_paths(tmp_path):
         select_cases([a, b, c], [])
 
 
+@pytest.mark.parametrize("name, case", [
+    ("coronacases_001_org.nii.gz", "coronacases_001"),            # Zenodo / dev-set names
+    ("coronacases_org_001.nii", "coronacases_001"),                # Kaggle's
+    ("radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm.nii", "radiopaedia_4_85506_1"),
+    ("radiopaedia_org_covid-19-pneumonia-14_85914_0.nii", "radiopaedia_14_85914_0"),
+    ("patient7.nii.gz", "patient7"),
+    ("_org.nii", "_org"),
+])
+def test_folder_case_ids_match_the_mask_names(tmp_path, name, case):
+    (tmp_path / name).write_bytes(b"")
+    assert [c.case for c in find_cases(tmp_path)] == [case]
+
+
 def test_ground_truth_metrics_on_the_original_grid(tmp_path):
     """Exact values on hand-made masks, a permuted grid, a lung-only run and a wrong-shape mask."""
     from lungseg.errors import DataValidationError

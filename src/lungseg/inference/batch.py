@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
@@ -81,10 +82,26 @@ def _strip_nifti_suffix(name: str) -> str:
     return Path(name).stem
 
 
+_KAGGLE_RADIOPAEDIA = re.compile(r"^radiopaedia_org_covid-19-pneumonia-(.+?)(?:-dcm)?$")
+_KAGGLE_ORG = re.compile(r"^([a-z]+)_org_(.+)$")
+
+
 def _case_from_ct_name(name: str) -> str:
-    """``coronacases_001_org.nii.gz`` -> ``coronacases_001`` (the dataset's CT files end in ``_org``)."""
+    """The case id of a CT file name, as the dataset's mask files name it.
+
+    ``coronacases_001_org.nii.gz`` -> ``coronacases_001``; Kaggle's names too:
+    ``coronacases_org_001.nii`` -> ``coronacases_001`` and
+    ``radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm.nii`` -> ``radiopaedia_4_85506_1``.
+    Other names keep their stem.
+    """
     stem = _strip_nifti_suffix(Path(name).name)
-    return stem[: -len("_org")] if stem.endswith("_org") and len(stem) > 4 else stem
+    if stem.endswith("_org") and len(stem) > 4:
+        return stem[: -len("_org")]
+    match = _KAGGLE_RADIOPAEDIA.match(stem)
+    if match:
+        return f"radiopaedia_{match.group(1)}"
+    match = _KAGGLE_ORG.match(stem)
+    return f"{match.group(1)}_{match.group(2)}" if match else stem
 
 
 def is_batch_input(path: str | Path) -> bool:
@@ -107,7 +124,7 @@ def find_cases(path: str | Path) -> list[BatchCase]:
             ``../input/<slug>/`` prefix accepted; the case id is taken from a ``case`` column, else from
             the ``lung_mask`` file name, else from the CT file name without ``_org``; the optional
             ``lung_mask`` / ``infection_mask`` columns give the ground truth), or a folder of
-            ``.nii``/``.nii.gz`` files (case id = file name without suffix and ``_org``; no ground
+            ``.nii``/``.nii.gz`` files (case id as the masks name it, see :func:`_case_from_ct_name`; no ground
             truth), or a folder holding a ``metadata.csv``.
 
     Returns:
