@@ -24,6 +24,7 @@ import keras
 from keras import layers
 
 from lungseg.errors import ConfigError
+from lungseg.models._checks import check_fraction, check_int
 
 logger = logging.getLogger(__name__)
 
@@ -35,15 +36,7 @@ _STAGE_HINT = "conv1_relu (/2), conv2_block3_out (/4), conv3_block4_out (/8), co
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"DeepLabV3+ {name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _check_momentum(value) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) < 1.0:
-        raise ConfigError(f"DeepLabV3+ bn_momentum must be a number in [0, 1), got {value!r}")
-    return float(value)
+    return check_int("DeepLabV3+", name, value, minimum)
 
 
 def _conv_bn_relu(x, filters: int, kernel: int, name: str, dilation: int = 1, bn_momentum: float = 0.99):
@@ -132,7 +125,7 @@ def build_deeplabv3plus(
     for key, value in (("aspp_filters", aspp_filters), ("decoder_filters", decoder_filters),
                        ("low_level_filters", low_level_filters)):
         _check_int(key, value, 1)
-    bn_momentum = _check_momentum(bn_momentum)
+    bn_momentum = check_fraction("DeepLabV3+", "bn_momentum", bn_momentum)
 
     resnet = _resnet50(image_size, backbone_weights)
     low = _feature_layer(resnet, low_level_layer, "low_level_layer")

@@ -187,7 +187,7 @@ def fit(
         verbose: Keras verbosity (1: a progress bar per epoch, 2: one line per epoch, 0: silent).
         callbacks: extra Keras callbacks, run after the lungseg ones.
         fingerprint: identifies the run's settings and data (see
-            :func:`lungseg.pipelines.training.nodes.train_model`). It is stored with the backup; a
+            :func:`lungseg.pipelines.training.nodes.run_fingerprint`). It is stored with the backup; a
             backup made under another fingerprint (or under none, when one is given) is discarded
             with a warning and training starts afresh, instead of resuming a different run.
 

@@ -12,14 +12,13 @@ import keras
 from keras import layers
 
 from lungseg.errors import ConfigError
+from lungseg.models._checks import check_fraction, check_int
 
 logger = logging.getLogger(__name__)
 
 
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ConfigError(f"U-Net {name} must be an integer >= {minimum}, got {value!r}")
-    return value
+    return check_int("U-Net", name, value, minimum)
 
 
 def _conv_block(x, filters: int, prefix: str, bn_momentum: float = 0.99):
@@ -64,11 +63,8 @@ def build_unet(
     _check_int("image_size", image_size, 1)
     depth = _check_int("depth", depth, 1)
     base_filters = _check_int("base_filters", base_filters, 1)
-    if isinstance(dropout, bool) or not isinstance(dropout, (int, float)) or not 0.0 <= float(dropout) < 1.0:
-        raise ConfigError(f"U-Net dropout must be a number in [0, 1), got {dropout!r}")
-    if isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) \
-            or not 0.0 <= float(bn_momentum) < 1.0:
-        raise ConfigError(f"U-Net bn_momentum must be a number in [0, 1), got {bn_momentum!r}")
+    dropout = check_fraction("U-Net", "dropout", dropout)
+    bn_momentum = check_fraction("U-Net", "bn_momentum", bn_momentum)
     if image_size % (2**depth):
         raise ConfigError(
             f"image_size {image_size} does not suit architecture 'unet' with depth {depth}: it must be "
