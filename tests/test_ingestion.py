@@ -15,8 +15,8 @@ from kedro_datasets.partitions import PartitionedDataset
 
 from lungseg.datasets import NiftiDataset, NpzDataset
 from lungseg.errors import DataValidationError
+from lungseg.layout import resolve_relative
 from lungseg.pipelines.ingestion.nodes import ingest_cases
-from lungseg.pipelines.ingestion.paths import resolve_relative
 
 
 def _volumes(root: Path) -> dict:

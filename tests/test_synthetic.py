@@ -98,7 +98,7 @@ def test_write_dataset_creates_every_file_and_kaggle_metadata(tiny_root):
 
 
 def test_metadata_paths_resolve_like_ingestion_expects(tiny_root):
-    from lungseg.pipelines.ingestion.paths import case_id_from_path, resolve_relative
+    from lungseg.layout import case_id_from_path, resolve_relative
 
     root, metadata = tiny_root
     for row in metadata.to_dict("records"):

@@ -259,10 +259,10 @@ def test_cli_cases_restricts_the_batch(tmp_path, models_dir, capsys):
 
 
 def test_pipeline_node_cases_parameter_and_metrics(tmp_path, models_dir, caplog):
-    from lungseg.pipelines.inference.nodes import DEFAULTS, run_inference
+    from lungseg.pipelines.inference.nodes import INFERENCE_KEYS, run_inference
 
     params = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "parameters_inference.yml").read_text())["inference"]
-    assert params["cases"] is None and set(params) == set(DEFAULTS)
+    assert params["cases"] is None and set(params) == set(INFERENCE_KEYS)
     csv = write_dataset(tmp_path / "raw", {"h1": {"seed": 8}, "h2": {"seed": 9}, "train1": {"seed": 10}})
     params.update(input=str(csv), output_dir=str(tmp_path / "inference"), models_dir=str(models_dir),
                   progress=False, cases=["h2", "h1"])

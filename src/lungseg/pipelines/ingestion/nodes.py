@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from lungseg.errors import DataValidationError
 from lungseg.imaging import detect_source_kind, looks_unwindowed
-from lungseg.pipelines.ingestion.paths import REQUIRED_COLUMNS, case_id_from_path, resolve_relative
+from lungseg.layout import REQUIRED_COLUMNS, case_id_from_path, resolve_relative
 from lungseg.volume import load_canonical
 
 logger = logging.getLogger(__name__)

@@ -1,0 +1,166 @@
+"""Find the cases of a batch: a folder of NIfTI files or a dataset ``metadata.csv``.
+
+Case ids follow :mod:`lungseg.layout` (the dataset's mask names); the ground-truth mask paths of a
+``metadata.csv`` travel with each case (see :mod:`lungseg.inference.batch`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import NamedTuple
+
+import pandas as pd
+
+from lungseg.errors import InputError, LungsegError
+from lungseg.layout import case_id_from_ct_name, case_id_from_path, is_nifti, resolve_relative
+
+logger = logging.getLogger(__name__)
+
+#: Ground-truth columns of ``metadata.csv`` used for evaluation, and the task each one scores.
+GROUND_TRUTH_COLUMNS = {"lung_mask": "lung", "infection_mask": "infection"}
+
+
+class BatchCase(NamedTuple):
+    """One case of a batch: its id (the output folder name), its CT file and its ground truth, if any.
+
+    Attributes:
+        case: case id, unique within the batch.
+        file: the CT file.
+        lung_mask: the ground-truth lung mask file, or None.
+        infection_mask: the ground-truth infection mask file, or None. Both are read by the rule of
+            :mod:`lungseg.inference.ground_truth`.
+        ground_truth_problem: why a ground-truth path written in the csv cannot be used (e.g. an
+            absolute path), reported in the case's ``eval_error``; None when there is none.
+    """
+
+    case: str
+    file: Path
+    lung_mask: Path | None = None
+    infection_mask: Path | None = None
+    ground_truth_problem: str | None = None
+
+    @property
+    def has_ground_truth(self) -> bool:
+        return self.lung_mask is not None or self.infection_mask is not None or bool(self.ground_truth_problem)
+
+
+def is_batch_input(path: str | Path) -> bool:
+    """True for a ``.csv`` file, or a folder holding ``metadata.csv`` or NIfTI files."""
+    path = Path(path)
+    if path.is_file():
+        return path.suffix.lower() == ".csv"
+    if path.is_dir():
+        return (path / "metadata.csv").is_file() or any(
+            p.is_file() and is_nifti(p.name) for p in path.iterdir()
+        )
+    return False
+
+
+def find_cases(path: str | Path) -> list[BatchCase]:
+    """The cases of a batch input.
+
+    Args:
+        path: a ``metadata.csv`` (column ``ct_scan``, paths relative to the csv's folder, Kaggle's
+            ``../input/<slug>/`` prefix accepted; the case id is taken from a ``case`` column, else from
+            the ``lung_mask`` file name, else from the CT file name without ``_org``; the optional
+            ``lung_mask`` / ``infection_mask`` columns give the ground truth), or a folder of
+            ``.nii``/``.nii.gz`` files (case id as the masks name it, see
+            :func:`lungseg.layout.case_id_from_ct_name`; no ground truth), or a folder holding a
+            ``metadata.csv``.
+
+    Returns:
+        :class:`BatchCase` tuples, in input order (a folder: sorted by file name). A repeated case id
+        gets a ``_2``, ``_3``... suffix.
+
+    Raises:
+        InputError: no cases, no ``ct_scan`` column, unreadable csv, a bad ``ct_scan`` path.
+    """
+    path = Path(path)
+    if path.is_dir() and (path / "metadata.csv").is_file():
+        path = path / "metadata.csv"
+    if path.is_file() and path.suffix.lower() == ".csv":
+        cases = _cases_from_csv(path)
+    elif path.is_dir():
+        files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p.name))
+        cases = [BatchCase(case_id_from_ct_name(p.name), p) for p in files]
+    else:
+        raise InputError(f"file {str(path)!r}: not a folder of NIfTI files nor a metadata.csv")
+    if not cases:
+        raise InputError(f"file {str(path)!r}: no cases found (no NIfTI files)")
+    seen: dict[str, int] = {}
+    unique = []
+    for item in cases:  # keep case ids unique: they name the output folders
+        n = seen.get(item.case, 0)
+        seen[item.case] = n + 1
+        unique.append(item if n == 0 else item._replace(case=f"{item.case}_{n + 1}"))
+    return unique
+
+
+def _cell(row: pd.Series, column: str) -> str | None:
+    """A non-empty string cell of ``row`` (None for a missing column, NaN or blank)."""
+    value = row.get(column)
+    return value.strip() if isinstance(value, str) and value.strip() else None
+
+
+def _cases_from_csv(csv: Path) -> list[BatchCase]:
+    try:
+        table = pd.read_csv(csv, dtype=str)
+    except Exception as exc:
+        raise InputError(f"file {str(csv)!r}: unreadable csv ({type(exc).__name__}: {exc})") from exc
+    if "ct_scan" not in table.columns:
+        raise InputError(f"file {str(csv)!r}: no 'ct_scan' column (columns: {', '.join(table.columns)})")
+    cases = []
+    for i, row in table.iterrows():
+        raw = str(row["ct_scan"])
+        try:
+            file = csv.parent / resolve_relative(raw)
+        except LungsegError as exc:
+            raise InputError(f"file {str(csv)!r}, row {i + 2}: {exc}") from exc
+        if _cell(row, "case"):
+            case = _cell(row, "case")
+        elif _cell(row, "lung_mask"):
+            case = case_id_from_path(_cell(row, "lung_mask"))
+        else:
+            case = case_id_from_ct_name(raw)
+        masks: dict[str, Path | None] = {}
+        problems = []
+        for column in GROUND_TRUTH_COLUMNS:
+            text = _cell(row, column)
+            masks[column] = None
+            if text is None:
+                continue
+            try:
+                masks[column] = csv.parent / resolve_relative(text, case=case)
+            except LungsegError as exc:  # reported for this case only: the CT can still be segmented
+                problems.append(f"file {str(csv)!r}, row {i + 2}, column {column!r}: {getattr(exc, 'problem', exc)}")
+        cases.append(BatchCase(case, file, masks["lung_mask"], masks["infection_mask"], "; ".join(problems) or None))
+    return cases
+
+
+def select_cases(cases: Sequence[tuple], ids: Iterable[str] | None) -> list:
+    """Keep the cases whose id is in ``ids`` (input order kept); ``ids=None`` keeps them all.
+
+    Args:
+        cases: ``(case, file, ...)`` tuples, e.g. from :func:`find_cases`.
+        ids: case ids (e.g. the held-out patients), as printed in the summary's ``case`` column.
+
+    Raises:
+        InputError: ``ids`` is empty, or names a case that is not in the batch.
+    """
+    if ids is None:
+        return list(cases)
+    wanted = list(dict.fromkeys(str(c).strip() for c in ids if str(c).strip()))
+    if not wanted:
+        raise InputError("the list of cases to segment is empty; leave it out to segment every case")
+    known = [item[0] for item in cases]
+    known_set = set(known)
+    missing = [c for c in wanted if c not in known_set]
+    if missing:
+        shown = ", ".join(known[:10]) + (f", ... ({len(known)} in all)" if len(known) > 10 else "")
+        raise InputError(f"cases not found in the batch input: {', '.join(missing)} (known cases: {shown})")
+    keep = set(wanted)
+    selected = [item for item in cases if item[0] in keep]
+    logger.info("batch restricted to %d of %d cases", len(selected), len(known))
+    return selected

@@ -1,0 +1,198 @@
+"""Ground-truth masks for scoring a segmentation: one reader and one rule, for the CLI batch and the UI.
+
+Reading
+    A mask is a NIfTI file (a volume; a 2D NIfTI is one slice) or a PNG (a 2D image). It is read onto
+    the canonical (z, y, x) grid, like the CT, and must have the CT's shape (no resampling). Its values
+    must be whole numbers: labels 0-3, a binary 0/1 or 0/255 mask, or a "Both" PNG written as labels x 85
+    (0/85/170/255, as ``lungseg predict`` and the web UI write it), read back as labels 0-3. Anything else
+    (NaN, fractions, other values, a colour PNG, another shape) is a :class:`DataValidationError` naming
+    the case and the file.
+
+Rule (what a mask says about each task)
+    * **label map**: it holds a 2 or a 3 (1 left lung, 2 right lung, 3 infection). *lung* = labels 1, 2
+      **and 3** (infection lies inside the lungs); *infection* = label 3.
+    * **binary mask** (only 0/1): the mask of one task, the one it was given for (the ``lung_mask`` or
+      ``infection_mask`` column of ``metadata.csv``; in the UI, the selected task or the user's answer).
+
+The prediction compared is ``lung_labels > 0`` for the lung task and ``infection > 0`` for infection.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from lungseg.errors import DataValidationError
+from lungseg.layout import IMAGE_SUFFIXES, NIFTI_SUFFIXES, check_task, file_suffix
+
+logger = logging.getLogger(__name__)
+
+#: A "Both" PNG mask holds labels x 85 (as the CLI and the UI write it).
+PNG_LABEL_SCALE = 85
+#: The mask files accepted for a 2D image and for a volume.
+MASK_SUFFIXES_2D: tuple[str, ...] = (".png",)
+MASK_SUFFIXES_3D: tuple[str, ...] = NIFTI_SUFFIXES
+
+
+def describe_shape(shape: Sequence[int], is_2d: bool) -> str:
+    """A shape in words: ``HxW pixels`` for a 2D image, ``(z, y, x)`` for a volume."""
+    if is_2d and len(shape) == 3 and shape[0] == 1:
+        return f"{shape[1]}x{shape[2]} pixels"
+    return f"{tuple(int(s) for s in shape)} (z, y, x)"
+
+
+def _values(gt: np.ndarray) -> list[int]:
+    """The distinct values of a uint8 array (a histogram: far faster than np.unique on a CT-sized mask)."""
+    return np.flatnonzero(np.bincount(gt.ravel(), minlength=256)).tolist()
+
+
+def normalise_labels(gt: np.ndarray, name: str = "ground truth", *, case: str | None = None) -> np.ndarray:
+    """Check a mask's values; map a 0/255 binary mask to 0/1 and a labels x 85 PNG
+    (0/85/170/255) to labels 0-3.
+
+    Raises:
+        DataValidationError: other values than {0, 1, 2, 3} (after the mappings).
+    """
+    gt = np.asarray(gt, dtype=np.uint8)
+    values = set(_values(gt))
+    if values <= {0, 255}:
+        return (gt > 0).astype(np.uint8)
+    if values <= {0, 85, 170, 255}:  # the CLI's / the UI's label map PNG (labels x 85)
+        return (gt // PNG_LABEL_SCALE).astype(np.uint8)
+    bad = sorted(v for v in values if v > 3)
+    if bad:
+        raise DataValidationError(
+            f"unexpected mask values {bad[:5]}; expected labels 0-3 "
+            "(1 left lung, 2 right lung, 3 infection) or a binary 0/1 or 0/255 mask",
+            case=case, file=name,
+        )
+    return gt
+
+
+def is_label_map(gt: np.ndarray) -> bool:
+    """A label map holds a 2 or a 3; a mask with only 0/1 is binary."""
+    return bool(np.any(np.asarray(gt) >= 2))
+
+
+def task_truth(gt: np.ndarray, task: str, binary_task: str) -> np.ndarray | None:
+    """The boolean ground truth of ``task`` by the rule in the module docstring.
+
+    ``binary_task`` is the task a binary mask belongs to. Returns None when the mask says nothing
+    about ``task`` (a binary mask of the other task).
+    """
+    check_task(task)
+    if is_label_map(gt):
+        return gt == 3 if task == "infection" else gt > 0
+    if task != binary_task:
+        return None
+    return gt > 0
+
+
+def predicted(seg, task: str) -> np.ndarray:
+    """The boolean prediction of ``task`` from a :class:`~lungseg.inference.segment.Segmentation`."""
+    check_task(task)
+    return np.asarray(seg.lung_labels if task == "lung" else seg.infection) > 0
+
+
+def _read_png(path: Path, case: str | None, name: str) -> np.ndarray:
+    import cv2
+
+    raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if raw is None:
+        raise DataValidationError("cannot read the PNG ground-truth mask (corrupt file?)", case=case, file=name)
+    if raw.ndim == 3:
+        channels = raw[..., :3]
+        if not (np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])):
+            raise DataValidationError(
+                "the ground truth is a colour image; expected a single-channel mask "
+                "(labels 0-3 or a binary 0/1 or 0/255 mask)", case=case, file=name,
+            )
+        raw = channels[..., 0]
+    if raw.dtype != np.uint8:
+        if raw.max(initial=0) > 255:
+            raise DataValidationError("mask values above 255; expected labels 0-3 or 0/1 or 0/255", case=case, file=name)
+        raw = raw.astype(np.uint8)
+    return raw[None]
+
+
+def _read_nifti(path: Path, target, case: str | None, name: str) -> np.ndarray:
+    import nibabel as nib
+
+    from lungseg.volume import load_canonical
+
+    try:
+        img = nib.load(str(path))
+    except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, OSError...
+        raise DataValidationError(
+            f"cannot read the NIfTI ground-truth mask (corrupt file?): {type(exc).__name__}: {exc}",
+            case=case, file=name,
+        ) from exc
+    if len(img.shape) == 2:  # a single slice stored as 2D NIfTI, as the CT reader accepts
+        img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, header=img.header)
+    mask = load_canonical(img, case=case, file=name)
+    arr = np.asarray(mask.array)
+    if arr.dtype != np.uint8:
+        if not np.all(np.isfinite(arr)):
+            raise DataValidationError("the ground truth holds NaN or infinite values", case=case, file=name)
+        if not np.array_equal(np.rint(arr), arr):
+            raise DataValidationError("the ground truth holds non-integer values; expected labels 0-3", case=case, file=name)
+        if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
+            raise DataValidationError("mask values outside 0-255; expected labels 0-3 or 0/1", case=case, file=name)
+    if arr.shape == tuple(target.array.shape) and getattr(target, "affine", None) is not None:
+        codes, ct_codes = nib.aff2axcodes(mask.affine), nib.aff2axcodes(target.affine)
+        if codes != ct_codes:
+            logger.warning("case %s: ground-truth mask %s is oriented %s, the CT %s; compared after reorienting both",
+                           case, name, "".join(codes), "".join(ct_codes))
+    return np.array(arr, dtype=np.uint8)  # a copy: never a memory map of the file
+
+
+def read_mask(path: str | Path, target, *, case: str | None = None, name: str | None = None) -> np.ndarray:
+    """Read a ground-truth mask onto the canonical grid of ``target``, as uint8 labels (z, y, x).
+
+    Args:
+        path: a NIfTI (``.nii``, ``.nii.gz``) or PNG mask.
+        target: the canonical :class:`lungseg.volume.Volume` of the CT it belongs to.
+        case: the case id, for messages.
+        name: the file name shown in messages (default: ``path``), e.g. an upload's own name.
+
+    Returns:
+        The mask with 0/255 mapped to 0/1 and labels x 85 to labels 0-3 (see the module docstring).
+
+    Raises:
+        DataValidationError: missing, unreadable or unsupported file, bad values, or not the CT's shape.
+    """
+    path = Path(path)
+    name = str(path) if name is None else name
+    if not path.is_file():
+        raise DataValidationError("ground-truth mask not found", case=case, file=name)
+    suffix = file_suffix(path.name)
+    if suffix in MASK_SUFFIXES_2D:
+        gt = _read_png(path, case, name)
+    elif suffix in MASK_SUFFIXES_3D:
+        gt = _read_nifti(path, target, case, name)
+    else:
+        accepted = ", ".join(MASK_SUFFIXES_3D + MASK_SUFFIXES_2D)
+        raise DataValidationError(f"unsupported ground-truth mask type ({suffix or 'no extension'}); "
+                                  f"accepted types: {accepted}", case=case, file=name)
+    ct_shape = tuple(int(s) for s in target.array.shape)
+    if gt.shape != ct_shape:
+        is_2d = suffix in IMAGE_SUFFIXES or ct_shape[0] == 1
+        raise DataValidationError(
+            f"the ground-truth mask's shape {describe_shape(gt.shape, is_2d)} does not match the CT's shape "
+            f"{describe_shape(ct_shape, is_2d)}; they must be on the same grid",
+            case=case, file=name,
+        )
+    return normalise_labels(gt, name, case=case)
+
+
+def read_ground_truth(path: str | Path, task: str, target, *, case: str | None = None,
+                      name: str | None = None) -> np.ndarray:
+    """The boolean ground truth of ``task`` from a mask file given for that task (see :func:`read_mask`).
+
+    A label map gives ``task`` by the rule (lung: labels 1-3, infection: label 3); a binary mask is
+    taken as the mask of ``task``.
+    """
+    return task_truth(read_mask(path, target, case=case, name=name), task, binary_task=task)

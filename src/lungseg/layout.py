@@ -1,0 +1,171 @@
+"""lungseg's conventions, in one place: tasks, variants, file suffixes, folders and case ids.
+
+Every module that needs one of these imports it from here instead of spelling it again.
+
+* **Tasks** are ``lung`` and ``infection``; a **variant** is ``<task>_<architecture>``
+  (``lung_unet``, ``lung_deeplabv3plus``, ``infection_unet``, ``infection_deeplabv3plus``).
+* **Suffixes**: NIfTI (``.nii.gz``, ``.nii``), 2D images (``.png``, ``.jpg``, ``.jpeg``), DICOM
+  (``.dcm``, ``.dicom``, ``.ima``) and zipped DICOM series (``.zip``). lungseg writes ``.nii.gz``.
+* **Models** live under :data:`MODELS_DIR` (``data/06_models/<variant>/...``).
+* **Case ids** follow the dataset's mask file names: ``lung_mask/coronacases_001.nii`` is case
+  ``coronacases_001``; its CT is ``ct_scans/coronacases_001_org.nii`` (Kaggle's copy names it
+  ``coronacases_org_001.nii``). Paths in ``metadata.csv`` are relative to the dataset root; Kaggle's
+  ``../input/<dataset-slug>/`` prefix is accepted (:func:`resolve_relative`).
+
+This module imports nothing from lungseg but :mod:`lungseg.errors`, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+
+from lungseg.errors import ConfigError, DataValidationError
+
+# ------------------------------------------------------------------------------ tasks and variants
+
+TASKS: tuple[str, ...] = ("lung", "infection")
+#: Model architectures (the builders in :mod:`lungseg.models.factory` carry the same names).
+ARCHITECTURES: tuple[str, ...] = ("unet", "deeplabv3plus")
+#: Every variant, ``<task>_<architecture>``, task-major: lung_unet, lung_deeplabv3plus, infection_...
+VARIANTS: tuple[str, ...] = tuple(f"{task}_{arch}" for task in TASKS for arch in ARCHITECTURES)
+
+
+def check_task(task: str) -> str:
+    """Return ``task`` if it is one of :data:`TASKS`; else raise :class:`ConfigError` naming it."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
+    return task
+
+
+def variant_name(task: str, architecture: str) -> str:
+    """``lung`` + ``unet`` -> ``lung_unet``."""
+    return f"{check_task(task)}_{architecture}"
+
+
+def split_variant(name: str) -> tuple[str, str] | None:
+    """``(task, architecture)`` of any ``<task>_<architecture>`` name, or None when ``name`` is not one.
+
+    Lenient on the architecture (a models folder may hold a variant trained with another one);
+    :func:`variant_task` and :func:`variant_architecture` accept only :data:`VARIANTS`.
+    """
+    task, _, architecture = str(name).partition("_")
+    return (task, architecture) if task in TASKS and architecture else None
+
+
+def _check_variant(variant: str) -> tuple[str, str]:
+    if variant not in VARIANTS:
+        raise ConfigError(f"unknown variant {variant!r}; expected one of {', '.join(VARIANTS)}")
+    return split_variant(variant)  # type: ignore[return-value]
+
+
+def variant_task(variant: str) -> str:
+    """The task of a variant: ``infection_unet`` -> ``infection``. Raises ConfigError for an unknown one."""
+    return _check_variant(variant)[0]
+
+
+def variant_architecture(variant: str) -> str:
+    """The architecture of a variant: ``lung_deeplabv3plus`` -> ``deeplabv3plus``."""
+    return _check_variant(variant)[1]
+
+
+# ----------------------------------------------------------------------------------------- suffixes
+
+#: NIfTI suffixes, longest first (so that stripping ``.nii.gz`` does not leave ``.nii``).
+NIFTI_SUFFIXES: tuple[str, ...] = (".nii.gz", ".nii")
+#: The suffix lungseg writes its NIfTI files with.
+NIFTI_SUFFIX = ".nii.gz"
+IMAGE_SUFFIXES: tuple[str, ...] = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES: tuple[str, ...] = (".dcm", ".dicom", ".ima")
+#: A zipped DICOM series.
+ZIP_SUFFIX = ".zip"
+
+
+def file_suffix(name: str) -> str:
+    """The lower-case suffix of a file name, keeping both parts of ``.nii.gz``."""
+    lower = posixpath.basename(str(name).replace("\\", "/")).lower()
+    if lower.endswith(".nii.gz"):
+        return ".nii.gz"
+    stem, dot, ext = lower.rpartition(".")
+    return f".{ext}" if dot and stem and ext else ""
+
+
+def is_nifti(name: str) -> bool:
+    """True for a ``.nii`` or ``.nii.gz`` file name (any case)."""
+    return str(name).lower().endswith(NIFTI_SUFFIXES)
+
+
+def strip_nifti_suffix(name: str) -> str:
+    """A file's base name without ``.nii.gz`` / ``.nii`` (any case), or without its last suffix."""
+    base = posixpath.basename(str(name).replace("\\", "/"))
+    for suffix in NIFTI_SUFFIXES:
+        if base.lower().endswith(suffix):
+            return base[: -len(suffix)]
+    stem, dot, _ = base.rpartition(".")
+    return stem if dot and stem else base
+
+
+# ------------------------------------------------------------------------------------------ folders
+
+#: Where the training pipeline saves models (``<variant>/model.keras/<version>/model.keras``).
+MODELS_DIR = "data/06_models"
+
+# ------------------------------------------------------------------------------- dataset and cases
+
+#: The columns of the dataset's ``metadata.csv``, in its order (ingestion requires all four).
+METADATA_COLUMNS: tuple[str, ...] = ("ct_scan", "lung_mask", "infection_mask", "lung_and_infection_mask")
+REQUIRED_COLUMNS = METADATA_COLUMNS
+#: The prefix of every path in Kaggle's ``metadata.csv``.
+KAGGLE_PREFIX = "../input/covid19-ct-scans"
+#: Kaggle's copy writes every path as ../input/<dataset-slug>/<folder>/<file>.
+_KAGGLE_PREFIX = re.compile(r"^(\.\./)*input/[^/]+/")
+#: A CT file is named after its case with this tag: ``coronacases_001_org.nii``.
+CT_TAG = "_org"
+_KAGGLE_RADIOPAEDIA = re.compile(r"^radiopaedia_org_covid-19-pneumonia-(.+?)(?:-dcm)?$")
+_KAGGLE_ORG = re.compile(r"^([a-z]+)_org_(.+)$")
+
+
+def resolve_relative(path: str, *, case: str | None = None) -> str:
+    """Turn a metadata path into a POSIX path relative to the dataset root.
+
+    Accepts plain relative paths (``ct_scans/x.nii.gz``), Kaggle's form
+    (``../input/covid19-ct-scans/ct_scans/x.nii``) and Windows separators.
+
+    Raises:
+        DataValidationError: an empty path, an absolute path or one that escapes the root.
+    """
+    raw = str(path).strip().replace("\\", "/")
+    if not raw or raw.lower() == "nan":
+        raise DataValidationError("empty path in metadata.csv", case=case)
+    stripped = _KAGGLE_PREFIX.sub("", raw)
+    if stripped.startswith("/") or re.match(r"^[A-Za-z]:/", stripped):
+        raise DataValidationError(
+            f"absolute path {raw!r} in metadata.csv; paths must be relative to the dataset root", case=case
+        )
+    norm = posixpath.normpath(stripped)
+    if norm == ".." or norm.startswith("../") or norm == ".":
+        raise DataValidationError(f"path {raw!r} escapes the dataset root", case=case, file=raw)
+    return norm
+
+
+def case_id_from_path(path: str) -> str:
+    """Case id from a mask file name: ``lung_mask/coronacases_001.nii`` -> ``coronacases_001``."""
+    return strip_nifti_suffix(path)
+
+
+def case_id_from_ct_name(name: str) -> str:
+    """The case id of a CT file name, as the dataset's mask files name it.
+
+    ``coronacases_001_org.nii.gz`` -> ``coronacases_001``; Kaggle's names too:
+    ``coronacases_org_001.nii`` -> ``coronacases_001`` and
+    ``radiopaedia_org_covid-19-pneumonia-4_85506_1-dcm.nii`` -> ``radiopaedia_4_85506_1``.
+    Other names keep their stem.
+    """
+    stem = strip_nifti_suffix(name)
+    if stem.endswith(CT_TAG) and len(stem) > len(CT_TAG):
+        return stem[: -len(CT_TAG)]
+    match = _KAGGLE_RADIOPAEDIA.match(stem)
+    if match:
+        return f"radiopaedia_{match.group(1)}"
+    match = _KAGGLE_ORG.match(stem)
+    return f"{match.group(1)}_{match.group(2)}" if match else stem
