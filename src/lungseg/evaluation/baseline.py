@@ -3,8 +3,9 @@
 Both functions work on canonical ``(z, y, x)`` volumes (see docs/architecture.md: ``z`` grows towards
 the head, so the top of the chest is the last slice). Intensities are either Hounsfield units
 (``source_kind="hu"``) or already windowed to 0-255 (``source_kind="uint8"``, window
-``[-1250, 250]`` HU by default). Thresholds are written in HU and mapped to the volume's own
-intensity scale by :func:`hu_to_level`, so no float copy of the volume is made.
+:data:`lungseg.imaging.HU_WINDOW` by default). Thresholds are written in HU and mapped to the
+volume's own intensity scale by :func:`hu_to_level`, so no float copy of the volume is made. The
+mask operations (components, hole filling, bounding boxes) are those of :mod:`lungseg.imaging.masks`.
 
 Lungs (:func:`baseline_lung`)
     1. *Air-like voxels*: intensity below -320 HU (level ~158 in the 0-255 window). For volumes
@@ -47,23 +48,25 @@ import numpy as np
 from scipy import ndimage
 
 from lungseg.errors import ConfigError, DataValidationError
+from lungseg.imaging.intensity import HU_WINDOW, SOURCE_KINDS
+from lungseg.imaging.masks import (
+    IN_PLANE,
+    bounding_box,
+    clear_border_2d,
+    fill_holes_2d,
+    largest_components,
+    remove_small_objects,
+)
 
 logger = logging.getLogger(__name__)
-
-SOURCE_KINDS = ("hu", "uint8")
-DEFAULT_WINDOW: tuple[float, float] = (-1250.0, 250.0)
 
 LUNG_THRESHOLD_HU = -320.0
 AIRWAY_THRESHOLD_HU = -950.0
 INFECTION_BAND_HU: tuple[float, float] = (-700.0, 50.0)
 THRESHOLD_MODES = ("fixed", "otsu")
 
-# 2D face connectivity inside each axial slice, no connection across slices.
-_IN_PLANE = np.zeros((3, 3, 3), dtype=bool)
-_IN_PLANE[1] = ndimage.generate_binary_structure(2, 1)
 
-
-def hu_to_level(hu: float, source_kind: str, window: Sequence[float] = DEFAULT_WINDOW) -> float:
+def hu_to_level(hu: float, source_kind: str, window: Sequence[float] = HU_WINDOW) -> float:
     """An intensity in HU expressed on the scale of a ``source_kind`` volume.
 
     ``"hu"``: unchanged. ``"uint8"``: the 0-255 level of ``hu`` in the linear ``window`` (not clipped,
@@ -82,7 +85,7 @@ def hu_to_level(hu: float, source_kind: str, window: Sequence[float] = DEFAULT_W
 def otsu_level(
     ct: np.ndarray,
     source_kind: str,
-    window: Sequence[float] = DEFAULT_WINDOW,
+    window: Sequence[float] = HU_WINDOW,
     mask: np.ndarray | None = None,
 ) -> float:
     """Otsu's threshold of a volume's intensity histogram (of the voxels in ``mask``, if given).
@@ -113,7 +116,7 @@ def _otsu_inside_body(vol: np.ndarray, source_kind: str, window: Sequence[float]
     again on the voxels that are not that outside air."""
     first = otsu_level(vol, source_kind, window)
     dark = vol < first
-    outside = dark & ~_remove_border_components_per_slice(dark)
+    outside = dark & ~clear_border_2d(dark).view(bool)
     inside = ~outside
     if not inside.any():
         return first
@@ -131,31 +134,6 @@ def _check_ct(ct: np.ndarray, source_kind: str, case: str | None) -> np.ndarray:
     return arr
 
 
-def _bbox(mask: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding box of the non-zero voxels, or None when there is none."""
-    if not mask.any():
-        return None
-    out = []
-    for axis in range(mask.ndim):
-        other = tuple(a for a in range(mask.ndim) if a != axis)
-        idx = np.flatnonzero(mask.any(axis=other))
-        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(out)
-
-
-def _remove_border_components_per_slice(mask: np.ndarray) -> np.ndarray:
-    """Drop the 2D components (per axial slice) that touch the in-plane border of the slice."""
-    labels, n = ndimage.label(mask, structure=_IN_PLANE)
-    if n == 0:
-        return mask.copy()
-    border = np.zeros(n + 1, dtype=bool)
-    for edge in (labels[:, 0, :], labels[:, -1, :], labels[:, :, 0], labels[:, :, -1]):
-        border[np.unique(edge)] = True
-    keep = ~border
-    keep[0] = False
-    return keep[labels]
-
-
 def _airways(
     ct: np.ndarray,
     candidate: np.ndarray,
@@ -168,7 +146,7 @@ def _airways(
 ) -> np.ndarray:
     """The trachea / main-bronchi voxels of ``candidate`` (rule in the module docstring)."""
     airway = np.zeros_like(candidate)
-    box = _bbox(candidate)
+    box = bounding_box(candidate)
     if box is None:
         return airway
     cand = candidate[box]
@@ -194,7 +172,7 @@ def _airways(
         return airway
     # the mean filter shrinks the lumen: grow the cores back by 2 pixels in-plane over the candidate
     # (the airway wall, brighter than the lung threshold, stops the growth; noisy lumen voxels do not)
-    tube = ndimage.binary_dilation(np.isin(labels, selected), structure=_IN_PLANE, iterations=2, mask=cand)
+    tube = ndimage.binary_dilation(np.isin(labels, selected), structure=IN_PLANE, iterations=2, mask=cand)
     if spacing is not None:
         pixel_mm2 = float(spacing[-2]) * float(spacing[-1])
         max_area_px = max_airway_area_mm2 / pixel_mm2
@@ -207,26 +185,12 @@ def _airways(
     return airway
 
 
-def _largest_components(mask: np.ndarray, min_second_fraction: float) -> np.ndarray:
-    """Keep the largest 3D component, and the second largest when it is big enough."""
-    labels, n = ndimage.label(mask)
-    if n == 0:
-        return mask.copy()
-    sizes = np.bincount(labels.ravel(), minlength=n + 1)
-    sizes[0] = 0
-    order = np.argsort(sizes)[::-1]
-    keep = [order[0]]
-    if n >= 2 and sizes[order[1]] >= min_second_fraction * sizes[order[0]]:
-        keep.append(order[1])
-    return np.isin(labels, keep)
-
-
 def baseline_lung(
     ct: np.ndarray,
     source_kind: str,
     spacing: Sequence[float] | None = None,
     *,
-    window: Sequence[float] = DEFAULT_WINDOW,
+    window: Sequence[float] = HU_WINDOW,
     lung_threshold_hu: float = LUNG_THRESHOLD_HU,
     airway_threshold_hu: float = AIRWAY_THRESHOLD_HU,
     max_airway_area_mm2: float = 1500.0,
@@ -257,6 +221,8 @@ def baseline_lung(
         raise DataValidationError(f"spacing {tuple(spacing)} must hold 3 values (sz, sy, sx)", case=case)
     if threshold_mode not in THRESHOLD_MODES:
         raise ConfigError(f"unknown threshold_mode {threshold_mode!r}; expected one of {THRESHOLD_MODES}")
+    if not 0.0 <= float(min_second_fraction) <= 1.0:
+        raise ConfigError(f"min_second_fraction must be in [0, 1], got {min_second_fraction!r}")
     thr_vol = vol
     if smoothing > 1:
         thr_vol = ndimage.uniform_filter(vol.astype(np.float32), size=(1, int(smoothing), int(smoothing)))
@@ -269,7 +235,7 @@ def baseline_lung(
         airway_level = bottom + fraction * (lung_level - bottom)
         logger.debug("baseline_lung: Otsu lung level %.1f, airway level %.1f", lung_level, airway_level)
     dark = thr_vol < lung_level
-    candidate = _remove_border_components_per_slice(dark)
+    candidate = clear_border_2d(dark).view(bool)
     airway = _airways(
         vol,
         candidate,
@@ -281,12 +247,12 @@ def baseline_lung(
         min_airway_voxels,
     )
     candidate &= ~airway
-    lungs = _largest_components(candidate, min_second_fraction)
+    lungs = largest_components(candidate, 2, min_ratio=min_second_fraction).view(bool)
     if not lungs.any():
         logger.warning("baseline_lung found no lung-like region%s", f" in case {case!r}" if case else "")
         return np.zeros(vol.shape, dtype=np.uint8)
     # fill per slice, then take the airways out again: a rim left around the trachea would refill it
-    lungs = ndimage.binary_fill_holes(lungs, structure=_IN_PLANE) & ~airway
+    lungs = fill_holes_2d(lungs).view(bool) & ~airway
     return lungs.astype(np.uint8)
 
 
@@ -295,7 +261,7 @@ def baseline_infection(
     source_kind: str,
     lung_mask: np.ndarray,
     *,
-    window: Sequence[float] = DEFAULT_WINDOW,
+    window: Sequence[float] = HU_WINDOW,
     band_hu: Sequence[float] = INFECTION_BAND_HU,
     opening_radius: int = 1,
     min_component_voxels: int = 64,
@@ -315,7 +281,7 @@ def baseline_infection(
         raise ConfigError("opening_radius and min_component_voxels must be >= 0")
     lung = lung != 0
     out = np.zeros(vol.shape, dtype=np.uint8)
-    box = _bbox(lung)
+    box = bounding_box(lung)
     if box is None:
         return out
     lo = hu_to_level(band_hu[0], source_kind, window)
@@ -325,12 +291,8 @@ def baseline_infection(
     if opening_radius > 0:
         side = 2 * int(opening_radius) + 1
         inf = ndimage.binary_opening(inf, structure=np.ones((1, side, side), dtype=bool))
-    if min_component_voxels > 1 and inf.any():
-        labels, n = ndimage.label(inf)
-        sizes = np.bincount(labels.ravel(), minlength=n + 1)
-        keep = sizes >= min_component_voxels
-        keep[0] = False
-        inf = keep[labels]
+    if min_component_voxels > 1:
+        inf = remove_small_objects(inf, min_component_voxels).view(bool)
     inf &= lung[box]
     out[box] = inf
     return out

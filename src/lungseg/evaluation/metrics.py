@@ -42,6 +42,7 @@ import pandas as pd
 from scipy import ndimage
 
 from lungseg.errors import ConfigError, DataValidationError
+from lungseg.imaging.masks import bounding_box
 
 logger = logging.getLogger(__name__)
 
@@ -233,13 +234,7 @@ def _crop_to_union(p: np.ndarray, g: np.ndarray) -> tuple[np.ndarray, np.ndarray
     Padding with zeros gives exactly the surfaces and distances of the uncropped arrays, whose border
     is treated as background by the erosion.
     """
-    union = p | g
-    slices = []
-    for axis in range(union.ndim):
-        other = tuple(a for a in range(union.ndim) if a != axis)
-        idx = np.flatnonzero(union.any(axis=other))
-        slices.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    box = tuple(slices)
+    box = bounding_box(p | g)  # callers make sure one of the masks is not empty
     return np.pad(p[box], 1), np.pad(g[box], 1)
 
 

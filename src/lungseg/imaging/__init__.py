@@ -1,7 +1,7 @@
 """Pure array functions shared by training, evaluation, inference and the UI.
 
 One implementation of every image operation (intensity, crop, resize/unresize, slice filter,
-augmentation, post-processing) and :func:`prepare_slices` / :func:`restore_slices`, which chain
+augmentation, binary mask operations in :mod:`lungseg.imaging.masks`, post-processing) and :func:`prepare_slices` / :func:`restore_slices`, which chain
 them. numpy + OpenCV + scipy.ndimage only; no I/O.
 """
 
@@ -15,6 +15,16 @@ from lungseg.imaging.intensity import (
     looks_unwindowed,
     to_unit_float,
     window_to_uint8,
+)
+from lungseg.imaging.masks import (
+    IN_PLANE,
+    bounding_box,
+    clear_border_2d,
+    fill_holes_2d,
+    fill_holes_3d,
+    label_components,
+    largest_components,
+    remove_small_objects,
 )
 from lungseg.imaging.pipeline import (
     CROP_MODES,
@@ -43,6 +53,7 @@ from lungseg.imaging.slice_filter import informative_slices, select_infection_sl
 __all__ = [
     "CROP_MODES",
     "HU_WINDOW",
+    "IN_PLANE",
     "SOURCE_KINDS",
     "AugmentParams",
     "Box",
@@ -51,14 +62,20 @@ __all__ = [
     "apply_clahe",
     "augment_batch",
     "body_box",
+    "bounding_box",
+    "clear_border_2d",
     "clean_lung_mask",
     "crop_and_resize",
     "crop_pad_resize",
     "detect_source_kind",
     "enhance",
     "fill_holes",
+    "fill_holes_2d",
+    "fill_holes_3d",
     "informative_slices",
     "keep_largest_components",
+    "label_components",
+    "largest_components",
     "looks_unwindowed",
     "lung_box",
     "prepare_masks",
@@ -67,6 +84,7 @@ __all__ = [
     "random_augment",
     "records_from_array",
     "records_to_array",
+    "remove_small_objects",
     "restore_slices",
     "select_infection_slices",
     "split_left_right",

@@ -6,9 +6,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-from scipy import ndimage
 
 from lungseg.errors import DataValidationError
+from lungseg.imaging.masks import bounding_box, fill_holes_2d, largest_components
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,6 @@ def _check_2d(arr: np.ndarray, name: str) -> np.ndarray:
     if a.ndim != 2 or a.size == 0:
         raise DataValidationError(f"{name} expects a non-empty (H, W) slice, got shape {a.shape}")
     return a
-
-
-def _fill_holes_2d(fg: np.ndarray) -> np.ndarray:
-    """Fill the holes of a 0/1 ``uint8`` image: flood the background from outside, keep the rest."""
-    h, w = fg.shape
-    outside = np.zeros((h + 2, w + 2), np.uint8)
-    outside[1:-1, 1:-1] = fg
-    cv2.floodFill(outside, None, (0, 0), 2)
-    return (outside[1:-1, 1:-1] != 2).view(np.uint8)
 
 
 _WORK_SIDE = 256
@@ -121,7 +112,7 @@ def body_box(slice_u8: np.ndarray, threshold: int | None = None, margin: int = 4
         if opened.any():
             fg = opened
         fg = cv2.morphologyEx(fg, cv2.MORPH_CLOSE, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k_close,) * 2))
-    fg = _fill_holes_2d(fg)
+    fg = fill_holes_2d(fg)
     n, _, stats, _ = cv2.connectedComponentsWithStats(fg, connectivity=8)
     if n <= 1:
         return full
@@ -145,23 +136,7 @@ def lung_box(mask: np.ndarray, n_components: int = 2, margin: int = 4) -> Box | 
     m = np.asarray(mask)
     if m.ndim not in (2, 3) or m.size == 0:
         raise DataValidationError(f"lung_box expects a non-empty (H, W) or (Z, H, W) mask, got shape {m.shape}")
-    fg = m > 0
-    if not fg.any():
+    box = bounding_box(largest_components(m > 0, max(1, int(n_components)), connectivity=m.ndim))
+    if box is None:
         return None
-    if m.ndim == 2:
-        n, _, stats, _ = cv2.connectedComponentsWithStats(fg.view(np.uint8), connectivity=8)
-        order = 1 + np.argsort(stats[1:, cv2.CC_STAT_AREA], kind="stable")[::-1][: max(1, n_components)]
-        x0 = int(stats[order, cv2.CC_STAT_LEFT].min())
-        y0 = int(stats[order, cv2.CC_STAT_TOP].min())
-        x1 = int((stats[order, cv2.CC_STAT_LEFT] + stats[order, cv2.CC_STAT_WIDTH]).max())
-        y1 = int((stats[order, cv2.CC_STAT_TOP] + stats[order, cv2.CC_STAT_HEIGHT]).max())
-        return Box(y0, y1, x0, x1).expand(margin, m.shape)
-    labels, n = ndimage.label(fg, structure=np.ones((3, 3, 3), dtype=bool))
-    sizes = np.bincount(labels.reshape(-1), minlength=n + 1)[1:]
-    keep = 1 + np.argsort(sizes, kind="stable")[::-1][: max(1, n_components)]
-    slices = ndimage.find_objects(labels)
-    y0 = min(slices[i - 1][1].start for i in keep)
-    y1 = max(slices[i - 1][1].stop for i in keep)
-    x0 = min(slices[i - 1][2].start for i in keep)
-    x1 = max(slices[i - 1][2].stop for i in keep)
-    return Box(int(y0), int(y1), int(x0), int(x1)).expand(margin, m.shape)
+    return Box(box[-2].start, box[-2].stop, box[-1].start, box[-1].stop).expand(margin, m.shape)

@@ -1,12 +1,15 @@
-"""3D post-processing of predicted lung masks: largest components, hole filling, left/right split."""
+"""3D post-processing of predicted lung masks: largest components, hole filling, left/right split.
+
+The mask operations themselves live in :mod:`lungseg.imaging.masks`; this module composes them.
+"""
 
 from __future__ import annotations
 
-import cv2
 import numpy as np
 from scipy import ndimage
 
-from lungseg.errors import DataValidationError
+from lungseg.errors import ConfigError, DataValidationError
+from lungseg.imaging.masks import bounding_box, fill_holes_2d, label_components, largest_components
 
 LEFT, RIGHT = 1, 2
 
@@ -20,65 +23,27 @@ def _as_3d(mask: np.ndarray, name: str) -> tuple[np.ndarray, bool]:
     return m, False
 
 
-def _fg_bbox(fg: np.ndarray) -> tuple[slice, ...] | None:
-    """Bounding slices of the foreground (labelling only that block is much faster), or None if empty."""
-    out = []
-    for axis in range(fg.ndim):
-        other = tuple(a for a in range(fg.ndim) if a != axis)
-        idx = np.flatnonzero(fg.any(axis=other))
-        if idx.size == 0:
-            return None
-        out.append(slice(int(idx[0]), int(idx[-1]) + 1))
-    return tuple(out)
-
-
-def _label3d(fg: np.ndarray, connectivity: int) -> tuple[np.ndarray, np.ndarray]:
-    """Label ``fg`` and return (labels, sizes) where ``sizes[i]`` is the voxel count of label ``i`` (0 = background)."""
-    structure = ndimage.generate_binary_structure(3, connectivity)
-    labels, n = ndimage.label(fg, structure=structure)
-    sizes = np.bincount(labels.reshape(-1), minlength=n + 1)
-    sizes[0] = 0
-    return labels, sizes
-
-
 def keep_largest_components(
     mask3d: np.ndarray, n: int = 2, min_voxels: int = 0, connectivity: int = 1
 ) -> np.ndarray:
     """Keep the ``n`` largest 3D connected components of ``mask3d > 0`` that have ``>= min_voxels``.
 
     ``connectivity`` 1 = faces (6-neighbours), 3 = 26-neighbours. Returns ``uint8`` 0/1, same shape
-    (a 2D mask is treated as one slice).
+    (a 2D mask is treated as one slice). :func:`lungseg.imaging.masks.largest_components` in 3D.
     """
     m, squeezed = _as_3d(mask3d, "keep_largest_components")
-    fg = m > 0
-    out = np.zeros(m.shape, dtype=np.uint8)
-    box = _fg_bbox(fg)
-    if box is not None:
-        labels, sizes = _label3d(fg[box], connectivity)
-        keep = np.zeros(sizes.shape, dtype=np.uint8)
-        order = np.argsort(sizes, kind="stable")[::-1][: max(0, int(n))]
-        order = order[(sizes[order] > 0) & (sizes[order] >= int(min_voxels))]
-        keep[order] = 1
-        out[box] = keep[labels]
+    out = largest_components(m > 0, max(0, int(n)), min_size=max(0, int(min_voxels)), connectivity=connectivity)
     return out[0] if squeezed else out
 
 
 def fill_holes(mask3d: np.ndarray) -> np.ndarray:
     """Fill holes in each axial slice of ``mask3d > 0`` (2D hole filling per slice); ``uint8`` 0/1.
 
-    A hole is background not 4-connected to the slice border (as ``scipy.ndimage.binary_fill_holes``
-    with its default 2D structure). One OpenCV flood fill per non-empty slice.
+    :func:`lungseg.imaging.masks.fill_holes_2d` (a hole is background not 4-connected to the slice
+    border, as ``scipy.ndimage.binary_fill_holes`` with its default 2D structure).
     """
-    m, squeezed = _as_3d(mask3d, "fill_holes")
-    out = (m > 0).astype(np.uint8)
-    h, w = out.shape[1:]
-    canvas = np.zeros((h + 2, w + 2), np.uint8)
-    for k in np.flatnonzero(out.reshape(out.shape[0], -1).any(axis=1)):
-        canvas[:] = 0
-        canvas[1:-1, 1:-1] = out[k]
-        cv2.floodFill(canvas, None, (0, 0), 2, flags=4)
-        out[k] = canvas[1:-1, 1:-1] != 2
-    return out[0] if squeezed else out
+    _as_3d(mask3d, "fill_holes")  # checks the shape
+    return fill_holes_2d(np.asarray(mask3d) > 0)
 
 
 def _midline_column(col_profile: np.ndarray) -> int:
@@ -114,18 +79,20 @@ def split_left_right(lung3d: np.ndarray, min_ratio: float = 0.1) -> np.ndarray:
     split at the minimum of the column-wise lung profile in the middle half of the lung's extent.
     """
     m, squeezed = _as_3d(lung3d, "split_left_right")
+    if not 0.0 <= float(min_ratio) <= 1.0:
+        raise ConfigError(f"min_ratio must be in [0, 1] (a fraction of the larger lung), got {min_ratio!r}")
     fg = m > 0
     out = np.zeros(m.shape, dtype=np.uint8)
-    box = _fg_bbox(fg)
+    box = bounding_box(fg)
     if box is None:
         return out[0] if squeezed else out
-    out[box] = _split_block(fg[box], box[2].start, min_ratio)
+    out[box] = _split_block(fg[box], min_ratio)
     return out[0] if squeezed else out
 
 
-def _split_block(fg: np.ndarray, x_offset: int, min_ratio: float) -> np.ndarray:
-    """:func:`split_left_right` on the foreground's bounding block (columns start at ``x_offset``)."""
-    labels, sizes = _label3d(fg, 1)
+def _split_block(fg: np.ndarray, min_ratio: float) -> np.ndarray:
+    """:func:`split_left_right` on the foreground's bounding block."""
+    labels, sizes = label_components(fg, 1)
     order = np.argsort(sizes, kind="stable")[::-1]
     a = int(order[0])
     b = int(order[1]) if sizes.size > 2 else 0
@@ -158,21 +125,14 @@ def _split_block(fg: np.ndarray, x_offset: int, min_ratio: float) -> np.ndarray:
 def clean_lung_mask(binary3d: np.ndarray, min_ratio: float = 0.1) -> np.ndarray:
     """Clean a predicted lung mask: keep the 2 largest 3D components (dropping the second if it is
     below ``min_ratio`` of the largest, i.e. a speck next to touching lungs), fill holes per slice,
-    split into left (1) / right (2). Returns ``uint8`` labels, same shape."""
+    split into left (1) / right (2) (with the same ``min_ratio``, see :func:`split_left_right`).
+    Returns ``uint8`` labels, same shape."""
     m, squeezed = _as_3d(binary3d, "clean_lung_mask")
     fg = m > 0
     out = np.zeros(m.shape, dtype=np.uint8)
-    box = _fg_bbox(fg)
+    box = bounding_box(fg)
     if box is None:
         return out[0] if squeezed else out
-    labels, sizes = _label3d(fg[box], 1)
-    order = np.argsort(sizes, kind="stable")[::-1][:2]
-    order = order[sizes[order] > 0]
-    keep = np.zeros(sizes.shape, dtype=np.uint8)
-    keep[order[0]] = 1
-    if order.size > 1 and sizes[order[1]] >= min_ratio * sizes[order[0]]:
-        keep[order[1]] = 1
-    kept = keep[labels]
-    del labels
-    out[box] = split_left_right(fill_holes(kept), min_ratio=min_ratio)
+    kept = largest_components(fg[box], 2, min_ratio=min_ratio, connectivity=1)
+    out[box] = split_left_right(fill_holes_2d(kept), min_ratio=min_ratio)
     return out[0] if squeezed else out
