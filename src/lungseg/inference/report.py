@@ -27,6 +27,7 @@ import nibabel as nib
 import numpy as np
 
 from lungseg.errors import InputError
+from lungseg.imaging.intensity import HU_WINDOW, window_to_uint8
 from lungseg.inference.segment import Segmentation
 from lungseg.volume import Volume
 
@@ -34,8 +35,6 @@ logger = logging.getLogger(__name__)
 
 SEVERITY_LABELS = ("none", "minimal", "mild", "moderate", "severe", "critical")
 SEVERITY_SCALE = "0 none (0%), 1 minimal (<5%), 2 mild (5-25%), 3 moderate (>25-50%), 4 severe (>50-75%), 5 critical (>75%)"
-#: Display window (HU) of the overlay pictures when the input is in HU.
-OVERLAY_WINDOW_HU = (-1250.0, 250.0)
 #: Overlay colours (BGR for OpenCV): left lung, right lung, infection.
 OVERLAY_COLOURS = {1: (80, 200, 0), 2: (255, 160, 0), 3: (30, 30, 255)}
 OVERLAY_ALPHA = 0.4
@@ -138,16 +137,14 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
 
 
 def display_slices_u8(volume: Volume) -> np.ndarray:
-    """The input as uint8 (z, y, x) for display: HU through a lung window, 0-255 as is."""
+    """The input as uint8 (z, y, x) for display: HU through the lung window :data:`HU_WINDOW`, 0-255 as
+    is; both with :func:`lungseg.imaging.window_to_uint8`, as in the web UI."""
     arr = volume.array
     if arr.dtype == np.uint8:
         return arr
     lo, hi = float(np.min(arr)), float(np.max(arr))
-    if lo >= 0 and hi <= 255:  # 0-255 data stored in a wider type
-        return arr.astype(np.uint8)
-    w_lo, w_hi = OVERLAY_WINDOW_HU
-    out = (np.clip(arr.astype(np.float32), w_lo, w_hi) - w_lo) * (255.0 / (w_hi - w_lo))
-    return out.round().astype(np.uint8)
+    kind = "uint8" if lo >= 0 and hi <= 255 else "hu"  # 0-255 data may be stored in a wider type
+    return window_to_uint8(arr, kind, HU_WINDOW)
 
 
 def representative_slices(seg: Segmentation) -> dict[str, int]:
