@@ -16,6 +16,30 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's chromium, which `make test` installs as root
+
+
+def running_in_ci() -> bool:
+    """``CI=true`` (or 1/yes), as CI services set it."""
+    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line(
+        "markers", "chromium: drives Debian's chromium; skipped without it, but a failure under CI=true")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """A ``chromium`` test without /usr/bin/chromium: skipped with the reason on a developer's machine; a
+    failure under ``CI=true``, where `make test` installs chromium, so that a failed install is not silent.
+    Runs before any fixture of the test is set up."""
+    if item.get_closest_marker("chromium") is None or CHROMIUM.exists():
+        return
+    reason = f"Debian's chromium is not installed at {CHROMIUM} (`make test` installs it when run as root)"
+    if running_in_ci():
+        pytest.fail(f"{reason}; CI=true, so the browser tests must run", pytrace=False)
+    pytest.skip(reason)
 
 
 def phantom(shape=(8, 48, 48), kind="hu", seed=0):

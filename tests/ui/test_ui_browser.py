@@ -1,6 +1,7 @@
 """The web UI in a real browser: Streamlit server + headless Chromium driven by Playwright.
 
-Skipped when Debian's Chromium (/usr/bin/chromium; ``apt-get install -y chromium``) is absent.
+Skipped when Debian's Chromium (/usr/bin/chromium; ``apt-get install -y chromium``) is absent; a failure
+instead under ``CI=true``.
 Set ``LUNGSEG_UI_SCREENSHOT=src/lungseg/app/assets/ui-screenshot.png`` to also write the README's screenshot
 (optimised, 1200 px wide).
 """
@@ -17,8 +18,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from conftest import CHROMIUM  # /usr/bin/chromium
 
-CHROMIUM = Path("/usr/bin/chromium")
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -26,7 +27,8 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Chromium not installed at /usr/bin/chromium")
+# skipped without chromium, a failure under CI=true (conftest.pytest_runtest_setup)
+pytestmark = pytest.mark.chromium
 
 # the helpers of the AppTest module (pytest puts this folder on sys.path)
 from test_ui_app import APP_SCRIPT, png_bytes, synthetic_case, tiny_models_dir  # noqa: E402
