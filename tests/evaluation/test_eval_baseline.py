@@ -131,3 +131,7 @@ def test_baseline_infection_empty_lung_and_errors():
     assert baseline_infection(ct, "hu", lungs).sum() == 0  # healthy lungs: no infection
     with pytest.raises(DataValidationError, match="case 'c2'.*shape"):
         baseline_infection(ct, "hu", lungs[:-1], case="c2")
+    with pytest.raises(ConfigError, match="band_hu"):
+        baseline_infection(ct, "hu", lungs, band_hu=(50, -700))
+    with pytest.raises(ConfigError, match="min_second_fraction"):
+        baseline_lung(ct, "hu", min_second_fraction=1.5)

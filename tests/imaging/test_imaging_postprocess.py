@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
+from lungseg.errors import ConfigError
 from lungseg.imaging import clean_lung_mask, fill_holes, keep_largest_components, split_left_right
 
 
@@ -73,6 +75,18 @@ def test_clean_lung_mask():
     assert np.array_equal(lab > 0, m > 0)
     # 2D input is treated as one slice
     assert clean_lung_mask(m[2]).shape == m[2].shape
+
+
+def test_clean_lung_mask_min_ratio():
+    m = _two_lungs()
+    m[1:5, 8:32, 34:54] = 0
+    m[2:4, 10:20, 40:50] = 1  # the "left lung" is 2 * 10 * 10 = 200 voxels, 1/9.6 of the right (4*24*20)
+    both = clean_lung_mask(m, min_ratio=0.1)  # 200 >= 0.1 * 1920: kept, and split as two lungs
+    assert np.count_nonzero(both == 1) == 200 and np.count_nonzero(both == 2) == 1920
+    one = clean_lung_mask(m, min_ratio=0.2)  # 200 < 384: dropped as a speck
+    assert np.count_nonzero(one) == 1920 and not one[:, :, 34:].any()
+    with pytest.raises(ConfigError, match="min_ratio"):
+        clean_lung_mask(m, min_ratio=2.0)
 
 
 def test_fill_holes_matches_scipy_per_slice():

@@ -279,6 +279,8 @@ def baseline_infection(
         )
     if opening_radius < 0 or min_component_voxels < 0:
         raise ConfigError("opening_radius and min_component_voxels must be >= 0")
+    if len(band_hu) != 2 or not float(band_hu[0]) < float(band_hu[1]):
+        raise ConfigError(f"band_hu {tuple(band_hu)} must be (low, high) in HU with low < high")
     lung = lung != 0
     out = np.zeros(vol.shape, dtype=np.uint8)
     box = bounding_box(lung)

@@ -69,7 +69,7 @@ def _midline_column(col_profile: np.ndarray) -> int:
     return lo + (start + end) // 2
 
 
-def split_left_right(lung3d: np.ndarray, min_ratio: float = 0.1) -> np.ndarray:
+def split_left_right(lung3d: np.ndarray, *, min_ratio: float = 0.1) -> np.ndarray:
     """Binary lung ``(Z, H, W)`` -> labels ``1`` = left, ``2`` = right (``uint8``).
 
     Canonical arrays put the patient's left at the LARGER column index. If the two largest 3D
@@ -122,7 +122,7 @@ def _split_block(fg: np.ndarray, min_ratio: float) -> np.ndarray:
     return np.where(fg, side[None, None, :], np.uint8(0)).astype(np.uint8)
 
 
-def clean_lung_mask(binary3d: np.ndarray, min_ratio: float = 0.1) -> np.ndarray:
+def clean_lung_mask(binary3d: np.ndarray, *, min_ratio: float = 0.1) -> np.ndarray:
     """Clean a predicted lung mask: keep the 2 largest 3D components (dropping the second if it is
     below ``min_ratio`` of the largest, i.e. a speck next to touching lungs), fill holes per slice,
     split into left (1) / right (2) (with the same ``min_ratio``, see :func:`split_left_right`).
