@@ -75,29 +75,32 @@ def _table(n):
     return pd.DataFrame({"case_id": [f"c{i:02d}" for i in range(n)]})
 
 
+SPLIT = {"method": "grouped", "val_fraction": 0.3, "n_folds": 5, "fold": 0, "seed": 1}
+
+
 def test_grouped_split_is_by_patient_and_70_30():
-    split = split_cases(_table(10), {"method": "grouped", "val_fraction": 0.3, "seed": 1})
+    split = split_cases(_table(10), SPLIT)
     assert (split.subset == "val").sum() == 3 and (split.subset == "train").sum() == 7
     assert split.case_id.is_unique
-    again = split_cases(_table(10), {"method": "grouped", "val_fraction": 0.3, "seed": 1})
+    again = split_cases(_table(10), SPLIT)
     assert split.equals(again)
 
 
 def test_kfold_split_covers_every_case_once():
     vals = []
     for fold in range(5):
-        s = split_cases(_table(10), {"method": "kfold", "n_folds": 5, "fold": fold, "seed": 3})
+        s = split_cases(_table(10), {**SPLIT, "method": "kfold", "fold": fold, "seed": 3})
         vals += list(s.case_id[s.subset == "val"])
     assert sorted(vals) == [f"c{i:02d}" for i in range(10)]
 
 
 def test_no_case_on_both_sides_of_the_split(ingested):
-    from lungseg.pipelines.training.nodes import split_model_input
+    from lungseg.models.data import split_model_input
 
     table, canonical = ingested
     enhanced = enhance_cases(table, canonical, TINY_PREPROCESSING)
     mi = build_lung_input(table, enhanced, TINY_PREPROCESSING)
-    split = split_cases(table, {"method": "grouped", "val_fraction": 0.3, "seed": 0})
+    split = split_cases(table, {**SPLIT, "seed": 0})
     _, _, tr = split_model_input(mi, split, "train")
     _, _, va = split_model_input(mi, split, "val")
     assert len(tr) and len(va)
@@ -105,17 +108,17 @@ def test_no_case_on_both_sides_of_the_split(ingested):
 
 
 def test_leaky_split_is_explicit(ingested):
-    from lungseg.pipelines.training.nodes import split_model_input
+    from lungseg.models.data import split_model_input
 
     table, canonical = ingested
-    split = split_cases(table, {"method": "slice_level_leaky", "val_fraction": 0.3, "seed": 0})
+    split = split_cases(table, {**SPLIT, "method": "slice_level_leaky", "seed": 0})
     assert (split.subset == "mixed").all()
     mi = build_lung_input(table, enhance_cases(table, canonical, TINY_PREPROCESSING), TINY_PREPROCESSING)
     _, _, tr = split_model_input(mi, split, "train")
     _, _, va = split_model_input(mi, split, "val")
     assert set(mi["case_ids"][tr]) & set(mi["case_ids"][va])  # leaky on purpose
     with pytest.raises(ConfigError, match="split.method"):
-        split_cases(table, {"method": "by_slice"})
+        split_cases(table, {**SPLIT, "method": "by_slice"})
 
 
 def test_eda(ingested):
@@ -139,3 +142,14 @@ def test_preprocessing_pipeline_under_parallel_runner(tiny_dataset, tmp_path):
         "case_a.npz", "case_b.npz", "case_c.npz"]
     split = pd.read_csv(project / "data/05_model_input/case_split.csv")
     assert set(split.subset) == {"train", "val"}
+
+
+def test_a_typo_or_a_missing_key_in_the_parameters_is_named(ingested):
+    table, canonical = ingested
+    with pytest.raises(ConfigError, match=r"unknown parameter 'preprocessing.clahe_clip' \(did you mean 'clahe_clip_limit'\?\)"):
+        enhance_cases(table, canonical, {**TINY_PREPROCESSING, "clahe_clip": 3})
+    params = {k: v for k, v in TINY_PREPROCESSING.items() if k != "image_size"}
+    with pytest.raises(ConfigError, match=r"missing parameter preprocessing.image_size"):
+        build_lung_input(table, enhance_cases(table, canonical, TINY_PREPROCESSING), params)
+    with pytest.raises(ConfigError, match=r"unknown parameter 'split.n_fold' \(did you mean 'n_folds'\?\)"):
+        split_cases(table, {**SPLIT, "n_fold": 3})

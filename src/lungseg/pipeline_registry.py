@@ -15,13 +15,14 @@ from __future__ import annotations
 
 from kedro.pipeline import Pipeline
 
+from lungseg.layout import VARIANTS, variant_task
+
 from lungseg.pipelines.evaluation import pipeline as evaluation
 from lungseg.pipelines.inference import pipeline as inference
 from lungseg.pipelines.ingestion import pipeline as ingestion
 from lungseg.pipelines.preprocessing import pipeline as preprocessing
 from lungseg.pipelines.synthetic_data import pipeline as synthetic_data
 from lungseg.pipelines.training import pipeline as training
-from lungseg.pipelines.training.pipeline import VARIANTS, variant_task
 
 
 def register_pipelines() -> dict[str, Pipeline]:

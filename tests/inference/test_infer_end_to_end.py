@@ -304,7 +304,7 @@ def test_kedro_inference_pipeline_on_a_metadata_csv(tmp_path, models_dir):
     from kedro.runner import SequentialRunner
     from kedro_datasets.pandas import CSVDataset
 
-    from lungseg.pipelines.inference.nodes import DEFAULTS
+    from lungseg.pipelines.inference.nodes import INFERENCE_KEYS
     from lungseg.pipelines.inference.pipeline import create_pipeline
 
     root = tmp_path / "raw"
@@ -319,7 +319,7 @@ def test_kedro_inference_pipeline_on_a_metadata_csv(tmp_path, models_dir):
 
     conf = Path(__file__).resolve().parents[2] / "conf" / "base"
     params = yaml.safe_load((conf / "parameters_inference.yml").read_text())["inference"]
-    assert set(params) == set(DEFAULTS)
+    assert set(params) == set(INFERENCE_KEYS)
     catalog_entry = yaml.safe_load((conf / "catalog_inference.yml").read_text())["inference_summary"]
     assert catalog_entry["type"] == "pandas.CSVDataset"
 

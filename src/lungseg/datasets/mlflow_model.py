@@ -1,8 +1,11 @@
-"""``MlflowKerasModelDataset``: log a Keras model to the active MLflow run, with a signature.
+"""``MlflowKerasModelDataset``: log a Keras model and its config to the active MLflow run.
 
 kedro-mlflow's ``MlflowModelTrackingDataset`` passes ``save_args`` straight to ``log_model``, and a
 model signature cannot be written in YAML; this subclass derives it from the model's input and
-output shapes (float32 ``(-1, S, S, 1)`` in, sigmoid ``(-1, S, S, 1)`` out).
+output shapes (float32 ``(-1, S, S, 1)`` in, sigmoid ``(-1, S, S, 1)`` out). Given
+``{"model": model, "config": model_config}``, it also writes the config into the logged model's
+metadata (``model_config``) and, with ``config_artifact``, as a run artifact, so that a model taken
+from MLflow carries the preprocessing it was trained with.
 """
 
 from __future__ import annotations
@@ -40,7 +43,9 @@ class MlflowKerasModelDataset(MlflowModelTrackingDataset):
         save_args: dict[str, Any] | None = None,
         load_args: dict[str, Any] | None = None,
         metadata: dict[str, Any] | None = None,
+        config_artifact: str | None = None,
     ) -> None:
+        self._config_artifact = config_artifact
         super().__init__(
             flavor="mlflow.keras",
             save_args={"name": artifact_path, **(save_args or {})},
@@ -48,8 +53,20 @@ class MlflowKerasModelDataset(MlflowModelTrackingDataset):
             metadata=metadata,
         )
 
-    def _save(self, model: Any) -> None:
-        if "signature" not in self._save_args:
-            self._save_args["signature"] = keras_signature(model)
-        super()._save(model)
+    def _save(self, data: Any) -> None:
+        model, config = (data["model"], data.get("config")) if isinstance(data, dict) else (data, None)
+        base_args = self._save_args
+        args = dict(base_args)
+        args.setdefault("signature", keras_signature(model))
+        if config is not None:
+            args["metadata"] = {**(args.get("metadata") or {}), "model_config": config}
+        self._save_args = args
+        try:
+            super()._save(model)
+        finally:
+            self._save_args = base_args
+        if config is not None and self._config_artifact:
+            import mlflow
+
+            mlflow.log_dict(config, self._config_artifact)
 

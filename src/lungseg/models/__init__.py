@@ -5,7 +5,7 @@ default). Importing this package registers the custom losses and metrics with Ke
 ``.keras`` files need to load with ``safe_mode=True``.
 """
 
-from lungseg.models.data import SliceSequence, augment_params
+from lungseg.models.data import SliceSequence, augment_params, split_model_input
 from lungseg.models.deeplabv3plus import build_deeplabv3plus
 from lungseg.models.factory import (
     ARCHITECTURES,
@@ -26,6 +26,7 @@ from lungseg.models.losses import (
     get_loss,
 )
 from lungseg.models.metrics import DiceCoefficient, IoUScore, get_metrics
+from lungseg.models.run import TrainResult, train_variant
 from lungseg.models.train import check_training_data, fit, set_seeds, strategy_scope
 from lungseg.models.unet import build_unet
 
@@ -38,6 +39,7 @@ __all__ = [
     "DiceLoss",
     "IoUScore",
     "SliceSequence",
+    "TrainResult",
     "allowed_params",
     "augment_params",
     "bce",
@@ -54,5 +56,7 @@ __all__ = [
     "get_metrics",
     "load_model",
     "set_seeds",
+    "split_model_input",
     "strategy_scope",
+    "train_variant",
 ]

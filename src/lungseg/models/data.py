@@ -161,3 +161,26 @@ class SliceSequence(keras.utils.PyDataset):
         if not self.shuffle:
             return np.arange(n)
         return np.random.default_rng([self.seed, int(epoch)]).permutation(n)
+
+
+def split_model_input(
+    model_input: dict[str, np.ndarray], case_split: Any, subset: str
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Images, masks and row indices of ``subset`` (``train`` / ``val``) of a model input.
+
+    ``case_split`` is the table of :func:`lungseg.models.split.split_cases` (``case_id``, ``subset``...).
+    With the leaky slice-level split (every case ``mixed``), slices are split at random instead,
+    seeded by the table's ``seed`` with its ``val_fraction``.
+    """
+    if subset not in ("train", "val"):
+        raise ConfigError(f"subset must be 'train' or 'val', got {subset!r}")
+    cases = model_input["case_ids"]
+    if (case_split["subset"] == "mixed").all():
+        frac = float(case_split["val_fraction"].iloc[0])
+        rng = np.random.default_rng(int(case_split["seed"].iloc[0]))
+        is_val = rng.random(len(cases)) < frac
+        idx = np.flatnonzero(is_val if subset == "val" else ~is_val)
+    else:
+        chosen = set(case_split.loc[case_split["subset"] == subset, "case_id"])
+        idx = np.flatnonzero(np.isin(cases, list(chosen)))
+    return model_input["images"][idx], model_input["masks"][idx], idx

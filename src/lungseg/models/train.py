@@ -17,6 +17,7 @@ import logging
 import math
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -149,6 +150,16 @@ class _StateSaver(keras.callbacks.Callback):
         os.replace(tmp, self.path)
 
 
+def keras_verbosity(verbose: int) -> int:
+    """Keras' ``verbose`` for ``fit``: a progress bar (1) only on a terminal. When stdout is a file or
+    a pipe (``make demo > log``, CI), Keras would redraw the bar into the log line after line, so it
+    prints one line per epoch (2) instead."""
+    verbose = int(verbose)
+    if verbose == 1 and not (hasattr(sys.stdout, "isatty") and sys.stdout.isatty()):
+        return 2
+    return verbose
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -184,10 +195,11 @@ def fit(
             ``cooldown``); None or ``{"enabled": false}`` turns it off; ``{}`` uses the defaults.
         early_stopping: ``EarlyStopping`` settings (``patience``, ``min_delta``, ``start_from_epoch``);
             None turns it off.
-        verbose: Keras verbosity (1: a progress bar per epoch, 2: one line per epoch, 0: silent).
+        verbose: Keras verbosity (1: a progress bar per epoch on a terminal, one line per epoch
+            otherwise; 2: one line per epoch; 0: silent).
         callbacks: extra Keras callbacks, run after the lungseg ones.
         fingerprint: identifies the run's settings and data (see
-            :func:`lungseg.pipelines.training.nodes.run_fingerprint`). It is stored with the backup; a
+            :func:`lungseg.models.run.run_fingerprint`). It is stored with the backup; a
             backup made under another fingerprint (or under none, when one is given) is discarded
             with a warning and training starts afresh, instead of resuming a different run.
 
@@ -274,7 +286,7 @@ def fit(
                     val.n_slices if val is not None and hasattr(val, "n_slices") else 0)
         try:
             result = model.fit(train, validation_data=val, epochs=int(epochs), callbacks=cbs,
-                               shuffle=False, verbose=verbose)
+                               shuffle=False, verbose=keras_verbosity(verbose))
         except (ValueError, OSError) as exc:
             if initial_epoch and not sync.started:  # failed while restoring the backup
                 raise ConfigError(

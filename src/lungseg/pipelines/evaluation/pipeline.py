@@ -8,13 +8,13 @@ from kedro.pipeline import Node, Pipeline
 
 
 def create_pipeline(variants: Iterable[str] = (), **kwargs) -> Pipeline:
-    from lungseg.pipelines.evaluation.nodes import compare_variants, evaluate_baselines
+    from lungseg.pipelines.evaluation.nodes import baselines, compare_variants
 
     variants = list(variants)
     return Pipeline(
         [
             Node(
-                evaluate_baselines,
+                baselines,
                 ["case_table", "canonical_cases", "preprocessing.case_split", "params:evaluation"],
                 ["baseline_metrics", "baseline_case_metrics"],
                 name="evaluate_baselines",

@@ -7,21 +7,15 @@ from pathlib import Path
 
 import pandas as pd
 
+from lungseg.config import check_section
 from lungseg.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
-DEFAULTS = {
-    "input": None,
-    "output_dir": "data/07_model_output/inference",
-    "lung_model": None,
-    "infection_model": None,
-    "models_dir": "data/06_models",
-    "batch_size": 16,
-    "tasks": ["lung", "infection"],
-    "progress": True,
-    "cases": None,
-}
+#: Keys of the ``inference`` parameters (conf/base/parameters_inference.yml); all are required.
+INFERENCE_KEYS = (
+    "input", "output_dir", "lung_model", "infection_model", "models_dir", "batch_size", "tasks", "progress", "cases",
+)
 
 
 def _case_ids(value) -> list[str] | None:
@@ -57,13 +51,10 @@ def run_inference(params: dict) -> pd.DataFrame:
         ``metadata.csv`` row gives ground-truth masks; their means are logged by ``run_batch``.
 
     Raises:
-        ConfigError: no ``input`` given, unknown keys, a bad ``cases`` value.
+        ConfigError: no ``input`` given, a missing or unknown key, a bad ``cases`` value.
         InputError: ``cases`` names a case that is not in the input.
     """
-    unknown = sorted(set(params) - set(DEFAULTS))
-    if unknown:
-        raise ConfigError(f"parameters 'inference': unknown keys {unknown}; known: {sorted(DEFAULTS)}")
-    p = {**DEFAULTS, **params}
+    p = check_section(params, "inference", INFERENCE_KEYS)
     if not p["input"]:
         raise ConfigError("parameters 'inference.input': give a folder of NIfTI files or a metadata.csv")
     tasks = tuple(p["tasks"])

@@ -10,38 +10,37 @@ from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
-VARIANTS = ("lung_unet", "lung_deeplabv3plus", "infection_unet", "infection_deeplabv3plus")
-
-
-def variant_task(variant: str) -> str:
-    return variant.split("_", 1)[0]
+from lungseg.layout import VARIANTS, variant_task
 
 
 def create_template() -> Pipeline:
     """Train, then evaluate, one variant (dataset and parameter names before namespacing)."""
-    from lungseg.pipelines.evaluation.nodes import evaluate_model, metrics_table, plot_history, plot_overlay
-    from lungseg.pipelines.training.nodes import train_model
+    from lungseg.pipelines.evaluation.nodes import (
+        epoch_metrics,
+        eval_metrics,
+        evaluate_model,
+        metrics_table,
+        plot_history,
+        plot_overlay,
+    )
+    from lungseg.pipelines.training.nodes import mlflow_model, train_model
 
+    train, evaluate = ["training"], ["evaluation"]
     return Pipeline(
         [
-            Node(
-                train_model,
-                ["model_input", "case_split", "params:model", "params:training", "params:dataset_name"],
-                ["model_config", "model", "mlflow_model", "model_config_report", "history", "epoch_metrics"],
-                name="train_model",
-                tags=["training"],
-            ),
+            Node(train_model,
+                 ["model_input", "case_split", "params:model", "params:training", "params:dataset_name"],
+                 ["model_config", "model", "history"], name="train_model", tags=train),
+            Node(mlflow_model, ["model", "model_config"], "mlflow_model", name="log_mlflow_model", tags=train),
+            Node(epoch_metrics, "history", "epoch_metrics", name="epoch_metrics", tags=train),
             Node(plot_history, ["history", "model_config"], "training_curves", name="plot_training_curves",
-                 tags=["evaluation"]),
-            Node(
-                evaluate_model,
-                ["model", "model_config", "model_input", "case_split", "enhanced_cases", "params:evaluation"],
-                ["metrics", "slice_metrics", "case_metrics", "overlay_data", "eval_metrics"],
-                name="evaluate_model",
-                tags=["evaluation"],
-            ),
-            Node(metrics_table, "metrics", "metrics_table", name="metrics_table", tags=["evaluation"]),
-            Node(plot_overlay, "overlay_data", "overlays", name="plot_overlays", tags=["evaluation"]),
+                 tags=evaluate),
+            Node(evaluate_model,
+                 ["model", "model_config", "model_input", "case_split", "enhanced_cases", "params:evaluation"],
+                 ["metrics", "slice_metrics", "case_metrics", "overlay_data"], name="evaluate_model", tags=evaluate),
+            Node(eval_metrics, "metrics", "eval_metrics", name="eval_metrics", tags=evaluate),
+            Node(metrics_table, "metrics", "metrics_table", name="metrics_table", tags=evaluate),
+            Node(plot_overlay, "overlay_data", "overlays", name="plot_overlays", tags=evaluate),
         ]
     )
 

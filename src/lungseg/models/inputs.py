@@ -1,0 +1,166 @@
+"""Model inputs and patient splits: the library side of the preprocessing pipeline.
+
+* :func:`build_model_input`: the slices of one task, filtered, cropped, padded and resized with
+  :mod:`lungseg.imaging` (the same functions inference and the UI use), with their masks, case ids,
+  slice indices and the crop records that :func:`lungseg.imaging.restore_slices` inverts.
+* :func:`split_cases`: every case (patient) to ``train`` or ``val``, never one patient on both sides.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from lungseg.config import check_section
+from lungseg.errors import ConfigError, TrainingDataError
+from lungseg.imaging import (
+    PreprocessConfig,
+    crop_and_resize,
+    informative_slices,
+    prepare_masks,
+    select_infection_slices,
+)
+from lungseg.layout import TASKS
+
+logger = logging.getLogger(__name__)
+
+Lazy = Callable[[], dict[str, np.ndarray]]
+LUNG_CROP_SOURCES = ("body", "lung_mask")
+#: Keys of the ``preprocessing`` parameters (conf/base/parameters_preprocessing.yml).
+PREPROCESSING_KEYS = (
+    "window", "clahe_clip_limit", "clahe_tile_grid", "image_size", "crop_margin", "body_threshold",
+    "lung_crop_source", "min_lung_fraction", "infection_negative_fraction", "seed",
+)
+#: Keys of the ``split`` parameters.
+SPLIT_KEYS = ("method", "val_fraction", "n_folds", "fold", "seed")
+
+
+def check_preprocessing_params(params: Any) -> dict[str, Any]:
+    """The ``preprocessing`` parameters, refused by name when a key is missing or unknown."""
+    return check_section(params, "preprocessing", PREPROCESSING_KEYS)
+
+
+def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
+    """The preprocessing config of a task, built from the ``preprocessing`` parameters."""
+    if task not in TASKS:
+        raise ConfigError(f"unknown task {task!r}; expected one of {TASKS}")
+    params = check_preprocessing_params(params)
+    source = params["lung_crop_source"]
+    if source not in LUNG_CROP_SOURCES:
+        raise ConfigError(
+            f"preprocessing.lung_crop_source is {source!r}; expected one of {LUNG_CROP_SOURCES}"
+        )
+    crop_mode = "lung_mask" if task == "infection" else source
+    return PreprocessConfig.from_dict({**params, "crop_mode": crop_mode})  # the imaging subset of the keys
+
+
+def build_model_input(
+    task: str, case_table: pd.DataFrame, enhanced_cases: dict[str, Lazy], params: dict[str, Any]
+) -> dict[str, np.ndarray]:
+    """Model input of ``task``: informative slices (for the infection task, every slice with
+    infection and a share ``infection_negative_fraction`` of the others), cropped and resized.
+
+    Returns ``images`` (N, S, S) uint8, ``masks``, ``case_ids``, ``slice_index``, ``records`` and
+    ``config_json`` (the task and its :class:`PreprocessConfig`, which the model config inherits).
+    """
+    config = preprocess_config(params, task)
+    rng = np.random.default_rng(int(params["seed"]))
+    images, masks, case_ids, slice_idx, records = [], [], [], [], []
+    kept = {}
+    for case in tqdm(list(case_table["case_id"]), desc=f"{task} model input", unit="case"):
+        rec = enhanced_cases[case]()
+        lung, infection = rec["lung"], rec["infection"]
+        keep = informative_slices(lung, float(params["min_lung_fraction"]))
+        if task == "infection":
+            keep = select_infection_slices(keep, infection, float(params["infection_negative_fraction"]), rng)
+        idx = np.flatnonzero(keep)
+        kept[case] = int(idx.size)
+        if idx.size == 0:
+            logger.warning("%s task: case %s has no informative slice (empty lung mask?); skipped", task, case)
+            continue
+        one_lung = (lung[idx] == 1).any(axis=(1, 2)) ^ (lung[idx] == 2).any(axis=(1, 2))
+        if one_lung.any():
+            logger.info("%s task: case %s has %d slice(s) with one lung only", task, case, int(one_lung.sum()))
+        lung_sel = lung[idx]
+        imgs, recs = crop_and_resize(rec["image"][idx], config, lung_mask=lung_sel)
+        target = (lung_sel > 0) if task == "lung" else (infection[idx] > 0)
+        masks.append(prepare_masks(target.astype(np.uint8), recs))
+        images.append(imgs)
+        records.append(np.stack([r.to_array() for r in recs]))
+        case_ids.append(np.full(idx.size, case))
+        slice_idx.append(idx.astype(np.int32))
+        del rec
+    if not images:
+        raise TrainingDataError(
+            f"{task} task: 0 slices left after filtering (min_lung_fraction="
+            f"{params['min_lung_fraction']}); check the lung masks"
+        )
+    out = {
+        "images": np.concatenate(images),
+        "masks": np.concatenate(masks),
+        "case_ids": np.concatenate(case_ids).astype(str),
+        "slice_index": np.concatenate(slice_idx),
+        "records": np.concatenate(records),
+        "config_json": np.array(json.dumps({"task": task, **config.to_dict()})),
+    }
+    pos = float(out["masks"].mean())
+    logger.info(
+        "%s task: %d slices kept from %d cases (%s); positive pixels %.2f%%",
+        task, len(out["images"]), len(kept), ", ".join(f"{k}: {v}" for k, v in kept.items()), 100 * pos,
+    )
+    return out
+
+
+SPLIT_METHODS = ("grouped", "kfold", "slice_level_leaky")
+
+
+def split_cases(case_table: pd.DataFrame, params: dict[str, Any]) -> pd.DataFrame:
+    """Assign every case (patient) to ``train`` or ``val``; never split one patient's slices.
+
+    Methods:
+        ``grouped``: a seeded shuffle of cases, ``val_fraction`` of them held out (70/30 default).
+        ``kfold``: ``n_folds`` case-level folds; fold ``fold`` is held out (as in the
+            COVID-19-CT-Seg benchmark's 5-fold cross-validation).
+        ``slice_level_leaky``: reproduces the paper's leaky protocol: slices of one patient land
+            on both sides. Every case is marked ``mixed``; the training node then splits slices.
+    """
+    params = check_section(params, "split", SPLIT_KEYS)
+    method = params["method"]
+    if method not in SPLIT_METHODS:
+        raise ConfigError(f"split.method is {method!r}; expected one of {SPLIT_METHODS}")
+    seed = int(params["seed"])
+    val_fraction = float(params["val_fraction"])
+    cases = np.array(sorted(case_table["case_id"]))
+    n = len(cases)
+    rng = np.random.default_rng(seed)
+    order = cases[rng.permutation(n)]
+    fold = np.zeros(n, dtype=int)
+    if method == "slice_level_leaky":
+        logger.warning("split.method=slice_level_leaky reproduces the paper's leaky slice-level split: "
+                       "validation figures will be optimistic")
+        subset = np.full(n, "mixed")
+    else:
+        if n < 2:
+            raise TrainingDataError(f"a split by patient needs at least 2 cases, got {n}")
+        if method == "grouped":
+            n_val = min(n - 1, max(1, int(round(val_fraction * n))))
+            subset = np.where(np.arange(n) < n_val, "val", "train")
+        else:
+            k = int(params["n_folds"])
+            which = int(params["fold"])
+            if not 2 <= k <= n or not 0 <= which < k:
+                raise ConfigError(f"split.n_folds={k}, split.fold={which} do not suit {n} cases")
+            fold = np.arange(n) % k
+            subset = np.where(fold == which, "val", "train")
+    table = pd.DataFrame({"case_id": order, "subset": subset, "fold": fold, "method": method,
+                          "val_fraction": val_fraction, "seed": seed})
+    table = table.sort_values("case_id").reset_index(drop=True)
+    logger.info("Split (%s): train %s | val %s", method,
+                list(table.case_id[table.subset == "train"]), list(table.case_id[table.subset == "val"]))
+    return table

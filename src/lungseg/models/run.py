@@ -1,0 +1,152 @@
+"""Train one variant end to end: split, subsample, fingerprint, build, fit, describe.
+
+:func:`train_variant` is what the Kedro training node calls (and what cross-validation calls once
+per fold). It returns a :class:`TrainResult`; the node only hands its parts to the catalog.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import tempfile
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungseg.config import check_section, positive_number
+from lungseg.errors import ConfigError, TrainingDataError
+
+logger = logging.getLogger(__name__)
+
+#: Keys of a variant's ``training`` parameters; all are set in conf/base/parameters_training.yml.
+TRAINING_KEYS = (
+    "epochs", "batch_size", "learning_rate", "loss", "seed", "threshold", "reduce_lr", "early_stopping",
+    "augment", "distribution_strategy", "verbose", "backup_dir", "max_train_slices", "repeats",
+)
+
+
+@dataclass
+class TrainResult:
+    """What one training run produces.
+
+    Attributes:
+        model: the Keras model with its best epoch's weights.
+        config: the model config that travels with the model (preprocessing settings, architecture,
+            threshold, dataset, cases, fingerprint); inference reads it back.
+        history: ``{metric: [value per epoch]}``.
+    """
+
+    model: Any
+    config: dict[str, Any]
+    history: dict[str, list[float]]
+
+
+def check_training_params(model_params: Any, training_params: Any, section: str = "training") -> dict[str, Any]:
+    """Fail before any training on a missing, unknown or mistyped parameter, naming it."""
+    if not isinstance(model_params, dict) or "architecture" not in model_params:
+        raise ConfigError("model parameters need an 'architecture' (unet | deeplabv3plus)")
+    params = check_section(training_params, section, TRAINING_KEYS)
+    positive_number(params, "epochs", section, integer=True)
+    positive_number(params, "batch_size", section, integer=True)
+    positive_number(params, "learning_rate", section)
+    positive_number(params, "repeats", section, integer=True)
+    if params["max_train_slices"] is not None:
+        positive_number(params, "max_train_slices", section, integer=True)
+    return params
+
+
+def run_fingerprint(arch: str, arch_params: dict[str, Any], training_params: dict[str, Any],
+                    prep: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> str:
+    """A short hash of what determines a training run: the model, the training settings (all but
+    ``verbose`` and ``backup_dir``), the preprocessing config and the training / validation data.
+
+    A backup is resumed only by a run with the same fingerprint (see :func:`lungseg.models.fit`).
+    """
+    settings = {k: v for k, v in training_params.items() if k not in ("verbose", "backup_dir")}
+    h = hashlib.sha256(json.dumps([arch, arch_params, settings, prep], sort_keys=True, default=str).encode())
+    for arr in (x_train, y_train, x_val):
+        h.update(str(arr.shape).encode())
+        h.update(np.ascontiguousarray(arr).data)
+    return h.hexdigest()[:16]
+
+
+def _training_slices(model_input, case_split, task: str, params: dict[str, Any], seed: int):
+    """Train and validation arrays, the training set subsampled to ``max_train_slices``."""
+    from lungseg.models.data import split_model_input
+    from lungseg.models.train import check_training_data
+
+    x_train, y_train, _ = split_model_input(model_input, case_split, "train")
+    x_val, y_val, _ = split_model_input(model_input, case_split, "val")
+    check_training_data(x_train, y_train, task)
+    if len(x_val) == 0:
+        raise TrainingDataError(f"{task} task: the validation subset has no slices; check the split")
+    limit = params["max_train_slices"]
+    if limit and len(x_train) > int(limit):
+        pick = np.sort(np.random.default_rng(seed).choice(len(x_train), int(limit), replace=False))
+        x_train, y_train = x_train[pick], y_train[pick]
+    return x_train, y_train, x_val, y_val
+
+
+def train_variant(
+    model_input: dict[str, np.ndarray],
+    case_split: pd.DataFrame,
+    model_params: dict[str, Any],
+    training_params: dict[str, Any],
+    dataset_name: str,
+) -> TrainResult:
+    """Build, compile and fit one variant on the ``train`` cases of ``case_split``, validating on
+    its ``val`` cases, and describe the result in a model config."""
+    from lungseg.models import SliceSequence, build_model, compile_model, fit, set_seeds
+    from lungseg.models.train import strategy_scope
+
+    params = check_training_params(model_params, training_params)
+    prep = json.loads(str(model_input["config_json"]))
+    task, size = prep["task"], int(prep["image_size"])
+    arch = model_params["architecture"]
+    arch_params = {k: v for k, v in model_params.items() if k != "architecture"}
+    seed = int(params["seed"])
+    set_seeds(seed)
+
+    x_train, y_train, x_val, y_val = _training_slices(model_input, case_split, task, params, seed)
+    fingerprint = run_fingerprint(arch, arch_params, params, prep, x_train, y_train, x_val)
+    repeats = int(params["repeats"])
+    if repeats > 1:  # small sets: several differently augmented passes per epoch
+        x_train, y_train = np.tile(x_train, (repeats, 1, 1)), np.tile(y_train, (repeats, 1, 1))
+    logger.info("Training %s/%s at %d px: %d train / %d val slices", task, arch, size, len(x_train), len(x_val))
+
+    with strategy_scope(params["distribution_strategy"]):
+        model = build_model(arch, size, arch_params)  # fails early on an unsuitable image size
+        compile_model(model, loss=params["loss"], learning_rate=float(params["learning_rate"]))
+    batch = int(params["batch_size"])
+    train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed)
+    val_seq = SliceSequence(x_val, y_val, batch, None, shuffle=False, seed=seed)
+    backup = params["backup_dir"]
+    with tempfile.TemporaryDirectory(prefix="lungseg-ckpt-") as tmp:
+        model, history = fit(
+            model, train_seq, val_seq,
+            epochs=int(params["epochs"]),
+            checkpoint_path=Path(tmp) / "best.keras",
+            backup_dir=Path(backup) if backup else None,
+            reduce_lr=params["reduce_lr"],
+            early_stopping=params["early_stopping"],
+            verbose=int(params["verbose"]),
+            fingerprint=fingerprint,
+        )
+    config = {
+        **prep,
+        "architecture": arch,
+        "model_params": arch_params,
+        "threshold": float(params["threshold"]),
+        "loss": params["loss"],
+        "dataset": dataset_name,
+        "train_cases": sorted(set(case_split.loc[case_split["subset"] != "val", "case_id"])),
+        "val_cases": sorted(set(case_split.loc[case_split["subset"] != "train", "case_id"])),
+        "run_fingerprint": fingerprint,
+        "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+    return TrainResult(model=model, config=config, history=history)

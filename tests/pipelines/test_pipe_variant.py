@@ -1,0 +1,115 @@
+"""A variant's pipeline (train, log, evaluate) run on an in-memory catalog, spaceflights-style.
+
+No KedroSession, no files: the inputs are built by the library functions the preprocessing nodes
+call, every output stays in memory, and the test reads what each node produced.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import TINY_PREPROCESSING
+from kedro.io import DataCatalog, MemoryDataset
+from kedro.runner import SequentialRunner
+from kedro_datasets.partitions import PartitionedDataset
+
+from lungseg.errors import ConfigError
+from lungseg.models.inputs import build_model_input, split_cases
+from lungseg.pipelines.ingestion.nodes import ingest_cases
+from lungseg.pipelines.preprocessing.nodes import enhance_cases
+from lungseg.pipelines.training.pipeline import create_variant_pipeline
+
+TRAINING = {
+    "epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0, "threshold": 0.5,
+    "reduce_lr": None, "early_stopping": None, "augment": None, "distribution_strategy": "none", "verbose": 0,
+    "backup_dir": None, "max_train_slices": None, "repeats": 1,
+}
+MODEL = {"architecture": "unet", "base_filters": 4, "depth": 2}
+EVALUATION = {"batch_size": 8, "baseline_lung": {}, "baseline_infection": {}}
+SPLIT = {"method": "grouped", "val_fraction": 0.34, "n_folds": 5, "fold": 0, "seed": 0}
+
+
+class Kept(MemoryDataset):
+    """A MemoryDataset the runner cannot release after its last reader, so the test can read it."""
+
+    def _release(self) -> None:
+        pass
+
+
+OUTPUTS = ("model_config", "model", "history", "mlflow_model", "epoch_metrics", "training_curves", "metrics",
+           "slice_metrics", "case_metrics", "overlay_data", "eval_metrics", "metrics_table", "overlays")
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    from conftest import write_case
+
+    root = tmp_path_factory.mktemp("variant") / "raw"
+    rows = [write_case(root, f"case_{i}", "hu" if i % 2 else "uint8", shape=(8, 40, 40), seed=i) for i in range(3)]
+    pd.DataFrame(rows).to_csv(root / "metadata.csv", index=False)
+    vols = PartitionedDataset(path=str(root), dataset="lungseg.datasets.NiftiDataset").load()
+    table, canonical, _ = ingest_cases(pd.read_csv(root / "metadata.csv"), vols, {})
+    enhanced = enhance_cases(table, canonical, TINY_PREPROCESSING)
+    enhanced = {k: (lambda rec=f(): rec) for k, f in enhanced.items()}  # computed once, reused by every test
+    return build_model_input("infection", table, enhanced, TINY_PREPROCESSING), split_cases(table, SPLIT), enhanced
+
+
+def _catalog(inputs, training=TRAINING) -> DataCatalog:
+    model_input, split, enhanced = inputs
+    v = "infection_unet"
+    datasets = {
+        "preprocessing.infection_model_input": MemoryDataset(model_input, copy_mode="assign"),
+        "preprocessing.case_split": MemoryDataset(split),
+        "preprocessing.enhanced_cases": MemoryDataset(enhanced, copy_mode="assign"),
+        f"params:{v}.model": MemoryDataset(MODEL),
+        f"params:{v}.training": MemoryDataset(training),
+        "params:dataset_name": MemoryDataset("tiny"),
+        "params:evaluation": MemoryDataset(EVALUATION),
+    }
+    for name in OUTPUTS:
+        datasets[f"{v}.{name}"] = Kept(copy_mode="assign")
+    return DataCatalog(datasets)
+
+
+def test_the_variant_pipeline_trains_logs_and_evaluates_in_memory(inputs):
+    catalog = _catalog(inputs)
+    pipe = create_variant_pipeline("infection_unet")
+    SequentialRunner().run(pipe, catalog)
+    v = "infection_unet"
+    assert {n.name for n in pipe.nodes} == {f"{v}.{n}" for n in (
+        "train_model", "log_mlflow_model", "epoch_metrics", "plot_training_curves", "evaluate_model", "eval_metrics",
+        "metrics_table", "plot_overlays")}
+    config = catalog.load(f"{v}.model_config")
+    split = inputs[1]
+    assert config["task"] == "infection" and config["architecture"] == "unet" and config["dataset"] == "tiny"
+    assert config["val_cases"] == sorted(split.case_id[split.subset == "val"])
+    assert config["threshold"] == 0.5 and config["image_size"] == TINY_PREPROCESSING["image_size"]
+    history = catalog.load(f"{v}.history")
+    assert len(history["loss"]) == 2 and len(history["val_loss"]) == 2
+    steps = catalog.load(f"{v}.epoch_metrics")
+    assert [p["step"] for p in steps["val_loss"]] == [0, 1]
+    assert steps["val_loss"][1]["value"] == pytest.approx(history["val_loss"][1])
+    logged = catalog.load(f"{v}.mlflow_model")
+    assert logged["config"] == config and logged["model"] is catalog.load(f"{v}.model")
+    summary = catalog.load(f"{v}.metrics")
+    assert summary["variant"] == v and summary["n_val_cases"] == len(config["val_cases"])
+    assert 0.0 <= summary["case_dice"] <= 1.0
+    assert catalog.load(f"{v}.eval_metrics")["eval_case_dice"][0]["value"] == pytest.approx(summary["case_dice"])
+    table = catalog.load(f"{v}.metrics_table")
+    assert list(table["variant"]) == [v]
+    cases = catalog.load(f"{v}.case_metrics")
+    assert list(cases["case_id"]) == config["val_cases"]
+    probs = catalog.load(f"{v}.model").predict(np.zeros((1, 32, 32, 1), np.float32), verbose=0)
+    assert probs.shape == (1, 32, 32, 1)
+
+
+def test_a_typo_in_a_training_key_is_named_before_any_training(inputs):
+    training = {**TRAINING, "learning_rte": 1e-3}
+    del training["learning_rate"]
+    pipe = create_variant_pipeline("infection_unet").only_nodes("infection_unet.train_model")
+    with pytest.raises(ConfigError, match=r"unknown parameter 'training.learning_rte' \(did you mean 'learning_rate'\?\)"):
+        SequentialRunner().run(pipe, _catalog(inputs, training))
+    missing = {k: v for k, v in TRAINING.items() if k != "repeats"}
+    with pytest.raises(ConfigError, match=r"missing parameter training.repeats"):
+        SequentialRunner().run(pipe, _catalog(inputs, missing))
