@@ -200,6 +200,38 @@ def test_ground_truth_metrics_on_the_original_grid(tmp_path):
         ground_truth_metrics(seg, volume, item._replace(infection_mask=tmp_path / "gone.nii"), ("lung", "infection"))
 
 
+def test_one_ground_truth_rule_for_the_batch_and_the_ui(tmp_path):
+    """The shared reader: a label map scores infection as label 3 only, a binary mask is its column's
+    task, 0/255 and labels x 85 are decoded, and bad values are refused naming the case and the file."""
+    from lungseg.errors import DataValidationError
+    from lungseg.inference.ground_truth import read_ground_truth, read_mask
+
+    ct, lung, inf = phantom(SHAPE, "hu", 0)
+    save(tmp_path / "ct.nii.gz", ct, permuted=True)
+    volume = load_canonical(nib.load(str(tmp_path / "ct.nii.gz")))
+    labels = np.where(inf > 0, np.uint8(3), lung)  # lung_and_infection_mask: 1 left, 2 right, 3 infection
+    assert (labels == 3).any() and (labels == 1).any()
+    save(tmp_path / "labels.nii.gz", labels, permuted=True)
+    np.testing.assert_array_equal(read_ground_truth(tmp_path / "labels.nii.gz", "lung", volume), labels > 0)
+    np.testing.assert_array_equal(read_ground_truth(tmp_path / "labels.nii.gz", "infection", volume), labels == 3)
+    save(tmp_path / "inf255.nii", (inf > 0).astype(np.uint8) * 255)
+    np.testing.assert_array_equal(read_ground_truth(tmp_path / "inf255.nii", "infection", volume), inf > 0)
+    save(tmp_path / "x85.nii", labels * np.uint8(85))
+    np.testing.assert_array_equal(read_mask(tmp_path / "x85.nii", volume), labels)
+
+    bad = {"half.nii": (lung * 0.5).astype(np.float32), "nan.nii": np.where(lung > 0, np.nan, 0).astype(np.float32),
+           "seven.nii": lung * np.uint8(7), "neg.nii": -lung.astype(np.int16)}
+    problems = {"half.nii": "non-integer values", "nan.nii": "NaN", "seven.nii": r"unexpected mask values \[7, 14\]",
+                "neg.nii": "outside 0-255"}
+    for name, arr in bad.items():
+        save(tmp_path / name, arr)
+        with pytest.raises(DataValidationError, match=rf"case 'p', file .*{name}.*{problems[name]}"):
+            read_ground_truth(tmp_path / name, "lung", volume, case="p")
+    (tmp_path / "mask.txt").write_text("0 1")
+    with pytest.raises(DataValidationError, match=r"unsupported ground-truth mask type \(\.txt\)"):
+        read_mask(tmp_path / "mask.txt", volume)
+
+
 def test_cli_batch_adds_dice_columns_and_reports_bad_masks(tmp_path, models_dir, capsys):
     csv = write_dataset(tmp_path / "raw", {
         "case_a": {"seed": 1},

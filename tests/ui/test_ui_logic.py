@@ -12,7 +12,8 @@ import numpy as np
 import pytest
 
 from lungseg.app import logic
-from lungseg.errors import InputError, LungsegError
+from lungseg.errors import DataValidationError, InputError, LungsegError
+from lungseg.inference.ground_truth import normalise_labels
 from lungseg.inference.segment import Segmentation
 
 
@@ -227,10 +228,10 @@ def test_ground_truth_rule():
     binary = np.array([0, 1, 1, 0], np.uint8)
     np.testing.assert_array_equal(logic.ground_truth_for(binary, "infection", "infection"), [0, 1, 1, 0])
     assert logic.ground_truth_for(binary, "infection", "lung") is None
-    np.testing.assert_array_equal(logic.normalise_labels(np.array([0, 255], np.uint8)), [0, 1])
-    np.testing.assert_array_equal(logic.normalise_labels(np.array([0, 85, 170, 255], np.uint8)), [0, 1, 2, 3])
-    with pytest.raises(InputError, match="unexpected mask values"):
-        logic.normalise_labels(np.array([0, 7], np.uint8), "gt.png")
+    np.testing.assert_array_equal(normalise_labels(np.array([0, 255], np.uint8)), [0, 1])
+    np.testing.assert_array_equal(normalise_labels(np.array([0, 85, 170, 255], np.uint8)), [0, 1, 2, 3])
+    with pytest.raises(DataValidationError, match="file 'gt.png': unexpected mask values"):
+        normalise_labels(np.array([0, 7], np.uint8), "gt.png")
 
 
 def test_evaluate_known_scores():
@@ -284,6 +285,8 @@ def test_read_ground_truth_checks(tmp_path):
     np.testing.assert_array_equal(loaded3.volume.to_original(out3), labels)
     with pytest.raises(InputError, match="cannot read"):
         logic.read_ground_truth("gt.nii.gz", b"\x1f\x8b not gzip", loaded3)
+    with pytest.raises(InputError, match=r"file 'gt.nii.gz': .*non-integer values"):
+        logic.read_ground_truth("gt.nii.gz", _nifti_bytes(labels * np.float32(0.5), np.diag([1.0, 1.0, 2.5, 1.0])), loaded3)
 
 
 def test_report_headline():

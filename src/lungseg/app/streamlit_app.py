@@ -70,7 +70,7 @@ def _sidebar() -> tuple[str, str, dict[str, logic.ModelChoice], list[str]]:
         value=logic.default_models_dir(),
         key="models_dir",
         help=f"Folder of trained models (<variant>/model.keras/<version>/model.keras). "
-        f"Default: ${logic.MODELS_DIR_ENV} or {logic.DEFAULT_MODELS_DIR}.",
+        f"Default: ${logic.MODELS_DIR_ENV} or {logic.MODELS_DIR}.",
     )
     choice = st.sidebar.radio(
         "Segmentation", list(logic.TASK_CHOICES), index=2, key="choice",

@@ -128,7 +128,8 @@ def ground_truth_means(summary: pd.DataFrame) -> dict[str, tuple[float, int]]:
 
 
 def ground_truth_summary_lines(summary: pd.DataFrame) -> list[str]:
-    """The mean lines of a summary, e.g. ``"mean lung Dice 0.953 over 4 cases (IoU 0.911)"``; [] without ground truth."""
+    """The mean lines of a summary, e.g. ``"mean lung Dice 0.953 over 4 cases (IoU 0.911)"``; [] without
+    ground truth."""
     means = ground_truth_means(summary)
     lines = []
     for task in TASKS:

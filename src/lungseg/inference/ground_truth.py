@@ -105,7 +105,8 @@ def _read_png(path: Path, case: str | None, name: str) -> np.ndarray:
         raise DataValidationError("cannot read the PNG ground-truth mask (corrupt file?)", case=case, file=name)
     if raw.ndim == 3:
         channels = raw[..., :3]
-        if not (np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])):
+        grey = np.array_equal(channels[..., 0], channels[..., 1]) and np.array_equal(channels[..., 0], channels[..., 2])
+        if not grey:
             raise DataValidationError(
                 "the ground truth is a colour image; expected a single-channel mask "
                 "(labels 0-3 or a binary 0/1 or 0/255 mask)", case=case, file=name,
@@ -113,7 +114,8 @@ def _read_png(path: Path, case: str | None, name: str) -> np.ndarray:
         raw = channels[..., 0]
     if raw.dtype != np.uint8:
         if raw.max(initial=0) > 255:
-            raise DataValidationError("mask values above 255; expected labels 0-3 or 0/1 or 0/255", case=case, file=name)
+            raise DataValidationError("mask values above 255; expected labels 0-3 or 0/1 or 0/255",
+                                      case=case, file=name)
         raw = raw.astype(np.uint8)
     return raw[None]
 
@@ -138,7 +140,8 @@ def _read_nifti(path: Path, target, case: str | None, name: str) -> np.ndarray:
         if not np.all(np.isfinite(arr)):
             raise DataValidationError("the ground truth holds NaN or infinite values", case=case, file=name)
         if not np.array_equal(np.rint(arr), arr):
-            raise DataValidationError("the ground truth holds non-integer values; expected labels 0-3", case=case, file=name)
+            raise DataValidationError("the ground truth holds non-integer values; expected labels 0-3",
+                                      case=case, file=name)
         if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
             raise DataValidationError("mask values outside 0-255; expected labels 0-3 or 0/1", case=case, file=name)
     if arr.shape == tuple(target.array.shape) and getattr(target, "affine", None) is not None:

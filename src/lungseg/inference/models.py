@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, InputError, ModelNotFoundError
+from lungseg.layout import ARCHITECTURES, MODELS_DIR, TASKS, check_task, split_variant
 
 logger = logging.getLogger(__name__)
 
-TASKS = ("lung", "infection")
 MODEL_FILE = "model.keras"
 CONFIG_FILE = "model_config.json"
-DEFAULT_MODELS_DIR = "data/06_models"
 #: Defaults for config keys that older configs may lack.
 CONFIG_DEFAULTS: dict[str, Any] = {"threshold": 0.5}
 _MLFLOW_URI = re.compile(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|hdfs|dbfs):/", re.IGNORECASE)
@@ -71,11 +70,6 @@ def training_hint(task: str) -> str:
             f"(add --env=demo for the synthetic one), or `make demo` for the small demo models")
 
 
-def _check_task(task: str) -> None:
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {', '.join(TASKS)}")
-
-
 def _version_of(path: Path) -> str:
     """Kedro's version string of a versioned file, or the file's mtime in the same format."""
     parent = path.parent
@@ -95,7 +89,7 @@ def _variant_models(variant_dir: Path) -> list[Path]:
     return []
 
 
-def list_trained_models(models_dir: str | Path = DEFAULT_MODELS_DIR) -> dict[str, list[dict]]:
+def list_trained_models(models_dir: str | Path = MODELS_DIR) -> dict[str, list[dict]]:
     """The trained models under ``models_dir``, per task, newest version first.
 
     Returns:
@@ -107,9 +101,10 @@ def list_trained_models(models_dir: str | Path = DEFAULT_MODELS_DIR) -> dict[str
     if not models_dir.is_dir():
         return found
     for variant_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-        task, _, architecture = variant_dir.name.partition("_")
-        if task not in TASKS or not architecture:
+        parsed = split_variant(variant_dir.name)
+        if parsed is None:
             continue
+        task, architecture = parsed
         for path in _variant_models(variant_dir):
             found[task].append(
                 {
@@ -126,14 +121,14 @@ def list_trained_models(models_dir: str | Path = DEFAULT_MODELS_DIR) -> dict[str
 
 
 def find_latest_model(
-    task: str, models_dir: str | Path = DEFAULT_MODELS_DIR, architecture: str | None = None
+    task: str, models_dir: str | Path = MODELS_DIR, architecture: str | None = None
 ) -> Path:
     """The newest trained ``model.keras`` of ``task`` (of any architecture unless one is given).
 
     Raises:
         ModelNotFoundError: none found; the message names the command that trains one.
     """
-    _check_task(task)
+    check_task(task)
     entries = list_trained_models(models_dir)[task]
     if architecture is not None:
         entries = [e for e in entries if e["architecture"] == architecture]
@@ -242,7 +237,7 @@ def _check_model(model: Any, config: dict, source: str) -> None:
 
 
 def load_model_spec(
-    spec: str | Path | None, task: str, models_dir: str | Path = DEFAULT_MODELS_DIR
+    spec: str | Path | None, task: str, models_dir: str | Path = MODELS_DIR
 ) -> LoadedModel:
     """Load the model of ``task`` given by ``spec`` with its preprocessing config.
 
@@ -258,7 +253,7 @@ def load_model_spec(
         ConfigError: the config is unusable or belongs to the other task.
         InputError: the model file cannot be loaded.
     """
-    _check_task(task)
+    check_task(task)
     if spec is not None and _MLFLOW_URI.match(str(spec)):
         return _load_mlflow(str(spec), task)
     if spec is None or str(spec).strip() == "":
@@ -348,7 +343,7 @@ def _mlflow_config(uri: str, info: Any, task: str | None = None) -> dict | None:
         if name.endswith("_model"):
             candidates.append(f"{name[: -len('_model')]}/{CONFIG_FILE}")
     if task:
-        candidates += [f"{task}_{arch}/{CONFIG_FILE}" for arch in ("unet", "deeplabv3plus")]
+        candidates += [f"{task}_{arch}/{CONFIG_FILE}" for arch in ARCHITECTURES]
     for artifact in dict.fromkeys(candidates):
         try:
             local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact)

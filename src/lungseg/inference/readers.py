@@ -22,16 +22,13 @@ import numpy as np
 
 from lungseg.errors import DataValidationError, InputError
 from lungseg.inference import dicom
+from lungseg.layout import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, ZIP_SUFFIX
 from lungseg.volume import Volume, from_canonical_array, load_canonical
 
 logger = logging.getLogger(__name__)
 
 #: Smallest in-plane size (pixels) accepted as a CT slice.
 MIN_INPLANE_PIXELS = 32
-
-NIFTI_SUFFIXES = (".nii", ".nii.gz")
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DICOM_SUFFIXES = (".dcm", ".dicom", ".ima")
 
 _GZIP_MAGIC = b"\x1f\x8b"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -84,7 +81,7 @@ def _guess_kind(path: Path) -> str | None:
         return "nifti"
     if name.endswith(IMAGE_SUFFIXES):
         return "image"
-    if name.endswith(".zip"):
+    if name.endswith(ZIP_SUFFIX):
         return "zip"
     if name.endswith(DICOM_SUFFIXES):
         return "dicom"

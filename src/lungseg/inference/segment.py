@@ -15,11 +15,10 @@ from tqdm.auto import tqdm
 
 from lungseg.errors import ConfigError, InputError
 from lungseg.inference.models import LoadedModel
+from lungseg.layout import TASKS
 from lungseg.volume import Volume
 
 logger = logging.getLogger(__name__)
-
-TASKS = ("lung", "infection")
 
 
 @dataclass
