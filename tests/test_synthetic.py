@@ -272,12 +272,28 @@ def test_kedro_node_writes_through_partitioned_dataset(tmp_path, tiny_cases, tin
 
 # ------------------------------------------------------------------------------------- profiles
 def test_parameters_file_profiles_resolve():
+    """The YAML picks a profile defined once in code (no mirror), as ``--params synthetic_data.profile=full`` does."""
     params = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_synthetic_data.yml").read_text())["synthetic_data"]
-    assert params["profile"] in params["profiles"]
+    assert params["profile"] in DEFAULT_PROFILES and not params["profiles"]
     for name in ("tiny", "demo", "full"):
         profile, seed, resolved_name = resolve_params({**params, "profile": name})
         assert resolved_name == name and seed == params["seed"]
-        assert profile["n_cases"] >= 1
+        assert profile == resolve_profile(name) and profile["n_cases"] >= 1
+
+
+def test_parameters_override_a_profile_key_by_key():
+    base = {"profile": "tiny", "seed": 1, "n_cases": None}
+    profile, _, _ = resolve_params({**base, "profiles": {"tiny": {"sizes": [96], "noise_hu": [1.0, 2.0]}}})
+    assert profile == {**resolve_profile("tiny"), "sizes": [96], "noise_hu": [1.0, 2.0]}
+    assert resolve_params({**base, "n_cases": 2})[0]["n_cases"] == 2
+    own, _, name = resolve_params({**base, "profile": "mine", "profiles": {"mine": {**DEFAULT_PROFILES["tiny"]}}})
+    assert name == "mine" and own == resolve_profile("tiny")
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) \['profil'\]"):
+        resolve_params({**base, "profil": "full"})
+    with pytest.raises(ConfigError, match="unknown key"):
+        resolve_params({**base, "profiles": {"tiny": {"colour": "red"}}})
+    with pytest.raises(ConfigError, match="synthetic_data.profiles.tiny must be a mapping"):
+        resolve_params({**base, "profiles": {"tiny": [1, 2]}})
 
 
 def test_full_profile_matches_the_real_set_size():

@@ -26,15 +26,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungseg.datasets._atomic import atomic_path
+from lungseg.layout import KAGGLE_PREFIX, METADATA_COLUMNS, NIFTI_SUFFIX
 from lungseg.synthetic.nifti import COMPONENTS, component_image, mask_image, relative_stem
 from lungseg.synthetic.phantom import SyntheticCase, case_id, generate_case
 from lungseg.synthetic.profiles import resolve_profile
 
 logger = logging.getLogger(__name__)
-
-KAGGLE_PREFIX = "../input/covid19-ct-scans"
-METADATA_COLUMNS = ("ct_scan", "lung_mask", "infection_mask", "lung_and_infection_mask")
-NIFTI_SUFFIX = ".nii.gz"
 
 Loader = Callable[[], nib.Nifti1Image]
 
@@ -47,7 +44,7 @@ def metadata_frame(n_cases: int) -> pd.DataFrame:
         cid = case_id(i)
         rows.append({
             column: f"{KAGGLE_PREFIX}/{relative_stem(component, cid)}{NIFTI_SUFFIX}"
-            for column, component in zip(METADATA_COLUMNS, COMPONENTS)
+            for column, component in zip(METADATA_COLUMNS, COMPONENTS, strict=True)
         })
     return pd.DataFrame(rows, columns=list(METADATA_COLUMNS))
 

@@ -1,9 +1,15 @@
 """Size profiles of the synthetic dataset (``tiny`` for tests, ``demo`` for the CPU demo, ``full``).
 
-A profile is a plain dict, as written in ``conf/base/parameters_synthetic_data.yml``. The defaults
-below mirror that file so that :func:`lungseg.synthetic.write_dataset` works without Kedro;
-:func:`resolve_profile` fills missing optional keys and checks every value, raising
-:class:`~lungseg.errors.ConfigError` with the key and the problem.
+This module is the one definition of the profiles: :func:`lungseg.synthetic.write_dataset` (tests,
+benchmarks) and the ``synthetic_data`` pipeline both read :data:`DEFAULT_PROFILES`.
+``conf/base/parameters_synthetic_data.yml`` only picks one (``profile``, ``seed``, ``n_cases``) and may
+override it key by key (``profiles: {demo: {n_cases: 8}}``), see :func:`resolve_params`.
+
+A profile is a plain dict. Required keys: ``n_cases``, ``sizes`` (square in-plane sizes, drawn per
+case) and ``spacing_xy`` (in-plane spacing range in mm); the optional keys and their defaults are in
+:data:`OPTIONAL_DEFAULTS`. Lists marked "cycled" are applied to case i as ``list[i % len(list)]``;
+ranges are ``[min, max]``. :func:`resolve_profile` fills missing optional keys and checks every value,
+raising :class:`~lungseg.errors.ConfigError` with the key and the problem.
 """
 
 from __future__ import annotations
@@ -34,7 +40,7 @@ OPTIONAL_DEFAULTS: dict[str, Any] = {
 }
 
 DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
-    "tiny": {
+    "tiny": {  # for tests: a second or two
         "n_cases": 3,
         "sizes": [64],
         "slices": [12, 20],
@@ -45,7 +51,7 @@ DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
         "orientations": ["LPS", "LPS", "RAS"],
         "infected": [True, False, True],
     },
-    "demo": {
+    "demo": {  # the CPU demo (make demo): 6 cases of 256 x 256 x 40-80 voxels, a few seconds
         "n_cases": 6,
         "sizes": [256],
         "slices": [40, 80],
@@ -55,7 +61,7 @@ DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
         "model_size": 128,
         "model_slices": 96,
     },
-    "full": {
+    "full": {  # the size of the real set: 20 cases, 512 or 630 px, 39-418 slices (3,520 in all)
         "n_cases": 20,
         "sizes": [512, 512, 512, 630],
         # The slice counts of the 20 real volumes (39-418, 3,520 slices in all).
@@ -67,6 +73,9 @@ DEFAULT_PROFILES: dict[str, dict[str, Any]] = {
         "model_slices": 96,
     },
 }
+
+#: The keys of the ``synthetic_data`` parameters.
+PARAM_KEYS = ("profile", "seed", "n_cases", "profiles")
 
 _AXCODE_PAIRS = ({"L", "R"}, {"P", "A"}, {"S", "I"})
 
@@ -181,6 +190,9 @@ def resolve_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], int, str]
     """
     if not isinstance(params, Mapping):
         raise ConfigError(f"params:synthetic_data must be a mapping, got {type(params).__name__}")
+    unknown = sorted(set(params) - set(PARAM_KEYS))
+    if unknown:
+        raise ConfigError(f"parameters 'synthetic_data': unknown key(s) {unknown}; known: {list(PARAM_KEYS)}")
     name = str(params.get("profile", "demo"))
     profiles = params.get("profiles") or {}
     if not isinstance(profiles, Mapping):
@@ -190,8 +202,11 @@ def resolve_params(params: Mapping[str, Any]) -> tuple[dict[str, Any], int, str]
             f"synthetic_data.profile {name!r} is not defined; known profiles: "
             f"{sorted(set(profiles) | set(DEFAULT_PROFILES))}"
         )
+    override = profiles.get(name) or {}
+    if not isinstance(override, Mapping):
+        raise ConfigError(f"synthetic_data.profiles.{name} must be a mapping of key -> value, got {override!r}")
     merged = dict(DEFAULT_PROFILES.get(name, {}))
-    merged.update(profiles.get(name) or {})
+    merged.update(override)
     if params.get("n_cases") is not None:
         merged["n_cases"] = params["n_cases"]
     try:
