@@ -9,18 +9,32 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lungseg.errors import ConfigError
+from lungseg.layout import check_task, variant_architecture, variant_task
 
-TASKS = ("lung", "infection")
+#: The paper's slice-level figures, per variant: the one home of these numbers.
+PAPER: dict[str, dict[str, float]] = {
+    "lung_unet": {"dice": 0.8513, "iou": 0.7652},
+    "lung_deeplabv3plus": {"dice": 0.8623, "iou": 0.7831},
+    "infection_unet": {"dice": 0.7210, "iou": 0.6450},
+}
+_ARCHITECTURE_LABELS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+"}
+
+
+def paper_figures(variant: str) -> dict[str, float]:
+    """The paper's ``{"dice", "iou"}`` for ``variant``; ``{}`` for a variant the paper did not report
+    (``infection_deeplabv3plus``).
+
+    Raises:
+        ConfigError: ``variant`` is not one of :data:`lungseg.layout.VARIANTS`.
+    """
+    variant_task(variant)  # refuses an unknown variant by name
+    return dict(PAPER.get(variant, {}))
+
 
 #: One dict per published result: task, variant (label), level, dice, iou (None when not reported), note.
 REFERENCE_RESULTS: tuple[dict, ...] = (
-    {"task": "lung", "variant": "paper U-Net", "level": "slice", "dice": 0.8513, "iou": 0.7652,
-     "note": "paper, slice-level split"},
-    {"task": "lung", "variant": "paper DeepLabV3+", "level": "slice", "dice": 0.8623, "iou": 0.7831,
-     "note": "paper, slice-level split"},
-    {"task": "infection", "variant": "paper U-Net", "level": "slice", "dice": 0.7210, "iou": 0.6450,
-     "note": "paper, slice-level split"},
+    *({"task": variant_task(v), "variant": f"paper {_ARCHITECTURE_LABELS[variant_architecture(v)]}",
+       "level": "slice", **figures, "note": "paper, slice-level split"} for v, figures in PAPER.items()),
     {"task": "lung", "variant": "nnU-Net 2D (4 train cases)", "level": "case", "dice": 0.95, "iou": None,
      "note": "COVID-19-CT-Seg benchmark, about 0.95"},
     {"task": "infection", "variant": "nnU-Net 2D (4 train cases)", "level": "case", "dice": 0.61, "iou": None,
@@ -36,8 +50,7 @@ REFERENCE_RESULTS: tuple[dict, ...] = (
 
 def reference_table(task: str) -> pd.DataFrame:
     """The published results for ``task`` as rows ready for ``plot_metric_comparison`` (kind 'reference')."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {TASKS}")
+    check_task(task)
     rows = [{**r, "kind": "reference"} for r in REFERENCE_RESULTS if r["task"] == task]
     df = pd.DataFrame(rows, columns=["task", "variant", "kind", "level", "dice", "iou", "note"])
     df["iou"] = pd.to_numeric(df["iou"], errors="coerce")
