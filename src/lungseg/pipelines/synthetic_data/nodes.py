@@ -20,8 +20,9 @@ def generate_synthetic_dataset(
     """Describe the synthetic dataset of the chosen profile; the volumes are generated lazily.
 
     Args:
-        params: ``synthetic_data`` parameters: ``profile`` (``demo`` | ``full`` | ``tiny``),
-            ``seed``, ``profiles`` (per-profile settings) and an optional ``n_cases`` override.
+        params: ``synthetic_data`` parameters: ``profile`` (``demo`` | ``full`` | ``tiny``, defined in
+            :mod:`lungseg.synthetic.profiles`), ``seed``, ``n_cases`` (None: the profile's) and
+            ``profiles`` (key-by-key overrides of a profile). An unknown key is a ConfigError.
 
     Returns:
         One lazy loader per NIfTI file, then ``metadata.csv`` as a DataFrame (in this order, so that
