@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
     m = sub.add_parser("models", parents=[common], help="list trained models", description="List the trained models found.")
     m.add_argument("--models-dir", default="data/06_models", help="default: %(default)s")
     m.set_defaults(func=cmd_models)
+
+    from lungseg.fetch.command import add_parser as add_fetch_data_parser
+
+    add_fetch_data_parser(sub, [common])  # `lungseg fetch-data`
     return parser
 
 
