@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
-from lungseg.layout import check_task, variant_architecture, variant_task
+from lungseg.errors import ConfigError
+from lungseg.layout import VARIANTS, check_task, split_variant, variant_architecture, variant_task
 
 #: The paper's slice-level figures, per variant: the one home of these numbers.
 PAPER: dict[str, dict[str, float]] = {
@@ -21,13 +22,14 @@ _ARCHITECTURE_LABELS = {"unet": "U-Net", "deeplabv3plus": "DeepLabV3+"}
 
 
 def paper_figures(variant: str) -> dict[str, float]:
-    """The paper's ``{"dice", "iou"}`` for ``variant``; ``{}`` for a variant the paper did not report
-    (``infection_deeplabv3plus``).
+    """The paper's ``{"dice", "iou"}`` for ``variant`` (a copy); ``{}`` for a variant the paper did not
+    report (``infection_deeplabv3plus``, or another ``<task>_<architecture>`` found in an old report).
 
     Raises:
-        ConfigError: ``variant`` is not one of :data:`lungseg.layout.VARIANTS`.
+        ConfigError: ``variant`` is not a ``<task>_<architecture>`` name.
     """
-    variant_task(variant)  # refuses an unknown variant by name
+    if split_variant(variant) is None:
+        raise ConfigError(f"{variant!r} is not a variant name (<task>_<architecture>, e.g. {', '.join(VARIANTS)})")
     return dict(PAPER.get(variant, {}))
 
 
