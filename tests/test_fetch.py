@@ -221,6 +221,17 @@ def test_interrupted_download_resumes_without_fetching_twice(zenodo, tmp_path):
     _assert_ingests(dest)
 
 
+def test_cli_downloads_from_a_mirror(zenodo, tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(sources, "ZENODO_SHA256", {n: _sha(b) for n, b in zenodo.files.items()})
+    dest, cache = tmp_path / "raw", tmp_path / "cache"
+    argv = ["fetch-data", "--mirror", zenodo.base_url, "--dest", str(dest), "--cache", str(cache), "--no-progress"]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 cases unpacked" in out and f"archives stay in {cache}" in out and "Creative Commons" in out
+    assert sorted(p.name for p in cache.iterdir()) == sorted(zenodo.files)
+    _assert_ingests(dest)
+
+
 # ----------------------------------------------------------------------------- --from
 def test_from_zenodo_archives_through_the_cli(tmp_path, monkeypatch, capsys):
     hashes = _write_archives(tmp_path / "downloads", zenodo_archives(tmp_path / "src"))
