@@ -19,8 +19,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import subprocess
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +34,17 @@ EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_ERROR = 2
 TASKS = ("lung", "infection")
+
+# TensorFlow writes start-up lines straight to the stderr file descriptor while it loads and looks for devices
+# ("I0000 ... port.cc:153] oneDNN custom operations are on", "Could not find cuda drivers", "failed call to
+# cuInit" without a GPU), where TF_CPP_MIN_LOG_LEVEL does not reach them. Unless -v is given, `lungseg predict`
+# and `lungseg ui` hold back these lines, and only these, so that a command prints lungseg's own lines.
+_TF_NOISE = re.compile(
+    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
+    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
+    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(cuInit|Unable to register cu)"
+)
+_quiet_tensorflow = False  # set by _setup_logging: True unless -v
 
 
 def _parse_tasks(text: str) -> tuple[str, ...]:
@@ -109,14 +122,53 @@ def _add_verbosity(parser: argparse.ArgumentParser, default) -> None:
 
 
 def _setup_logging(verbose: bool, quiet: bool) -> None:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    global _quiet_tensorflow
+    _quiet_tensorflow = not verbose
+    if not verbose:  # before TensorFlow is imported; -v leaves TensorFlow's logging as the environment sets it
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
     logging.getLogger("lungseg").setLevel(level)
 
 
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow and let it find its devices with its start-up lines (``_TF_NOISE``) held back from
+    stderr; anything else written there meanwhile is passed on. Does nothing under -v, once TensorFlow is
+    loaded, or when Keras runs on another backend."""
+    if (not _quiet_tensorflow or "tensorflow" in sys.modules
+            or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow"):
+        return
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as held:
+        os.dup2(held.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            held.seek(0)
+            lines = held.read().decode(errors="replace").splitlines(keepends=True)
+            sys.stderr.write("".join(line for line in lines if not _TF_NOISE.match(line)))
+
+
+def _relay_stderr(stream) -> None:
+    """Pass a child process's stderr on, line by line, without TensorFlow's start-up lines."""
+    for line in stream:
+        if not _TF_NOISE.match(line):
+            sys.stderr.write(line)
+            sys.stderr.flush()
+
+
 def _load_models(args: argparse.Namespace):
     from lungseg.inference.models import load_model_spec
+
+    _import_tensorflow_quietly()
 
     lung = load_model_spec(args.lung_model, "lung", args.models_dir)
     infection = load_model_spec(args.infection_model, "infection", args.models_dir) if "infection" in args.tasks else None
@@ -204,7 +256,12 @@ def cmd_ui(args: argparse.Namespace) -> int:
     logger.info("starting the web UI on http://%s:%s", args.host, args.port)
     import signal
 
-    proc = subprocess.Popen(cmd)
+    # the app's TensorFlow start-up lines are dropped from the server's stderr unless -v
+    proc = subprocess.Popen(cmd, stderr=subprocess.PIPE if _quiet_tensorflow else None, text=True, errors="replace")
+    relay = None
+    if proc.stderr is not None:
+        relay = threading.Thread(target=_relay_stderr, args=(proc.stderr,), name="ui-stderr", daemon=True)
+        relay.start()
     previous = signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the finally below on SIGTERM too
     try:
         return int(proc.wait())
@@ -218,6 +275,8 @@ def cmd_ui(args: argparse.Namespace) -> int:
                 proc.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if relay is not None:
+            relay.join(timeout=5)
 
 
 def cmd_models(args: argparse.Namespace) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import subprocess
 
 import cv2
@@ -87,15 +88,19 @@ def test_bad_arguments_exit_2(tmp_path):
     assert cli.main([]) == 2
 
 
-def test_ui_launches_streamlit_on_the_shipped_app(monkeypatch, tmp_path):
+def test_ui_launches_streamlit_on_the_shipped_app(monkeypatch, tmp_path, capsys):
     assert cli.streamlit_app_path().as_posix().endswith("src/lungseg/app/streamlit_app.py")
     app = tmp_path / "streamlit_app.py"
     app.write_text("")
     seen = {}
+    server_stderr = ("WARNING: All log messages before absl::InitializeLog() is called are written to STDERR\n"
+                     "I0000 00:00:1796109225.533847   16096 port.cc:153] oneDNN custom operations are on.\n"
+                     "2026-01-01 12:00:00.000 Uncaught app exception\n")
 
     class FakePopen:
-        def __init__(self, cmd):
-            seen["cmd"] = cmd
+        def __init__(self, cmd, stderr=None, **kwargs):
+            seen["cmd"], seen["stderr"] = cmd, stderr
+            self.stderr = io.StringIO(server_stderr) if stderr == subprocess.PIPE else None
 
         def wait(self, timeout=None):
             return 0
@@ -110,6 +115,10 @@ def test_ui_launches_streamlit_on_the_shipped_app(monkeypatch, tmp_path):
     assert cmd[1:5] == ["-m", "streamlit", "run", str(app)]
     assert cmd[5:11] == ["--server.address", "0.0.0.0", "--server.port", "8600", "--server.headless", "true"]
     assert cmd[11] == "--server.maxUploadSize" and int(cmd[12]) > 200  # the page's own limit gives the message
+    # the server's stderr is passed on without TensorFlow's start-up lines; -v passes it untouched
+    err = capsys.readouterr().err
+    assert "Uncaught app exception" in err and "oneDNN" not in err and "absl" not in err
+    assert cli.main(["ui", "-v"]) == 0 and seen["stderr"] is None
 
 
 def test_ui_without_the_app_script_is_a_clear_error(monkeypatch, tmp_path, capsys):
