@@ -1,12 +1,13 @@
 # lungseg: two commands do everything from a fresh clone.
 #   make demo   create .venv, install, generate the synthetic dataset if absent, train + evaluate infection_unet, then a small lung_unet
-#   make test   create .venv if needed, install the dev extra (+ Debian's chromium for browser tests), run pytest
+#   make test   create .venv if needed, install the dev extra (+ Debian's chromium for browser tests), ruff, then pytest
 
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_RAW := data/01_raw/synthetic_demo
+RESULTS  := data/08_reporting/comparison.csv
 
 # No telemetry prompts or network calls, in a terminal or in CI.
 export KEDRO_DISABLE_TELEMETRY := true
@@ -32,32 +33,45 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# Progress bars redrawn into a file or a CI log are one endless line of carriage returns: when stderr is
+# not a terminal, the demo's tqdm bars are off (tqdm reads TQDM_* defaults from the environment); the
+# pipelines log a line per case and per epoch anyway. conf/logging.yml keeps Kedro to one line per node.
+ifeq ($(shell [ -t 2 ] || echo no-tty),no-tty)
+demo: export TQDM_DISABLE := 1
+endif
+
 demo: $(STAMP)
 	@if [ ! -f $(DEMO_RAW)/metadata.csv ]; then \
 		echo "==> generating the synthetic demo dataset in $(DEMO_RAW)"; \
-		$(BIN)/kedro run --env=demo --pipeline=synthetic_data; \
+		$(BIN)/kedro run --env=demo --pipelines=synthetic_data; \
 	fi
-	$(BIN)/kedro run --env=demo --pipeline=infection_unet
+	$(BIN)/kedro run --env=demo --pipelines=infection_unet
 	@echo "==> a small lung model too, so that 'lungseg predict' and 'lungseg ui' work on the demo models"
-	$(BIN)/kedro run --env=demo --pipeline=lung_unet
+	$(BIN)/kedro run --env=demo --pipelines=lung_unet
 	@echo ""
-	@echo "==> done. Results:"
+	@echo "==> done."
 	@echo "    models:        data/06_models/infection_unet/, data/06_models/lung_unet/"
 	@echo "    reports:       data/08_reporting/infection_unet/ (metrics.json, metrics.csv, curves, overlays)"
-	@echo "    comparison:    data/08_reporting/comparison.csv"
 	@echo "    MLflow runs:   $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (or: make mlflow)"
 	@echo "    pipeline DAG:  $(BIN)/kedro viz run  (or: make viz)"
+	@echo "==> results on the held-out synthetic cases ($(RESULTS)):"
+	@$(BIN)/python -c "import pandas as pd; t = pd.read_csv('$(RESULTS)'); \
+		cols = [c for c in ('variant', 'task', 'n_val_cases', 'slice_dice', 'slice_iou', 'case_dice', 'case_iou', \
+		'case_hd95', 'paper_dice') if c in t]; print(t[cols].round(3).to_string(index=False))"
 
 # Debian's chromium for the real-browser tests (root only, as in CI); tests skip with a reason without it.
 chromium:
 	@if [ ! -x /usr/bin/chromium ] && [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null; then \
 		echo "==> installing Debian's chromium for the browser tests"; \
 		(apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) \
-			|| echo "warning: chromium could not be installed; browser tests will be skipped"; \
+			|| echo "warning: chromium could not be installed; browser tests will be skipped (and fail under CI=true)"; \
 	fi
 
+# ruff first (pyproject's [tool.ruff]); then pytest, where "no tests collected" (exit 5) is a failure too.
 test: $(STAMP) chromium
-	$(BIN)/python -m pytest -q --durations=15; rc=$$?; if [ $$rc -eq 5 ]; then echo "no tests collected"; exit 0; fi; exit $$rc
+	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
+		if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 ui: $(STAMP)
 	$(BIN)/lungseg ui
