@@ -7,16 +7,17 @@ from typing import Any
 
 from kedro.framework.hooks import hook_impl
 
-logger = logging.getLogger(__name__)
+from lungseg.layout import VARIANTS, variant_architecture, variant_task
 
-VARIANTS = ("lung_unet", "lung_deeplabv3plus", "infection_unet", "infection_deeplabv3plus")
+logger = logging.getLogger(__name__)
 
 
 def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) -> dict[str, str]:
     """MLflow tags for a run of ``pipeline_name``."""
     name = pipeline_name or "__default__"
-    if name in VARIANTS:
-        task, arch = name.split("_", 1)
+    variant = name[: -len("_cv")] if name.endswith("_cv") else name  # a cross-validation of a variant
+    if variant in VARIANTS:
+        task, arch = variant_task(variant), variant_architecture(variant)
     else:
         task, arch = ("lung+infection", "unet+deeplabv3plus") if name == "__default__" else (name, "-")
     return {
@@ -25,6 +26,7 @@ def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) ->
         "architecture": arch,
         "dataset": dataset or "unknown",
         "environment": env or "local",
+        "cross_validation": str(name.endswith("_cv")).lower(),
     }
 
 

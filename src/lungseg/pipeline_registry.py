@@ -7,6 +7,9 @@ Kedro 1.7 imports only the pipeline that is asked for, so ``find_pipelines`` can
 * ``ingestion``, ``preprocessing``: the shared steps.
 * ``lung_unet``, ``lung_deeplabv3plus``, ``infection_unet``, ``infection_deeplabv3plus``: the shared
   steps that variant needs, then training, evaluation, the baseline and the comparison.
+* ``lung_unet_cv``... ``infection_deeplabv3plus_cv``: patient-level k-fold cross-validation of a
+  variant, scored out of fold; an infection variant's also scores the combined system (lung_unet
+  folds, then the infection folds inside the predicted lungs).
 * ``inference``: segment every case of a folder or a metadata.csv with trained models.
 * ``__default__``: the shared steps once, then all four variants.
 """
@@ -17,6 +20,7 @@ from kedro.pipeline import Pipeline
 
 from lungseg.layout import VARIANTS, variant_task
 
+from lungseg.pipelines.cv import pipeline as cv
 from lungseg.pipelines.evaluation import pipeline as evaluation
 from lungseg.pipelines.inference import pipeline as inference
 from lungseg.pipelines.ingestion import pipeline as ingestion
@@ -42,6 +46,9 @@ def register_pipelines() -> dict[str, Pipeline]:
             + training.create_variant_pipeline(variant)
             + evaluation.create_pipeline([variant])
         )
+    for variant in VARIANTS:  # patient-level k-fold cross-validation (an infection variant includes lung_unet's)
+        tasks = ("lung", "infection") if variant_task(variant) == "infection" else ("lung",)
+        pipelines[f"{variant}_cv"] = ingest + preprocessing.create_pipeline(tasks) + cv.create_pipeline(variant)
     pipelines["__default__"] = (
         ingest + preprocessing.create_pipeline() + training.create_pipeline() + evaluation.create_pipeline(VARIANTS)
     )

@@ -1,9 +1,10 @@
 """Catalog datasets that kedro-datasets lacks."""
 
+from lungseg.datasets.fold_models import FoldModelsDataset
 from lungseg.datasets.nifti import NiftiDataset
 from lungseg.datasets.npz import NpzDataset
 
-__all__ = ["NiftiDataset", "NpzDataset"]
+__all__ = ["FoldModelsDataset", "NiftiDataset", "NpzDataset"]
 
 
 def __getattr__(name):  # MLflow is imported only when the MLflow dataset is used

@@ -217,3 +217,48 @@ def plot_metric_comparison(table: pd.DataFrame, metric: str = "dice") -> Figure:
     ax.legend(handles=handles, fontsize="small", loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.set_title(f"{metric} comparison")
     return fig
+
+
+# --------------------------------------------------------------------------------------------------
+# cross-validation
+# --------------------------------------------------------------------------------------------------
+def plot_cv_cases(table: pd.DataFrame, metric: str) -> Figure:
+    """Out-of-fold ``metric`` of every case, coloured by fold, sorted; with predicted against true
+    involvement (%) beside it when the table has both columns (the combined system's table)."""
+    if metric not in table.columns or "fold" not in table.columns:
+        raise DataValidationError(f"the cross-validation table needs 'fold' and {metric!r} columns")
+    scatter = {"true_involvement_percent", "pred_involvement_percent"} <= set(table.columns)
+    fig = Figure(figsize=(12 if scatter else 7, 0.3 * max(len(table), 1) + 2), layout="constrained")
+    axes = fig.subplots(1, 2 if scatter else 1, squeeze=False)[0]
+    df = table.sort_values(metric)
+    cmap = ListedColormap(["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2",
+                           "#7f7f7f", "#bcbd22", "#17becf"])
+    colours = [cmap(int(f) % cmap.N) for f in df["fold"]]
+    ax = axes[0]
+    y = np.arange(len(df))
+    ax.barh(y, df[metric].to_numpy(dtype=float), color=colours)
+    labels = df["case_id"].astype(str)
+    if "band" in df.columns:
+        labels = labels + " (" + df["band"].astype(str) + ")"
+    ax.set_yticks(y, labels.tolist(), fontsize="small")
+    mean = float(df[metric].mean())
+    ax.axvline(mean, color="k", ls="--", lw=1, label=f"out-of-fold mean {mean:.3f}")
+    ax.set_xlim(0, 1)
+    ax.set_xlabel(f"{metric} (out of fold)")
+    ax.legend(handles=[*ax.get_legend_handles_labels()[0]] + [
+        Patch(color=cmap(int(f) % cmap.N), label=f"fold {int(f)}") for f in sorted(df["fold"].unique())],
+        fontsize="small", loc="lower right")
+    if scatter:
+        ax = axes[1]
+        t, p = table["true_involvement_percent"].to_numpy(float), table["pred_involvement_percent"].to_numpy(float)
+        ax.scatter(t, p, c=[cmap(int(f) % cmap.N) for f in table["fold"]])
+        top = max(5.0, float(np.nanmax(np.r_[t, p])) * 1.1)
+        ax.plot([0, top], [0, top], color="grey", lw=1, ls=":")
+        for x0 in (10, 30):
+            ax.axvline(x0, color="grey", lw=0.5)
+        ax.set_xlim(0, top)
+        ax.set_ylim(0, top)
+        ax.set_xlabel("true involvement (% of the lungs)")
+        ax.set_ylabel("predicted involvement (%)")
+        ax.set_title("Involvement, per case")
+    return fig

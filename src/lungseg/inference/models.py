@@ -243,7 +243,8 @@ def load_model_spec(
 
     Args:
         spec: None (the newest trained model of ``task`` in ``models_dir``), a path to a ``.keras``
-            file (or to a variant / versioned folder), or an MLflow model URI
+            file (or to a variant / versioned folder), a folder of cross-validation fold models (used
+            as an ensemble, see :mod:`lungseg.inference.ensemble`), or an MLflow model URI
             (``runs:/<run_id>/<artifact_path>``, ``models:/<name>/<version or @alias>``).
         task: ``"lung"`` or ``"infection"``.
         models_dir: where trained models are looked for when ``spec`` is None.
@@ -256,6 +257,11 @@ def load_model_spec(
     check_task(task)
     if spec is not None and _MLFLOW_URI.match(str(spec)):
         return _load_mlflow(str(spec), task)
+    if spec is not None and str(spec).strip():
+        from lungseg.inference.ensemble import is_fold_folder, load_fold_ensemble
+
+        if is_fold_folder(Path(spec).expanduser()):
+            return load_fold_ensemble(Path(spec).expanduser(), task)
     if spec is None or str(spec).strip() == "":
         path = find_latest_model(task, models_dir)
     else:

@@ -1,0 +1,86 @@
+"""Fold ensembles: the models of a cross-validation used together at inference.
+
+A folder written by a ``<variant>_cv`` pipeline (``fold_0.keras`` + ``fold_0.json``, ...) becomes
+one :class:`LoadedModel` whose model averages the members' probabilities. Every member carries its
+own config; they must agree on everything that shapes the input or the decision (task, image size,
+crop, window, CLAHE, threshold...), or the folder is refused, naming the key and the files.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from lungseg.errors import ConfigError, ModelNotFoundError
+from lungseg.inference.models import LoadedModel, check_config
+
+logger = logging.getLogger(__name__)
+
+#: Config keys that describe how one member was trained, not how its input is prepared.
+PER_MEMBER_KEYS = frozenset({"train_cases", "val_cases", "run_fingerprint", "trained_at", "fold", "dataset"})
+
+
+class EnsembleModel:
+    """Averages the sigmoid outputs of its members (the ``predict_on_batch`` interface inference uses)."""
+
+    def __init__(self, members: list[Any]):
+        if not members:
+            raise ConfigError("an ensemble needs at least one model")
+        self.members = list(members)
+        self.inputs = members[0].inputs
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        total = None
+        for member in self.members:
+            out = np.asarray(member.predict_on_batch(batch), dtype=np.float32)
+            total = out if total is None else total + out
+        return total / len(self.members)
+
+
+def is_fold_folder(path: str | Path) -> bool:
+    """True for a folder of a cross-validation's fold models (``fold_*.keras`` with their ``.json``)."""
+    path = Path(path)
+    return path.is_dir() and any(path.glob("fold_*.keras"))
+
+
+def ensemble_config(configs: dict[str, dict], source: str) -> dict:
+    """The shared config of the members; refuses members whose preprocessing or decision differ."""
+    names = sorted(configs)
+    first = configs[names[0]]
+    for name in names[1:]:
+        keys = (set(first) | set(configs[name])) - PER_MEMBER_KEYS
+        differ = sorted(k for k in keys if first.get(k) != configs[name].get(k))
+        if differ:
+            raise ConfigError(
+                f"folder {source!r}: models {names[0]} and {name} were prepared differently "
+                f"({', '.join(f'{k}: {first.get(k)!r} vs {configs[name].get(k)!r}' for k in differ[:3])}); "
+                f"an ensemble needs one preprocessing config"
+            )
+    shared = {k: v for k, v in first.items() if k not in PER_MEMBER_KEYS}
+    return {**shared, "ensemble_members": names, "ensemble_size": len(names)}
+
+
+def load_fold_ensemble(folder: str | Path, task: str) -> LoadedModel:
+    """Load every fold model of ``folder`` as one averaging model, with the members' shared config."""
+    from lungseg.models import load_model
+
+    folder = Path(folder)
+    files = sorted(folder.glob("fold_*.keras"))
+    if not files:
+        raise ModelNotFoundError(f"folder {str(folder)!r}: no fold models (fold_*.keras); run a <variant>_cv pipeline")
+    configs = {}
+    for path in files:
+        config_path = path.with_suffix(".json")
+        try:
+            configs[path.stem] = check_config(json.loads(config_path.read_text()), task, str(path))
+        except (OSError, ValueError) as exc:
+            raise ConfigError(f"file {str(config_path)!r}: missing or unreadable fold config ({exc})") from exc
+    config = ensemble_config(configs, str(folder))
+    members = [load_model(path, compile=False) for path in files]
+    logger.info("%s model: ensemble of %d fold models from %s (image_size %s)", task, len(members), folder,
+                config["image_size"])
+    return LoadedModel(model=EnsembleModel(members), config=config, source=str(folder))

@@ -1,0 +1,1 @@
+"""Patient-level k-fold cross-validation pipelines (``<variant>_cv``)."""

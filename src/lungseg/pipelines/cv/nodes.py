@@ -1,0 +1,104 @@
+"""Cross-validation nodes: wiring only. The work is in :mod:`lungseg.models.cv` (folds, one model
+per fold) and :mod:`lungseg.evaluation.cv` (out-of-fold metrics); MLflow logging in :mod:`lungseg.tracking`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from lungseg.config import check_section
+from lungseg.evaluation.cv import combined_oof_metrics, fold_segmenter, oof_case_metrics, summarize_cv
+from lungseg.models.cv import fold_table, train_folds
+from lungseg.pipelines.evaluation.nodes import EVALUATION_KEYS
+from lungseg.tracking import history_to_steps, log_child_run, summary_to_metrics
+
+Lazy = Callable[[], dict[str, np.ndarray]]
+CASE_METRICS = ("dice", "iou", "precision", "recall", "nsd", "hd95")
+
+
+def make_folds(case_table: pd.DataFrame, split_params: dict[str, Any]) -> pd.DataFrame:
+    """Every case's fold (``split.n_folds`` folds, seeded by ``split.seed``)."""
+    return fold_table(case_table, split_params)
+
+
+def train_fold_models(model_input: dict[str, np.ndarray], folds: pd.DataFrame, model_params: dict[str, Any],
+                      training_params: dict[str, Any], dataset_name: str):
+    """One model per fold; returns ``{fold: {model, config}}`` and ``{fold: history}``."""
+    results = train_folds(model_input, folds, model_params, training_params, dataset_name)
+    return ({k: {"model": r.model, "config": r.config} for k, r in results.items()},
+            {k: r.history for k, r in results.items()})
+
+
+def evaluate_fold_models(fold_models: dict[str, dict], folds: pd.DataFrame, enhanced_cases: dict[str, Lazy],
+                         params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Each fold model on its own held-out cases: the out-of-fold table and its summary."""
+    params = check_section(params, "evaluation", EVALUATION_KEYS)
+    models = {k: v["model"] for k, v in fold_models.items()}
+    configs = {k: v["config"] for k, v in fold_models.items()}
+    table = oof_case_metrics(models, configs, folds, enhanced_cases, int(params["batch_size"]))
+    config = next(iter(configs.values()))
+    summary = {"variant": f"{config['task']}_{config['architecture']}", "task": config["task"],
+               "dataset": config.get("dataset"), "n_folds": len(configs)}
+    for metric in CASE_METRICS:
+        summary.update(summarize_cv(table, metric, prefix="case_"))
+    return table, summary
+
+
+def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, dict], folds: pd.DataFrame,
+                      canonical_cases: dict[str, Lazy], case_table: pd.DataFrame,
+                      params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """The combined system (predicted lungs, then infection inside them) out of fold, per case."""
+    params = check_section(params, "evaluation", EVALUATION_KEYS)
+    kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
+    segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]))
+    table = combined_oof_metrics(segment, folds, canonical_cases)
+    summary = {"n_folds": int(folds["fold"].nunique()),
+               "involvement_abs_error_mean": float((table["pred_involvement_percent"]
+                                                    - table["true_involvement_percent"]).abs().mean())}
+    for metric in ("infection_dice", "lung_dice", "infection_recall", "infection_precision"):
+        summary.update(summarize_cv(table, metric, prefix="combined_"))
+    return table, summary
+
+
+def log_fold_runs(fold_models: dict[str, dict], histories: dict[str, dict], table: pd.DataFrame,
+                  model_params: dict[str, Any], training_params: dict[str, Any]) -> pd.DataFrame:
+    """One nested MLflow run per fold (same keys in every fold): its settings, its epochs and its
+    held-out cases' mean metrics. Returns the fold -> run id table."""
+    rows = []
+    for name, item in sorted(fold_models.items()):
+        fold = int(item["config"]["fold"])
+        held_out = table[table["fold"] == fold]
+        final = {f"case_{m}": float(held_out[m].replace([np.inf, -np.inf], np.nan).mean()) for m in CASE_METRICS}
+        metrics = {**history_to_steps(histories[name]), **summary_to_metrics(final, prefix="eval_")}
+        run_id = log_child_run(f"{item['config']['task']}_{item['config']['architecture']} {name}",
+                               {"model": model_params, "training": training_params, "fold": fold}, metrics,
+                               {"fold": str(fold)})
+        rows.append({"fold": fold, "name": name, "mlflow_run_id": run_id, "n_val_cases": len(held_out)})
+    return pd.DataFrame(rows)
+
+
+def cv_metrics(summary: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """The cross-validation summary as metrics of the parent MLflow run (``cv_<key>``)."""
+    return summary_to_metrics(summary, prefix="cv_")
+
+
+def combined_metrics(summary: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """The combined system's summary as metrics of the parent MLflow run (keys ``combined_*``)."""
+    return summary_to_metrics(summary, prefix="")
+
+
+def plot_cv(table: pd.DataFrame):
+    """Out-of-fold Dice per case, coloured by fold."""
+    from lungseg.evaluation.plots import plot_cv_cases
+
+    return plot_cv_cases(table, "dice")
+
+
+def plot_combined(table: pd.DataFrame):
+    """The combined system's infection Dice per case, and predicted against true involvement."""
+    from lungseg.evaluation.plots import plot_cv_cases
+
+    return plot_cv_cases(table, "infection_dice")

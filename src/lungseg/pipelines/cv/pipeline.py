@@ -1,0 +1,78 @@
+"""Cross-validation pipelines: ``<variant>_cv`` for each variant.
+
+``kedro run --pipeline=infection_unet_cv`` trains ``split.n_folds`` models per task (patients held
+out by fold, every patient exactly once), scores each case with the fold model that never saw it,
+and, for an infection variant, scores the combined system (lung U-Net folds, then the infection
+folds inside the predicted lungs) exactly as ``lungseg predict`` runs it. Each fold is a nested
+MLflow run under the run of the ``kedro run``; the fold models are saved together
+(``data/06_models/<variant>_cv/``) and ``lungseg predict --models`` uses them as an ensemble.
+"""
+
+from __future__ import annotations
+
+from kedro.pipeline import Node, Pipeline
+
+from lungseg.layout import variant_task
+
+#: The lung folds the combined system uses with any infection variant.
+COMBINED_LUNG_VARIANT = "lung_unet"
+
+
+def create_folds_pipeline() -> Pipeline:
+    from lungseg.pipelines.cv.nodes import make_folds
+
+    return Pipeline([Node(make_folds, ["case_table", "params:split"], "folds", name="make_folds")],
+                    namespace="cv", inputs={"case_table"}, parameters={"params:split"}, tags=["cv"])
+
+
+def create_variant_cv_pipeline(variant: str) -> Pipeline:
+    """Train one model per fold, score out of fold, log one nested MLflow run per fold."""
+    from lungseg.pipelines.cv.nodes import cv_metrics, evaluate_fold_models, log_fold_runs, plot_cv, train_fold_models
+
+    task = variant_task(variant)
+    template = Pipeline([
+        Node(train_fold_models, ["model_input", "folds", "params:model", "params:training", "params:dataset_name"],
+             ["fold_models", "fold_histories"], name="train_fold_models"),
+        Node(evaluate_fold_models, ["fold_models", "folds", "enhanced_cases", "params:evaluation"],
+             ["oof_case_metrics", "cv_summary"], name="evaluate_fold_models"),
+        Node(log_fold_runs, ["fold_models", "fold_histories", "oof_case_metrics", "params:model", "params:training"],
+             "fold_runs", name="log_fold_runs"),
+        Node(cv_metrics, "cv_summary", "cv_metrics", name="cv_metrics"),
+        Node(plot_cv, "oof_case_metrics", "cv_plot", name="plot_cv"),
+    ])
+    return Pipeline(
+        template, namespace=f"{variant}_cv",
+        inputs={"model_input": f"preprocessing.{task}_model_input", "folds": "cv.folds",
+                "enhanced_cases": "preprocessing.enhanced_cases"},
+        parameters={"params:model": f"params:{variant}.model", "params:training": f"params:{variant}.training",
+                    "params:dataset_name": "params:dataset_name", "params:evaluation": "params:evaluation"},
+        tags=["cv", f"{variant}_cv", task],
+    )
+
+
+def create_combined_cv_pipeline(variant: str) -> Pipeline:
+    """The combined system out of fold: ``lung_unet`` folds, then ``variant``'s infection folds."""
+    from lungseg.pipelines.cv.nodes import combined_metrics, evaluate_combined, plot_combined
+
+    template = Pipeline([
+        Node(evaluate_combined, ["lung_folds", "fold_models", "folds", "canonical_cases", "case_table",
+                                 "params:evaluation"], ["combined_case_metrics", "combined_summary"],
+             name="evaluate_combined"),
+        Node(combined_metrics, "combined_summary", "combined_metrics", name="combined_metrics"),
+        Node(plot_combined, "combined_case_metrics", "combined_plot", name="plot_combined"),
+    ])
+    return Pipeline(
+        template, namespace=f"{variant}_cv",
+        inputs={"lung_folds": f"{COMBINED_LUNG_VARIANT}_cv.fold_models", "folds": "cv.folds",
+                "canonical_cases": "canonical_cases", "case_table": "case_table"},
+        parameters={"params:evaluation": "params:evaluation"},
+        tags=["cv", f"{variant}_cv", "combined"],
+    )
+
+
+def create_pipeline(variant: str) -> Pipeline:
+    """Everything after preprocessing for ``<variant>_cv`` (an infection variant brings the lung folds)."""
+    pipe = create_folds_pipeline() + create_variant_cv_pipeline(variant)
+    if variant_task(variant) == "infection":
+        pipe += create_variant_cv_pipeline(COMBINED_LUNG_VARIANT) + create_combined_cv_pipeline(variant)
+    return pipe

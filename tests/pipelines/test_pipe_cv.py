@@ -1,0 +1,98 @@
+"""``kedro run --pipeline=infection_unet_cv`` end to end on tiny synthetic cases, 2 folds.
+
+Checks the out-of-fold tables (every patient scored once, by the fold that never saw it), the
+combined system's table, the nested MLflow runs (one per fold, the same keys in each) and that the
+saved fold models predict as an ensemble.
+"""
+
+from __future__ import annotations
+
+import json
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from conftest import make_kedro_project, run_kedro, write_case
+
+TINY_TRAINING = {
+    "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0,
+    "reduce_lr": None, "augment": None, "verbose": 0,
+}
+TINY_UNET = {"architecture": "unet", "base_filters": 4, "depth": 2, "bn_momentum": 0.9}
+
+
+@pytest.fixture(scope="module")
+def cv_project(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cv")
+    raw = tmp / "raw"
+    rows = [write_case(raw, f"case_{i}", "hu" if i % 2 else "uint8", shape=(8, 40, 40), seed=i) for i in range(5)]
+    pd.DataFrame(rows).to_csv(raw / "metadata.csv", index=False)
+    params = {"split": {"n_folds": 2, "seed": 1}}
+    for variant in ("lung_unet", "infection_unet"):
+        params[variant] = {"model": TINY_UNET,
+                           "training": {**TINY_TRAINING, "backup_dir": f"data/06_models/{variant}/backup"}}
+    project = make_kedro_project(tmp, raw, params)
+    run_kedro(project, "infection_unet_cv")
+    return project
+
+
+def test_every_patient_is_scored_once_out_of_fold(cv_project):
+    folds = pd.read_csv(cv_project / "data/05_model_input/cv_folds.csv")
+    assert sorted(folds["case_id"]) == [f"case_{i}" for i in range(5)] and set(folds["fold"]) == {0, 1}
+    for variant in ("lung_unet", "infection_unet"):
+        table = pd.read_csv(cv_project / f"data/08_reporting/{variant}_cv/oof_case_metrics.csv")
+        assert sorted(table["case_id"]) == sorted(folds["case_id"])
+        merged = table.merge(folds, on="case_id", suffixes=("", "_assigned"))
+        assert (merged["fold"] == merged["fold_assigned"]).all()  # scored by the fold that held it out
+        summary = json.loads((cv_project / f"data/08_reporting/{variant}_cv/cv_summary.json").read_text())
+        assert summary["n_folds"] == 2 and summary["case_n_cases"] == 5
+        assert summary["case_dice_oof_mean"] == pytest.approx(table["dice"].mean())
+        per_fold = table.groupby("fold")["dice"].mean()
+        assert summary["case_dice_fold_std"] == pytest.approx(per_fold.std(ddof=0))
+        assert summary["case_dice_worst"] == pytest.approx(table["dice"].min())
+        configs = sorted((cv_project / f"data/06_models/{variant}_cv").glob("fold_*.json"))
+        assert [c.stem for c in configs] == ["fold_0", "fold_1"]
+        for c in configs:
+            config = json.loads(c.read_text())
+            held_out = set(folds.case_id[folds.fold == config["fold"]])
+            assert set(config["val_cases"]) == held_out and not held_out & set(config["train_cases"])
+
+
+def test_the_combined_system_is_scored_with_predicted_lungs_and_by_band(cv_project):
+    table = pd.read_csv(cv_project / "data/08_reporting/infection_unet_cv/combined_case_metrics.csv")
+    assert sorted(table["case_id"]) == [f"case_{i}" for i in range(5)]
+    assert {"lung_dice", "infection_dice", "true_involvement_percent", "pred_involvement_percent", "band"} <= set(table)
+    assert table["true_involvement_percent"].between(0, 100).all() and table["band"].isin(["<10%", "10-30%", ">30%"]).all()
+    summary = json.loads((cv_project / "data/08_reporting/infection_unet_cv/combined_summary.json").read_text())
+    assert summary["combined_infection_dice_oof_mean"] == pytest.approx(table["infection_dice"].mean())
+    assert summary["combined_lung_dice_oof_mean"] == pytest.approx(table["lung_dice"].mean())
+    band_counts = sum(summary[k] for k in summary if k.startswith("combined_n_cases_band_"))
+    assert band_counts == 5  # every case in exactly one involvement band
+    assert (cv_project / "data/08_reporting/infection_unet_cv/combined_infection_dice.png").stat().st_size > 5000
+
+
+def test_each_fold_is_a_nested_mlflow_run_with_the_same_keys(cv_project):
+    mlflow.set_tracking_uri(f"sqlite:///{cv_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parents) == 1 and len(children) == 4  # 2 folds x (lung_unet, infection_unet)
+    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
+    assert {r.data.tags["fold"] for r in children} == {"0", "1"}
+    assert len({frozenset(r.data.metrics) for r in children}) == 1
+    assert len({frozenset(r.data.params) for r in children}) == 1
+    assert "eval_case_dice" in children[0].data.metrics and "val_loss" in children[0].data.metrics
+    assert "infection_unet.combined_infection_dice_oof_mean" in parents[0].data.metrics
+    assert "lung_unet.cv_case_dice_oof_mean" in parents[0].data.metrics
+    assert parents[0].data.tags["task"] == "infection" and parents[0].data.tags["architecture"] == "unet"
+
+
+def test_the_fold_models_predict_as_an_ensemble(cv_project):
+    from lungseg.inference.ensemble import load_fold_ensemble
+
+    ensemble = load_fold_ensemble(cv_project / "data/06_models/infection_unet_cv", "infection")
+    assert ensemble.config["task"] == "infection" and len(ensemble.model.members) == 2
+    x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
+    members = [np.asarray(m.predict_on_batch(x)) for m in ensemble.model.members]
+    np.testing.assert_allclose(np.asarray(ensemble.model.predict_on_batch(x)), np.mean(members, axis=0), rtol=1e-5)
