@@ -56,16 +56,25 @@ def test_tiny_unet_trains_and_fit_returns_the_best_epoch(tmp_path):
     assert restored == pytest.approx(min(history["val_loss"]), rel=1e-4, abs=1e-5)
 
 
+def _lr(model: keras.Model) -> float:
+    return float(keras.ops.convert_to_numpy(model.optimizer.learning_rate))
+
+
 class _Interrupt(keras.callbacks.Callback):
-    """Simulates a crash at the start of epoch ``at`` and records the weights at the end of each epoch."""
+    """Simulates a crash at the start of epoch ``at``; records, at the end of each epoch, the first
+    kernel, all weights and the learning rate (after ReduceLROnPlateau: extra callbacks run last)."""
 
     def __init__(self, at: int):
         super().__init__()
         self.at = at
         self.weights_after: dict[int, np.ndarray] = {}
+        self.all_weights_after: dict[int, list[np.ndarray]] = {}
+        self.lr_after: dict[int, float] = {}
 
     def on_epoch_end(self, epoch, logs=None):
-        self.weights_after[epoch] = self.model.get_weights()[0].copy()
+        self.all_weights_after[epoch] = [w.copy() for w in self.model.get_weights()]
+        self.weights_after[epoch] = self.all_weights_after[epoch][0]
+        self.lr_after[epoch] = _lr(self.model)
 
     def on_epoch_begin(self, epoch, logs=None):
         if epoch == self.at:
@@ -78,9 +87,22 @@ class _Recorder(keras.callbacks.Callback):
         self.epochs: list[int] = []
         self.weights_before: dict[int, np.ndarray] = {}
 
+        self.lr_before: dict[int, float] = {}
+
     def on_epoch_begin(self, epoch, logs=None):
         self.epochs.append(epoch)
         self.weights_before[epoch] = self.model.get_weights()[0].copy()
+        self.lr_before[epoch] = _lr(self.model)
+
+
+class _Sabotage(keras.callbacks.Callback):
+    """After every training batch, pushes the output layer's bias far up, so that the model predicts
+    foreground everywhere: every epoch it runs in validates far worse than any normal epoch."""
+
+    def on_train_batch_end(self, batch, logs=None):
+        head = next(layer for layer in reversed(self.model.layers) if getattr(layer, "bias", None) is not None)
+        kernel, bias = head.get_weights()
+        head.set_weights([kernel, np.full_like(bias, 30.0)])
 
 
 def test_interrupted_fit_resumes_from_backup_instead_of_starting_over(tmp_path):
@@ -107,6 +129,65 @@ def test_interrupted_fit_resumes_from_backup_instead_of_starting_over(tmp_path):
     assert len(history["val_loss"]) == 3
     assert (tmp_path / "best.keras").is_file()
     assert not backup.exists()  # cleared after the clean finish
+
+
+def _resume_data():
+    train = SliceSequence(*blobs(8, 2), batch_size=8, augment=None, shuffle=True, seed=1)
+    val = SliceSequence(*blobs(4, 3), batch_size=4, augment=None, shuffle=False, seed=1)
+    return train, val
+
+
+def test_resume_keeps_the_best_checkpoint_from_before_the_crash(tmp_path):
+    set_seeds(2)
+    train, val = _resume_data()
+    backup = tmp_path / "backup"
+    crash = _Interrupt(at=2)
+    with pytest.raises(RuntimeError, match="simulated interrupt"):
+        fit(_model(run_eagerly=True), train, val, epochs=4, backup_dir=backup, reduce_lr=None,
+            early_stopping=None, verbose=0, callbacks=[crash], fingerprint="run-a")
+    before = json.loads((backup / "lungseg_state" / "state.json").read_text())
+    best_before = min(before["history"]["val_loss"])
+    best_epoch = int(np.argmin(before["history"]["val_loss"]))
+    assert before["best"] == pytest.approx(best_before)
+    assert (backup / "lungseg_state" / "best.keras").is_file()
+
+    # The resumed epochs are made far worse than those before the crash: the best stays the old one.
+    ckpt = tmp_path / "out" / "best.keras"
+    model, history = fit(_model(run_eagerly=True), train, val, epochs=4, checkpoint_path=ckpt, backup_dir=backup,
+                         reduce_lr=None, early_stopping=None, verbose=0, callbacks=[_Sabotage()],
+                         fingerprint="run-a")
+    assert history["val_loss"][:2] == pytest.approx(before["history"]["val_loss"])
+    assert min(history["val_loss"][2:]) > 2 * best_before  # the sabotage worked
+    for got, kept in zip(model.get_weights(), crash.all_weights_after[best_epoch], strict=True):
+        np.testing.assert_array_equal(got, kept)  # the weights of the best epoch before the crash
+    assert model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(best_before, rel=1e-4, abs=1e-5)
+    saved = keras.saving.load_model(ckpt, compile=False)
+    for got, kept in zip(saved.get_weights(), crash.all_weights_after[best_epoch], strict=True):
+        np.testing.assert_array_equal(got, kept)  # the file handed out is that checkpoint too
+    assert not backup.exists()
+
+
+def test_resume_restores_the_reduced_learning_rate(tmp_path):
+    set_seeds(3)
+    train, val = _resume_data()
+    backup = tmp_path / "backup"
+    # min_delta 10: no epoch counts as an improvement after the first, so with patience 1 the
+    # learning rate halves at the end of epoch 1, just before the crash.
+    reduce_lr = {"factor": 0.5, "patience": 1, "min_delta": 10.0, "min_lr": 1e-5}
+    crash = _Interrupt(at=2)
+    with pytest.raises(RuntimeError, match="simulated interrupt"):
+        fit(_model(lr=1e-2, run_eagerly=True), train, val, epochs=4, backup_dir=backup, reduce_lr=reduce_lr,
+            early_stopping=None, verbose=0, callbacks=[crash], fingerprint="run-a")
+    assert crash.lr_after == pytest.approx({0: 1e-2, 1: 5e-3})
+
+    rec = _Recorder()
+    model, history = fit(_model(lr=1e-2, run_eagerly=True), train, val, epochs=4, backup_dir=backup,
+                         reduce_lr=reduce_lr, early_stopping=None, verbose=0, callbacks=[rec], fingerprint="run-a")
+    assert rec.epochs == [2, 3]
+    assert rec.lr_before[2] == pytest.approx(5e-3)  # the reduced rate at the crash, not the initial 1e-2
+    # the rate each epoch trained with, over the whole run
+    assert history["learning_rate"] == pytest.approx([1e-2, 1e-2, 5e-3, 5e-3])
+    assert not backup.exists()
 
 
 def test_backup_of_a_run_with_other_settings_is_discarded_not_resumed(tmp_path, caplog):
