@@ -249,7 +249,7 @@ def test_strategy_scope_and_seeds():
 
 
 def test_run_fingerprint_changes_with_settings_and_data_but_not_with_verbosity():
-    from lungseg.pipelines.training.nodes import run_fingerprint
+    from lungseg.models.run import run_fingerprint
 
     x, y = (np.arange(2 * 8 * 8, dtype=np.uint8).reshape(2, 8, 8), np.zeros((2, 8, 8), np.uint8))
     prep = {"task": "lung", "image_size": 8}
