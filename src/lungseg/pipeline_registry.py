@@ -19,7 +19,6 @@ from __future__ import annotations
 from kedro.pipeline import Pipeline
 
 from lungseg.layout import VARIANTS, variant_task
-
 from lungseg.pipelines.cv import pipeline as cv
 from lungseg.pipelines.evaluation import pipeline as evaluation
 from lungseg.pipelines.inference import pipeline as inference

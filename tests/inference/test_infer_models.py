@@ -115,7 +115,8 @@ def test_config_must_match_the_model_size(tiny_unet_file, tmp_path):
 
 
 def test_mlflow_uris(tiny_unet_file, tmp_path, monkeypatch):
-    mlflow = pytest.importorskip("mlflow")
+    pytest.importorskip("mlflow")
+    import mlflow
     import mlflow.keras
 
     from lungseg.models import load_model

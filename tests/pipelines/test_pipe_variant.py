@@ -51,7 +51,8 @@ def inputs(tmp_path_factory):
     vols = PartitionedDataset(path=str(root), dataset="lungseg.datasets.NiftiDataset").load()
     table, canonical, _ = ingest_cases(pd.read_csv(root / "metadata.csv"), vols, {})
     enhanced = enhance_cases(table, canonical, TINY_PREPROCESSING)
-    enhanced = {k: (lambda rec=f(): rec) for k, f in enhanced.items()}  # computed once, reused by every test
+    records = {k: f() for k, f in enhanced.items()}  # computed once, reused by every test
+    enhanced = {k: (lambda k=k: records[k]) for k in records}
     return build_model_input("infection", table, enhanced, TINY_PREPROCESSING), split_cases(table, SPLIT), enhanced
 
 

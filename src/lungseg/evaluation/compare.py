@@ -15,6 +15,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from lungseg.evaluation.metrics import NSD_TOLERANCE_MM, slice_metrics, volume_metrics
+from lungseg.layout import TASKS
 
 logger = logging.getLogger(__name__)
 Lazy = Callable[[], dict[str, np.ndarray]]
@@ -120,11 +121,11 @@ def plot_comparison(df: pd.DataFrame):
     from lungseg.evaluation.plots import plot_metric_comparison
     from lungseg.evaluation.reference import reference_table
 
-    tasks = [t for t in ("lung", "infection") if (df["task"] == t).any()] or ["lung"]
+    tasks = [t for t in TASKS if (df["task"] == t).any()] or [TASKS[0]]
     parts = []
     for task in tasks:
         ours = df[df["task"] == task].assign(dice=lambda d: d["slice_dice"], level="slice")
         parts.append(pd.concat([ours[["variant", "kind", "level", "dice"]],
                                 reference_table(task)[["variant", "kind", "level", "dice"]]
-                                .assign(variant=lambda d: f"{task}: " + d["variant"])], ignore_index=True))
+                                .assign(variant=lambda d, t=task: f"{t}: " + d["variant"])], ignore_index=True))
     return plot_metric_comparison(pd.concat(parts, ignore_index=True), "dice")

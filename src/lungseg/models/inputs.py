@@ -26,7 +26,7 @@ from lungseg.imaging import (
     prepare_masks,
     select_infection_slices,
 )
-from lungseg.layout import TASKS
+from lungseg.layout import check_task
 
 logger = logging.getLogger(__name__)
 
@@ -48,8 +48,7 @@ def check_preprocessing_params(params: Any) -> dict[str, Any]:
 
 def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
     """The preprocessing config of a task, built from the ``preprocessing`` parameters."""
-    if task not in TASKS:
-        raise ConfigError(f"unknown task {task!r}; expected one of {TASKS}")
+    check_task(task)
     params = check_preprocessing_params(params)
     source = params["lung_crop_source"]
     if source not in LUNG_CROP_SOURCES:

@@ -10,6 +10,7 @@ from collections.abc import Iterable
 
 from kedro.pipeline import Node, Pipeline
 
+from lungseg.layout import TASKS
 
 
 def create_shared_pipeline() -> Pipeline:
@@ -51,7 +52,7 @@ def create_task_pipeline(task: str) -> Pipeline:
     )
 
 
-def create_pipeline(tasks: Iterable[str] = ("lung", "infection"), **kwargs) -> Pipeline:
+def create_pipeline(tasks: Iterable[str] = TASKS, **kwargs) -> Pipeline:
     pipe = create_shared_pipeline()
     for task in tasks:
         pipe += create_task_pipeline(task)
