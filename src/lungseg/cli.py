@@ -131,13 +131,16 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
     logging.getLogger("lungseg").setLevel(level)
 
 
-def _import_tensorflow_quietly() -> None:
+def import_tensorflow_quietly(quiet: bool | None = None) -> None:
     """Import TensorFlow and let it find its devices with its start-up lines (``_TF_NOISE``) held back from
-    stderr; anything else written there meanwhile is passed on. Does nothing under -v, once TensorFlow is
-    loaded, or when Keras runs on another backend."""
-    if (not _quiet_tensorflow or "tensorflow" in sys.modules
-            or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow"):
+    stderr; anything else written there meanwhile is passed on. Does nothing when not ``quiet`` (default: the
+    CLI's setting, False under -v), once TensorFlow is loaded, or when Keras runs on another backend.
+    A Kedro hook may call it with ``quiet=True`` (``after_context_created``) to quiet ``kedro run`` too."""
+    if not (_quiet_tensorflow if quiet is None else quiet):
         return
+    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
+        return
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tempfile
 
     sys.stderr.flush()
@@ -168,7 +171,7 @@ def _relay_stderr(stream) -> None:
 def _load_models(args: argparse.Namespace):
     from lungseg.inference.models import load_model_spec
 
-    _import_tensorflow_quietly()
+    import_tensorflow_quietly()
 
     lung = load_model_spec(args.lung_model, "lung", args.models_dir)
     infection = load_model_spec(args.infection_model, "infection", args.models_dir) if "infection" in args.tasks else None
