@@ -7,7 +7,9 @@ and its ``test`` environment. Any cell error fails the test with the cell's trac
 
 from __future__ import annotations
 
+import json
 import re
+import sys
 
 import nbclient
 import nbformat
@@ -39,7 +41,14 @@ def test_eda_notebook_runs_on_the_synthetic_data(tmp_path, tiny_dataset, monkeyp
     reload_cells[0].source = RELOAD.sub(f"%reload_kedro {project} --env=test", reload_cells[0].source)
 
     monkeypatch.delenv("MPLBACKEND", raising=False)  # the kernel's own inline backend: figures become outputs
-    client = nbclient.NotebookClient(nb, timeout=240, kernel_name="python3",
+    # a kernel on this interpreter, whatever "python3" kernel the user has installed (JUPYTER_PATH comes first)
+    spec = tmp_path / "jupyter" / "kernels" / "lungseg-test"
+    spec.mkdir(parents=True)
+    (spec / "kernel.json").write_text(json.dumps({
+        "argv": [sys.executable, "-m", "ipykernel_launcher", "-f", "{connection_file}"],
+        "display_name": "lungseg test", "language": "python"}))
+    monkeypatch.setenv("JUPYTER_PATH", str(tmp_path / "jupyter"))
+    client = nbclient.NotebookClient(nb, timeout=240, kernel_name="lungseg-test",
                                      resources={"metadata": {"path": str(project)}})
     client.execute()  # raises CellExecutionError, with the cell and its traceback, on any cell error
 
