@@ -153,3 +153,20 @@ def test_a_typo_or_a_missing_key_in_the_parameters_is_named(ingested):
         build_lung_input(table, enhance_cases(table, canonical, TINY_PREPROCESSING), params)
     with pytest.raises(ConfigError, match=r"unknown parameter 'split.n_fold' \(did you mean 'n_folds'\?\)"):
         split_cases(table, {**SPLIT, "n_fold": 3})
+
+
+def test_a_source_declared_equalised_is_not_equalised_twice(ingested):
+    """covid20-dev carries CLAHE from its source: training skips it, the model records it for inference."""
+    from lungseg.imaging import PreprocessConfig, enhance
+
+    table, canonical = ingested
+    declared = {**TINY_PREPROCESSING, "source_clahe_clip_limit": 7.0}
+    enhanced = enhance_cases(table, canonical, declared)
+    case = table["case_id"].iloc[0]
+    kind = table["source_kind"].iloc[0]
+    windowed_only = enhance(canonical[case]()["ct"], kind, PreprocessConfig.from_dict({**declared, "clahe_clip_limit": 0}))
+    np.testing.assert_array_equal(enhanced[case]()["image"], windowed_only)
+    assert preprocess_config(declared, "infection").clahe_clip_limit == 7.0
+    assert preprocess_config(TINY_PREPROCESSING, "infection").clahe_clip_limit == 2.0
+    model_input = build_infection_input(table, enhanced, declared)
+    assert json.loads(str(model_input["config_json"]))["clahe_clip_limit"] == 7.0

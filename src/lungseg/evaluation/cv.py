@@ -117,9 +117,10 @@ def summarize_cv(table: pd.DataFrame, metric: str, prefix: str = "") -> dict[str
 
 
 def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str, dict],
-                   source_kinds: Mapping[str, str], batch_size: int):
+                   source_kinds: Mapping[str, str], batch_size: int, input_equalised: bool = False):
     """``segment(case, record, fold)`` for :func:`combined_oof_metrics`: the fold's lung and
-    infection models in a :class:`lungseg.inference.segment.Segmenter`, as ``lungseg predict`` runs them."""
+    infection models in a :class:`lungseg.inference.segment.Segmenter`, as ``lungseg predict`` runs them
+    (``input_equalised``: the dataset's images already carry CLAHE; see ``source_clahe_clip_limit``)."""
     from lungseg.inference.models import LoadedModel
     from lungseg.inference.segment import Segmenter
     from lungseg.models.cv import fold_name
@@ -132,7 +133,8 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
         if name not in segmenters:
             lung, inf = lung_folds[name], infection_folds[name]
             segmenters[name] = Segmenter(LoadedModel(lung["model"], lung["config"], f"lung {name}"),
-                                         LoadedModel(inf["model"], inf["config"], f"infection {name}"), batch_size)
+                                         LoadedModel(inf["model"], inf["config"], f"infection {name}"), batch_size,
+                                         input_equalised=input_equalised)
         volume = from_canonical_array(rec["ct"], tuple(float(s) for s in rec["spacing"]), source=case)
         seg = segmenters[name].segment(volume, source_kinds[case], progress=False)
         return seg.lung_labels, seg.infection

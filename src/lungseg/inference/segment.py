@@ -86,6 +86,8 @@ class Segmenter:
         batch_size: slices per model call.
         chunk_slices: slices prepared and mapped back at a time (rounded up to a multiple of
             ``batch_size``).
+        input_equalised: the input already carries CLAHE (its source applied it, as the
+            covid20-dev slices do), so the models' own CLAHE step is skipped instead of applied twice.
     """
 
     def __init__(
@@ -94,6 +96,7 @@ class Segmenter:
         infection: LoadedModel | None,
         batch_size: int = 16,
         chunk_slices: int = 64,
+        input_equalised: bool = False,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -101,6 +104,8 @@ class Segmenter:
         self.infection = infection
         self.batch_size = int(batch_size)
         self.chunk_slices = max(1, -(-int(chunk_slices) // self.batch_size)) * self.batch_size
+        # an input whose source already applied CLAHE (a dataset declared so) is not equalised twice
+        self._overrides = {"clahe_clip_limit": 0.0} if input_equalised else {}
 
     # ---------------------------------------------------------------------------------------------
     def predict_slices(self, loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
@@ -191,7 +196,7 @@ class Segmenter:
         # 1. lung model on body-cropped slices, in batches, mapped back onto the input grid.
         all_slices = np.arange(ct.shape[0])
         binary, lung_prob = self._predict_volume(
-            self.lung, _config_for(self.lung), ct, source_kind, all_slices, None, progress, "lung model",
+            self.lung, _config_for(self.lung, **self._overrides), ct, source_kind, all_slices, None, progress, "lung model",
             keep_probabilities,
         )
         # 2. 3D postprocess: two largest components, holes filled, split into left / right.
@@ -206,7 +211,7 @@ class Segmenter:
         elif "infection" in tasks:
             # 3. infection model on the lung-cropped slices that hold lung, with its own config.
             inf_binary, inf_prob = self._predict_volume(
-                self.infection, _config_for(self.infection, crop_mode="lung_mask"), ct, source_kind, lung_slices,
+                self.infection, _config_for(self.infection, crop_mode="lung_mask", **self._overrides), ct, source_kind, lung_slices,
                 lung_labels, progress, "infection model", keep_probabilities,
             )
             # 4. infection only inside the lungs.

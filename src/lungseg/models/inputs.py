@@ -35,7 +35,7 @@ LUNG_CROP_SOURCES = ("body", "lung_mask")
 #: Keys of the ``preprocessing`` parameters (conf/base/parameters_preprocessing.yml).
 PREPROCESSING_KEYS = (
     "window", "clahe_clip_limit", "clahe_tile_grid", "image_size", "crop_margin", "body_threshold",
-    "lung_crop_source", "min_lung_fraction", "infection_negative_fraction", "seed",
+    "lung_crop_source", "min_lung_fraction", "infection_negative_fraction", "seed", "source_clahe_clip_limit",
 )
 #: Keys of the ``split`` parameters.
 SPLIT_KEYS = ("method", "val_fraction", "n_folds", "fold", "seed")
@@ -46,8 +46,25 @@ def check_preprocessing_params(params: Any) -> dict[str, Any]:
     return check_section(params, "preprocessing", PREPROCESSING_KEYS)
 
 
+def source_equalised(params: dict[str, Any]) -> bool:
+    """True when the dataset declares that its images already carry CLAHE (``source_clahe_clip_limit``)."""
+    return check_preprocessing_params(params)["source_clahe_clip_limit"] is not None
+
+
+def enhance_config(params: dict[str, Any]) -> PreprocessConfig:
+    """What :func:`lungseg.imaging.enhance` applies to this dataset's cases: the window, and CLAHE
+    unless the source already applied it (then equalising again would apply it twice)."""
+    params = check_preprocessing_params(params)
+    clip = 0.0 if params["source_clahe_clip_limit"] is not None else params["clahe_clip_limit"]
+    return PreprocessConfig.from_dict({**params, "clahe_clip_limit": clip})
+
+
 def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
-    """The preprocessing config of a task, built from the ``preprocessing`` parameters."""
+    """The preprocessing config a task's model is trained with and saved with (inference repeats it).
+
+    When the source is declared equalised (``source_clahe_clip_limit``), that is the CLAHE the model
+    has seen, so it is the one recorded: new scans get it once at inference, as the training data did.
+    """
     check_task(task)
     params = check_preprocessing_params(params)
     source = params["lung_crop_source"]
@@ -56,7 +73,9 @@ def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
             f"preprocessing.lung_crop_source is {source!r}; expected one of {LUNG_CROP_SOURCES}"
         )
     crop_mode = "lung_mask" if task == "infection" else source
-    return PreprocessConfig.from_dict({**params, "crop_mode": crop_mode})  # the imaging subset of the keys
+    clip = params["source_clahe_clip_limit"]
+    clip = params["clahe_clip_limit"] if clip is None else clip
+    return PreprocessConfig.from_dict({**params, "crop_mode": crop_mode, "clahe_clip_limit": clip})
 
 
 def build_model_input(

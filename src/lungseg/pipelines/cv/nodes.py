@@ -12,6 +12,7 @@ import pandas as pd
 from lungseg.config import check_section
 from lungseg.evaluation.cv import combined_oof_metrics, fold_segmenter, oof_case_metrics, summarize_cv
 from lungseg.models.cv import fold_table, train_folds
+from lungseg.models.inputs import source_equalised
 from lungseg.pipelines.evaluation.nodes import EVALUATION_KEYS
 from lungseg.tracking import history_to_steps, log_child_run, summary_to_metrics
 
@@ -49,11 +50,12 @@ def evaluate_fold_models(fold_models: dict[str, dict], folds: pd.DataFrame, enha
 
 def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, dict], folds: pd.DataFrame,
                       canonical_cases: dict[str, Lazy], case_table: pd.DataFrame,
-                      params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
+                      params: dict[str, Any], preprocessing: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The combined system (predicted lungs, then infection inside them) out of fold, per case."""
     params = check_section(params, "evaluation", EVALUATION_KEYS)
     kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
-    segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]))
+    segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
+                             input_equalised=source_equalised(preprocessing))
     table = combined_oof_metrics(segment, folds, canonical_cases)
     summary = {"n_folds": int(folds["fold"].nunique()),
                "involvement_abs_error_mean": float((table["pred_involvement_percent"]

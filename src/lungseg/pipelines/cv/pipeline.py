@@ -56,7 +56,8 @@ def create_combined_cv_pipeline(variant: str) -> Pipeline:
 
     template = Pipeline([
         Node(evaluate_combined, ["lung_folds", "fold_models", "folds", "canonical_cases", "case_table",
-                                 "params:evaluation"], ["combined_case_metrics", "combined_summary"],
+                                 "params:evaluation", "params:preprocessing"],
+             ["combined_case_metrics", "combined_summary"],
              name="evaluate_combined"),
         Node(combined_metrics, "combined_summary", "combined_metrics", name="combined_metrics"),
         Node(plot_combined, "combined_case_metrics", "combined_plot", name="plot_combined"),
@@ -65,7 +66,7 @@ def create_combined_cv_pipeline(variant: str) -> Pipeline:
         template, namespace=f"{variant}_cv",
         inputs={"lung_folds": f"{COMBINED_LUNG_VARIANT}_cv.fold_models", "folds": "cv.folds",
                 "canonical_cases": "canonical_cases", "case_table": "case_table"},
-        parameters={"params:evaluation": "params:evaluation"},
+        parameters={"params:evaluation": "params:evaluation", "params:preprocessing": "params:preprocessing"},
         tags=["cv", f"{variant}_cv", "combined"],
     )
 

@@ -13,8 +13,8 @@ import numpy as np
 import pandas as pd
 
 from lungseg.errors import TrainingDataError
-from lungseg.imaging import PreprocessConfig, enhance
-from lungseg.models.inputs import build_model_input, check_preprocessing_params, preprocess_config, split_cases
+from lungseg.imaging import enhance
+from lungseg.models.inputs import build_model_input, enhance_config, preprocess_config, split_cases
 
 Lazy = Callable[[], dict[str, np.ndarray]]
 
@@ -29,7 +29,7 @@ def enhance_cases(
     Returns lazy per-case records ``{image (Z,H,W) uint8, lung, infection, spacing}`` that the
     catalog writes one at a time.
     """
-    config = PreprocessConfig.from_dict(check_preprocessing_params(params))
+    config = enhance_config(params)
     kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
     missing = [c for c in case_table["case_id"] if c not in canonical_cases]
     if missing:
