@@ -181,8 +181,14 @@ def _load_models(args: argparse.Namespace):
 def cmd_predict(args: argparse.Namespace) -> int:
     """``lungseg predict``: one input to OUTDIR, or a batch to OUTDIR/<case>/ + summary.csv."""
     from lungseg.inference.batch import (
-        check_batch_output_dir, evaluation_failures, find_cases, ground_truth_summary_lines, is_batch_input,
-        run_batch, select_cases, write_summary,
+        check_batch_output_dir,
+        evaluation_failures,
+        find_cases,
+        ground_truth_summary_lines,
+        is_batch_input,
+        run_batch,
+        select_cases,
+        write_summary,
     )
     from lungseg.inference.report import check_output_dir
 
