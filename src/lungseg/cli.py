@@ -27,13 +27,13 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from lungseg.errors import ConfigError, InputError, LungsegError
+from lungseg.layout import MODELS_DIR, TASKS
 
 logger = logging.getLogger("lungseg.cli")
 
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_ERROR = 2
-TASKS = ("lung", "infection")
 
 # TensorFlow writes start-up lines straight to the stderr file descriptor while it loads and looks for devices
 # ("I0000 ... port.cc:153] oneDNN custom operations are on", "Could not find cuda drivers", "failed call to
@@ -92,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--lung-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
     p.add_argument("--infection-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
-    p.add_argument("--models-dir", default="data/06_models", help="where trained models are (default: %(default)s)")
+    p.add_argument("--models-dir", default=MODELS_DIR, help="where trained models are (default: %(default)s)")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: %(default)s)")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS, help="lung, infection or lung,infection (default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -106,7 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     u.set_defaults(func=cmd_ui)
 
     m = sub.add_parser("models", parents=[common], help="list trained models", description="List the trained models found.")
-    m.add_argument("--models-dir", default="data/06_models", help="default: %(default)s")
+    m.add_argument("--models-dir", default=MODELS_DIR, help="default: %(default)s")
     m.set_defaults(func=cmd_models)
 
     from lungseg.fetch.command import add_parser as add_fetch_data_parser
