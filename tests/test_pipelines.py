@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from collections import Counter
 from pathlib import Path
 
 import mlflow
@@ -22,9 +26,27 @@ TINY_TRAINING = {
 }
 
 
-def tiny_variant_params(variant: str) -> dict:
-    return {variant: {"model": {"architecture": "unet", "base_filters": 4, "depth": 2},
-                      "training": {**TINY_TRAINING, "backup_dir": f"data/06_models/{variant}/backup"}}}
+TINY_MODELS = {
+    "unet": {"architecture": "unet", "base_filters": 4, "depth": 2},
+    # ResNet50 (weights None, offline) cut after its conv3 stage: 32 px is the smallest size it takes
+    "deeplabv3plus": {"architecture": "deeplabv3plus", "backbone_weights": None, "low_level_layer": "conv2_block3_out",
+                      "high_level_layer": "conv3_block4_out", "aspp_filters": 8, "decoder_filters": 8,
+                      "low_level_filters": 8, "bn_momentum": 0.9},
+}
+
+
+def tiny_variant_params(variant: str, **training) -> dict:
+    return {variant: {"model": TINY_MODELS[variant.split("_", 1)[1]],
+                      "training": {**TINY_TRAINING, "backup_dir": f"data/06_models/{variant}/backup", **training}}}
+
+
+def tiny_raw_dataset(raw: Path, n: int = 4) -> Path:
+    """``n`` phantom cases (HU and 0-255 alternating) and their metadata.csv under ``raw``."""
+    from conftest import write_case
+
+    rows = [write_case(raw, f"case_{i}", "hu" if i % 2 else "uint8", shape=(10, 48, 48), seed=i) for i in range(n)]
+    pd.DataFrame(rows).to_csv(raw / "metadata.csv", index=False)
+    return raw
 
 
 def test_registry_holds_every_pipeline_and_the_expected_nodes():
@@ -40,10 +62,6 @@ def test_registry_holds_every_pipeline_and_the_expected_nodes():
                 "evaluation.compare_variants"} <= names
         other = {v for v in VARIANTS if v != variant}
         assert not any(n.split(".")[0] in other for n in names)
-    default = {n.name for n in pipes["__default__"].nodes}
-    # the shared steps appear once, the four variants each once
-    assert sum(n == "preprocessing.enhance_cases" for n in default) == 1
-    assert all(f"{v}.train_model" in default for v in VARIANTS)
     # namespaced datasets and parameters
     train = next(n for n in pipes["infection_unet"].nodes if n.name == "infection_unet.train_model")
     assert "params:infection_unet.training" in train.inputs and "preprocessing.infection_model_input" in train.inputs
@@ -68,12 +86,8 @@ def test_synthetic_data_then_ingestion_through_a_kedro_session(tmp_path):
 @pytest.fixture(scope="module")
 def trained_project(tmp_path_factory):
     """One tiny ``infection_unet`` run through a KedroSession, with its own MLflow database."""
-    from conftest import write_case
-
     tmp = tmp_path_factory.mktemp("e2e")
-    raw = tmp / "raw"
-    rows = [write_case(raw, f"case_{i}", "hu" if i % 2 else "uint8", shape=(10, 48, 48), seed=i) for i in range(4)]
-    pd.DataFrame(rows).to_csv(raw / "metadata.csv", index=False)
+    raw = tiny_raw_dataset(tmp / "raw")
     project = make_kedro_project(tmp, raw, tiny_variant_params("infection_unet"))
     run_kedro(project, "infection_unet")
     return project
@@ -127,3 +141,141 @@ def test_variant_run_is_one_complete_mlflow_run(trained_project):
     assert y.shape == (2, 32, 32, 1) and ((y >= 0) & (y <= 1)).all()
     info = mlflow.models.get_model_info(f"models:/{logged[0].model_id}")
     assert info.signature is not None and "ct_slices" in str(info.signature.inputs)
+
+
+# ----------------------------------------------------------------------------- runs observed from inside
+# A KedroSession in a fresh process (as ``run_kedro``) with two observers: a node hook registered on
+# the session (``after_node_run``: which nodes ran, in order) and a Keras callback added to every
+# ``fit`` (which epochs ran). ``crash_at`` >= 0 raises at the start of that epoch, as a killed process
+# would stop: after the previous epoch's backup, before the next one.
+_OBSERVED_SESSION = """
+import json
+import sys
+from pathlib import Path
+
+import keras
+from kedro.framework.hooks import hook_impl
+from kedro.framework.session import KedroSession
+from kedro.framework.startup import bootstrap_project
+
+project, pipeline, log_path, crash_at = Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3]), int(sys.argv[4])
+log = {"nodes": [], "fits": []}
+
+
+def dump():
+    log_path.write_text(json.dumps(log))
+
+
+class NodeLog:
+    @hook_impl
+    def after_node_run(self, node):
+        log["nodes"].append({"name": node.name, "outputs": sorted(node.outputs)})
+        dump()
+
+
+class EpochLog(keras.callbacks.Callback):
+    def on_train_begin(self, logs=None):
+        log["fits"].append([])
+
+    def on_epoch_begin(self, epoch, logs=None):
+        log["fits"][-1].append(epoch)
+        dump()
+        if epoch == crash_at:
+            raise RuntimeError(f"simulated crash at the start of epoch {epoch}")
+
+
+_fit = keras.Model.fit
+
+
+def fit(self, *args, callbacks=None, **kwargs):
+    return _fit(self, *args, callbacks=[*(callbacks or []), EpochLog()], **kwargs)
+
+
+keras.Model.fit = fit
+bootstrap_project(project)
+with KedroSession.create(project_path=project, env="test") as session:
+    session._hook_manager.register(NodeLog())
+    session.run(pipeline_name=pipeline)
+"""
+
+
+def run_observed(project: Path, pipeline: str, crash_at: int = -1) -> tuple[dict, subprocess.CompletedProcess]:
+    """Run ``pipeline`` in a fresh process; return what ran (``nodes``, ``fits``) and the process."""
+    log = project / f"observed_{pipeline}_{crash_at}.json"
+    proc = subprocess.run(
+        [sys.executable, "-c", _OBSERVED_SESSION, str(project), pipeline, str(log), str(crash_at)],
+        cwd=project, capture_output=True, text=True, timeout=900,
+        env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"},
+    )
+    observed = json.loads(log.read_text()) if log.is_file() else {"nodes": [], "fits": []}
+    if crash_at < 0 and proc.returncode != 0:
+        raise AssertionError(f"kedro session for {pipeline!r} failed:\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}")
+    return observed, proc
+
+
+def _producer(pipeline, dataset: str) -> str:
+    return next(n.name for n in pipeline.nodes if dataset in n.outputs)
+
+
+def test_default_run_runs_each_shared_node_once_and_every_variant(tmp_path):
+    """``__default__`` on a tiny dataset: ingestion, preprocessing, the baseline and the comparison
+    run exactly once while all four variants train (a real, one-step fit) and evaluate."""
+    raw = tiny_raw_dataset(tmp_path / "raw")
+    params = {}
+    for variant in VARIANTS:
+        params.update(tiny_variant_params(variant, epochs=1, max_train_slices=2))
+    project = make_kedro_project(tmp_path, raw, params)
+    observed, _ = run_observed(project, "__default__")
+
+    default = register_pipelines()["__default__"]
+    counts = Counter(n["name"] for n in observed["nodes"])
+    assert counts == Counter(n.name for n in default.nodes)  # every node of the pipeline, each once
+    shared = {
+        "ingestion": _producer(default, "case_table"),
+        "preprocessing": _producer(default, "preprocessing.enhanced_cases"),
+        "lung model input": _producer(default, "preprocessing.lung_model_input"),
+        "infection model input": _producer(default, "preprocessing.infection_model_input"),
+        "split": _producer(default, "preprocessing.case_split"),
+        "baseline": _producer(default, "evaluation.baseline_metrics"),
+        "comparison": _producer(default, "evaluation.comparison_table"),
+    }
+    assert {step: counts[name] for step, name in shared.items()} == dict.fromkeys(shared, 1)
+    # four trainings, each a single one-epoch fit, each followed by its evaluation
+    assert observed["fits"] == [[0]] * len(VARIANTS)
+    order = [n["name"] for n in observed["nodes"]]
+    for variant in VARIANTS:
+        train, evaluate = _producer(default, f"{variant}.model"), _producer(default, f"{variant}.metrics")
+        assert counts[train] == counts[evaluate] == 1
+        assert order.index(shared["preprocessing"]) < order.index(train) < order.index(evaluate)
+        assert order.index(evaluate) < order.index(shared["comparison"])
+        metrics = json.loads((project / f"data/08_reporting/{variant}/metrics.json").read_text())
+        assert 0.0 <= metrics["slice_dice"] <= 1.0
+        assert len(json.loads((project / f"data/08_reporting/{variant}/history.json").read_text())["loss"]) == 1
+    comparison = pd.read_csv(project / "data/08_reporting/comparison.csv")
+    assert set(VARIANTS) <= set(comparison["variant"])
+
+
+def test_second_kedro_run_resumes_from_the_backup_of_a_crashed_one(tmp_path):
+    """A session crashes at the start of epoch 2 of 3; the next session of the same pipeline finds
+    its ``backup_dir``, trains only epochs 2 and 3, keeps the whole history and removes the backup."""
+    variant = "infection_unet"
+    raw = tiny_raw_dataset(tmp_path / "raw")
+    project = make_kedro_project(tmp_path, raw, tiny_variant_params(variant, epochs=3))
+    backup = project / f"data/06_models/{variant}/backup"
+
+    crashed, proc = run_observed(project, variant, crash_at=1)
+    assert proc.returncode != 0 and "simulated crash at the start of epoch 1" in proc.stderr
+    assert crashed["fits"] == [[0, 1]]
+    assert json.loads((backup / "keras_backup" / "training_metadata.json").read_text())["epoch"] == 1
+    before = json.loads((backup / "lungseg_state" / "state.json").read_text())["history"]
+    assert len(before["loss"]) == 1
+    assert not list((project / f"data/06_models/{variant}/model.keras").glob("*/model.keras"))  # nothing saved
+
+    resumed, _ = run_observed(project, variant)
+    assert resumed["fits"] == [[1, 2]]  # epoch 1 (the first) was not trained again
+    history = json.loads((project / f"data/08_reporting/{variant}/history.json").read_text())
+    assert len(history["loss"]) == len(history["val_loss"]) == 3
+    assert history["loss"][0] == pytest.approx(before["loss"][0])
+    assert history["val_loss"][0] == pytest.approx(before["val_loss"][0])
+    assert len(list((project / f"data/06_models/{variant}/model.keras").glob("*/model.keras"))) == 1
+    assert not backup.exists()  # cleaned up after the clean finish
