@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lung-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
     p.add_argument("--infection-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
     p.add_argument("--models-dir", default=MODELS_DIR, help="where trained models are (default: %(default)s)")
+    p.add_argument("--models", metavar="FOLDER", default=None,
+                   help="cross-validation fold models used as an ensemble per task: a <variant>_cv folder (its "
+                        "sibling of the other task is found too) or a folder holding them, e.g. data/06_models")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: %(default)s)")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS, help="lung, infection or lung,infection (default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
@@ -173,8 +176,14 @@ def _load_models(args: argparse.Namespace):
 
     import_tensorflow_quietly()
 
-    lung = load_model_spec(args.lung_model, "lung", args.models_dir)
-    infection = load_model_spec(args.infection_model, "infection", args.models_dir) if "infection" in args.tasks else None
+    specs = {"lung": args.lung_model, "infection": args.infection_model}
+    if getattr(args, "models", None):
+        from lungseg.inference.ensemble import fold_folder_for
+
+        for task in args.tasks if "infection" in args.tasks else ("lung",):
+            specs[task] = specs[task] or fold_folder_for(args.models, task)
+    lung = load_model_spec(specs["lung"], "lung", args.models_dir)
+    infection = load_model_spec(specs["infection"], "infection", args.models_dir) if "infection" in args.tasks else None
     return lung, infection
 
 

@@ -96,3 +96,24 @@ def test_the_fold_models_predict_as_an_ensemble(cv_project):
     x = np.random.default_rng(0).random((3, 32, 32, 1), dtype=np.float32)
     members = [np.asarray(m.predict_on_batch(x)) for m in ensemble.model.members]
     np.testing.assert_allclose(np.asarray(ensemble.model.predict_on_batch(x)), np.mean(members, axis=0), rtol=1e-5)
+
+
+def test_lungseg_predict_uses_the_fold_ensembles(cv_project, tmp_path, caplog):
+    import logging
+
+    from lungseg.cli import main
+
+    ct = cv_project.parent / "raw" / "ct_scans" / "case_0_org.nii.gz"
+    folder = cv_project / "data/06_models/infection_unet_cv"
+    with caplog.at_level(logging.INFO, logger="lungseg"):
+        assert main(["predict", str(ct), "-o", str(tmp_path / "out"), "--models", str(folder), "--no-progress"]) == 0
+    assert "infection model: ensemble of 2 fold models" in caplog.text
+    assert "lung model: ensemble of 2 fold models" in caplog.text  # lung_unet_cv found beside it
+    assert (tmp_path / "out" / "lung_and_infection_mask.nii.gz").is_file()
+
+    lonely = tmp_path / "only_infection"
+    lonely.mkdir()
+    for f in folder.iterdir():
+        (lonely / f.name).write_bytes(f.read_bytes())
+    code = main(["predict", str(ct), "-o", str(tmp_path / "out2"), "--models", str(lonely)])  # no lung folds beside it
+    assert code == 2 and not (tmp_path / "out2").exists()

@@ -84,3 +84,35 @@ def load_fold_ensemble(folder: str | Path, task: str) -> LoadedModel:
     logger.info("%s model: ensemble of %d fold models from %s (image_size %s)", task, len(members), folder,
                 config["image_size"])
     return LoadedModel(model=EnsembleModel(members), config=config, source=str(folder))
+
+
+def _folder_task(folder: Path) -> str | None:
+    try:
+        return json.loads(next(iter(sorted(folder.glob("fold_*.json")))).read_text()).get("task")
+    except (StopIteration, OSError, ValueError):
+        return None
+
+
+def fold_folder_for(models: str | Path, task: str) -> Path:
+    """The fold folder of ``task`` named by ``lungseg predict --models``.
+
+    ``models`` is a cross-validation's fold folder (``data/06_models/infection_unet_cv``), or a folder
+    holding such folders (``data/06_models``). For a task the given fold folder does not serve, its
+    siblings are searched too, so ``--models data/06_models/infection_unet_cv`` finds
+    ``lung_unet_cv`` beside it. Raises :class:`ModelNotFoundError` naming the folder and the command
+    that trains the missing task, or :class:`ConfigError` when several would fit.
+    """
+    path = Path(models).expanduser()
+    if is_fold_folder(path) and _folder_task(path) == task:
+        return path
+    places = [path, path.parent] if is_fold_folder(path) else [path]
+    for place in places:
+        found = sorted(p for p in place.glob(f"{task}_*_cv") if is_fold_folder(p) and _folder_task(p) == task)
+        preferred = [p for p in found if p.name == f"{task}_unet_cv"]
+        if len(found) == 1 or preferred:
+            return (preferred or found)[0]
+        if found:
+            raise ConfigError(f"folder {str(place)!r} holds several {task} cross-validations "
+                              f"({', '.join(p.name for p in found)}); name one with --{task}-model")
+    raise ModelNotFoundError(f"folder {str(path)!r}: no {task} fold models found; train them with "
+                             f"`kedro run --pipeline={task}_unet_cv`")
