@@ -117,3 +117,27 @@ def test_lungseg_predict_uses_the_fold_ensembles(cv_project, tmp_path, caplog):
         (lonely / f.name).write_bytes(f.read_bytes())
     code = main(["predict", str(ct), "-o", str(tmp_path / "out2"), "--models", str(lonely)])  # no lung folds beside it
     assert code == 2 and not (tmp_path / "out2").exists()
+
+
+def test_fold_ensembles_are_offered_after_single_models_and_never_picked_by_default(cv_project, tmp_path):
+    import shutil
+
+    from lungseg.errors import ModelNotFoundError
+    from lungseg.inference.models import find_latest_model, list_trained_models, load_model_spec
+
+    models = cv_project / "data/06_models"
+    entries = list_trained_models(models)["infection"]
+    assert [(e["variant"], e["ensemble"]) for e in entries] == [("infection_unet_cv", True)]
+    with pytest.raises(ModelNotFoundError):
+        find_latest_model("infection", models)  # the default stays a single trained model
+    loaded = load_model_spec(entries[0]["path"], "infection", models)  # what the UI does with the choice
+    assert loaded.config["ensemble_size"] == 2
+
+    mixed = tmp_path / "infection_unet_cv"
+    shutil.copytree(entries[0]["path"], mixed)
+    config = json.loads((mixed / "fold_1.json").read_text())
+    (mixed / "fold_1.json").write_text(json.dumps({**config, "image_size": 64}))
+    from lungseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="fold_0 and fold_1 were prepared differently .*image_size: 32 vs 64"):
+        load_model_spec(mixed, "infection", models)

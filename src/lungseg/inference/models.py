@@ -94,29 +94,36 @@ def list_trained_models(models_dir: str | Path = MODELS_DIR) -> dict[str, list[d
 
     Returns:
         ``{"lung": [...], "infection": [...]}``; each entry is ``{"variant", "task", "architecture",
-        "version", "path"}`` with ``path`` the ``model.keras`` file. Both keys are always present.
+        "version", "path", "ensemble"}`` with ``path`` the ``model.keras`` file, or, for a
+        cross-validation's fold models (``<variant>_cv/``, ``ensemble`` True), their folder. Single
+        models come first, newest first; fold ensembles after them. Both keys are always present.
     """
+    from lungseg.inference.ensemble import is_fold_folder
+
     models_dir = Path(models_dir)
     found: dict[str, list[dict]] = {task: [] for task in TASKS}
     if not models_dir.is_dir():
         return found
     for variant_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-        parsed = split_variant(variant_dir.name)
+        ensemble = variant_dir.name.endswith("_cv") and is_fold_folder(variant_dir)
+        parsed = split_variant(variant_dir.name[: -len("_cv")] if ensemble else variant_dir.name)
         if parsed is None:
             continue
         task, architecture = parsed
-        for path in _variant_models(variant_dir):
+        paths = [max(variant_dir.glob("fold_*.keras"), key=_version_of)] if ensemble else _variant_models(variant_dir)
+        for path in paths:
             found[task].append(
                 {
                     "variant": variant_dir.name,
                     "task": task,
                     "architecture": architecture,
                     "version": _version_of(path),
-                    "path": path,
+                    "path": variant_dir if ensemble else path,
+                    "ensemble": ensemble,
                 }
             )
     for entries in found.values():
-        entries.sort(key=lambda e: (e["version"], e["architecture"] == "unet"), reverse=True)
+        entries.sort(key=lambda e: (not e["ensemble"], e["version"], e["architecture"] == "unet"), reverse=True)
     return found
 
 
@@ -129,7 +136,7 @@ def find_latest_model(
         ModelNotFoundError: none found; the message names the command that trains one.
     """
     check_task(task)
-    entries = list_trained_models(models_dir)[task]
+    entries = [e for e in list_trained_models(models_dir)[task] if not e["ensemble"]]  # ensembles: --models
     if architecture is not None:
         entries = [e for e in entries if e["architecture"] == architecture]
     if not entries:
