@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungseg.errors import DataValidationError, InputError, LungsegError
+from lungseg.errors import DataValidationError, LungsegError
 from lungseg.inference.batch_cases import (  # re-exported: the CLI and the inference pipeline import them here
     GROUND_TRUTH_COLUMNS,
     BatchCase,
@@ -64,16 +64,9 @@ SUMMARY_COLUMNS = [
 
 def check_batch_output_dir(outdir: str | Path) -> Path:
     """A batch output folder must be absent, empty, or a previous batch output (holds summary.csv)."""
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"output {str(outdir)!r} exists and is not a folder")
-    visible = outdir.is_dir() and any(not p.name.startswith(".") for p in outdir.iterdir())  # .gitkeep is fine
-    if visible and not (outdir / SUMMARY_FILE).is_file():
-        raise InputError(
-            f"output folder {str(outdir)!r} is not empty and holds no previous lungseg batch output; "
-            "choose a new or empty folder"
-        )
-    return outdir
+    from lungseg.inference.report import check_output_dir
+
+    return check_output_dir(outdir, SUMMARY_FILE, "lungseg batch output")
 
 
 # ------------------------------------------------------------------------------------- ground truth

@@ -187,8 +187,8 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 # -------------------------------------------------------------------------------------------- write
 
 
-def check_output_dir(outdir: str | Path) -> Path:
-    """Check that ``outdir`` can receive outputs: absent, empty, or a previous lungseg output.
+def check_output_dir(outdir: str | Path, marker: str = REPORT_FILE, what: str = "lungseg output") -> Path:
+    """Check that ``outdir`` can receive outputs: absent, empty, or a previous ``what`` (it holds ``marker``).
 
     Raises:
         InputError: it is a file, or a non-empty folder that is not a lungseg output (it would be replaced).
@@ -197,9 +197,9 @@ def check_output_dir(outdir: str | Path) -> Path:
     if outdir.exists() and not outdir.is_dir():
         raise InputError(f"output {str(outdir)!r} exists and is not a folder")
     visible = outdir.is_dir() and any(not p.name.startswith(".") for p in outdir.iterdir())  # .gitkeep is fine
-    if visible and not (outdir / REPORT_FILE).is_file():
+    if visible and not (outdir / marker).is_file():
         raise InputError(
-            f"output folder {str(outdir)!r} is not empty and holds no previous lungseg output; "
+            f"output folder {str(outdir)!r} is not empty and holds no previous {what}; "
             "choose a new or empty folder"
         )
     return outdir
