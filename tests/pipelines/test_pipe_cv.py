@@ -67,6 +67,9 @@ def test_the_combined_system_is_scored_with_predicted_lungs_and_by_band(cv_proje
     summary = json.loads((cv_project / "data/08_reporting/infection_unet_cv/combined_summary.json").read_text())
     assert summary["combined_infection_dice_oof_mean"] == pytest.approx(table["infection_dice"].mean())
     assert summary["combined_lung_dice_oof_mean"] == pytest.approx(table["lung_dice"].mean())
+    # the threshold sweep at the models' own threshold reproduces the system's infection Dice
+    assert table["infection_dice_t0.5"].to_numpy() == pytest.approx(table["infection_dice"].to_numpy())
+    assert set(summary["infection_dice_by_threshold"]) == {f"infection_dice_t{t}" for t in ("0.2", "0.3", "0.4", "0.5", "0.6")}
     band_counts = sum(summary[k] for k in summary if k.startswith("combined_n_cases_band_"))
     assert band_counts == 5  # every case in exactly one involvement band
     assert (cv_project / "data/08_reporting/infection_unet_cv/combined_infection_dice.png").stat().st_size > 5000

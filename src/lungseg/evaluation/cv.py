@@ -28,6 +28,8 @@ from lungseg.evaluation.metrics import NSD_TOLERANCE_MM, volume_metrics
 Lazy = Callable[[], dict[str, np.ndarray]]
 #: Involvement bands (% of the lungs): under 10 %, 10-30 %, over 30 %.
 BANDS = ((0.0, 10.0, "<10%"), (10.0, 30.0, "10-30%"), (30.0, 100.01, ">30%"))
+#: Infection thresholds scored out of fold beside the models' own (the lungs do not depend on them).
+THRESHOLDS = (0.2, 0.3, 0.4, 0.5, 0.6)
 
 
 def involvement_percent(lung: np.ndarray, infection: np.ndarray) -> float:
@@ -61,8 +63,11 @@ def oof_case_metrics(models: Mapping[str, Any], configs: Mapping[str, dict], fol
 
 
 def combined_case_row(case: str, rec: Mapping[str, np.ndarray], lung_labels: np.ndarray,
-                      infection: np.ndarray) -> dict[str, Any]:
-    """Lung and infection metrics of one case of the combined system, on the case's own grid."""
+                      infection: np.ndarray, infection_prob: np.ndarray | None = None) -> dict[str, Any]:
+    """Lung and infection metrics of one case of the combined system, on the case's own grid; with
+    the infection probability, also the infection Dice at each of :data:`THRESHOLDS`."""
+    from lungseg.evaluation.metrics import dice
+
     spacing = tuple(float(s) for s in rec["spacing"])
     lung_gt, inf_gt = rec["lung"] > 0, rec["infection"] > 0
     lung_m = volume_metrics(lung_labels > 0, lung_gt | inf_gt, spacing, NSD_TOLERANCE_MM["lung"])
@@ -75,21 +80,23 @@ def combined_case_row(case: str, rec: Mapping[str, np.ndarray], lung_labels: np.
         "true_involvement_percent": true_pct,
         "pred_involvement_percent": involvement_percent(lung_labels, infection),
         "band": involvement_band(true_pct),
+        **({} if infection_prob is None else {
+            f"infection_dice_t{t:.1f}": dice((infection_prob >= t) & (lung_labels > 0), inf_gt) for t in THRESHOLDS}),
     }
 
 
-def combined_oof_metrics(segment: Callable[[str, Mapping[str, np.ndarray], int], tuple[np.ndarray, np.ndarray]],
+def combined_oof_metrics(segment: Callable[[str, Mapping[str, np.ndarray], int], tuple[np.ndarray, ...]],
                          folds: pd.DataFrame, canonical_cases: Mapping[str, Lazy]) -> pd.DataFrame:
     """Per-case metrics of the combined system, each case segmented by its own fold's models.
 
-    ``segment(case, record, fold)`` returns ``(lung_labels, infection)`` on the record's grid.
+    ``segment(case, record, fold)`` returns ``(lung_labels, infection[, infection_prob])`` on the
+    record's grid.
     """
     rows = []
     for case, fold in tqdm(list(zip(folds["case_id"], folds["fold"])), desc="combined system, out of fold",
                            unit="case"):
         rec = canonical_cases[case]()
-        lung_labels, infection = segment(case, rec, int(fold))
-        rows.append({**combined_case_row(case, rec, lung_labels, infection), "fold": int(fold)})
+        rows.append({**combined_case_row(case, rec, *segment(case, rec, int(fold))), "fold": int(fold)})
     return pd.DataFrame(rows).sort_values("case_id").reset_index(drop=True)
 
 
@@ -128,7 +135,7 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
 
     segmenters: dict[str, Segmenter] = {}
 
-    def segment(case: str, rec: Mapping[str, np.ndarray], fold: int) -> tuple[np.ndarray, np.ndarray]:
+    def segment(case: str, rec: Mapping[str, np.ndarray], fold: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         name = fold_name(fold)
         if name not in segmenters:
             lung, inf = lung_folds[name], infection_folds[name]
@@ -136,7 +143,7 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
                                          LoadedModel(inf["model"], inf["config"], f"infection {name}"), batch_size,
                                          input_equalised=input_equalised)
         volume = from_canonical_array(rec["ct"], tuple(float(s) for s in rec["spacing"]), source=case)
-        seg = segmenters[name].segment(volume, source_kinds[case], progress=False)
-        return seg.lung_labels, seg.infection
+        seg = segmenters[name].segment(volume, source_kinds[case], progress=False, keep_probabilities=True)
+        return seg.lung_labels, seg.infection, seg.infection_prob
 
     return segment

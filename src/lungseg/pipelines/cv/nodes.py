@@ -62,6 +62,8 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
                                                     - table["true_involvement_percent"]).abs().mean())}
     for metric in ("infection_dice", "lung_dice", "infection_recall", "infection_precision"):
         summary.update(summarize_cv(table, metric, prefix="combined_"))
+    sweep = {c: float(table[c].mean()) for c in table if c.startswith("infection_dice_t")}
+    summary["infection_dice_by_threshold"] = sweep  # out of fold; picking the best one on it is optimistic
     return table, summary
 
 
