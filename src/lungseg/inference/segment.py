@@ -86,6 +86,8 @@ class Segmenter:
         batch_size: slices per model call.
         chunk_slices: slices prepared and mapped back at a time (rounded up to a multiple of
             ``batch_size``).
+        lung_min_ratio: the 3D lung clean-up keeps the second largest component (the other lung) when it
+            holds at least this share of the largest one's voxels (:func:`lungseg.imaging.clean_lung_mask`).
         input_equalised: the input already carries CLAHE (its source applied it, as the
             covid20-dev slices do), so the models' own CLAHE step is skipped instead of applied twice.
     """
@@ -97,6 +99,7 @@ class Segmenter:
         batch_size: int = 16,
         chunk_slices: int = 64,
         input_equalised: bool = False,
+        lung_min_ratio: float = 0.1,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -106,6 +109,7 @@ class Segmenter:
         self.chunk_slices = max(1, -(-int(chunk_slices) // self.batch_size)) * self.batch_size
         # an input whose source already applied CLAHE (a dataset declared so) is not equalised twice
         self._overrides = {"clahe_clip_limit": 0.0} if input_equalised else {}
+        self.lung_min_ratio = float(lung_min_ratio)
 
     # ---------------------------------------------------------------------------------------------
     def predict_slices(self, loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
@@ -200,7 +204,7 @@ class Segmenter:
             keep_probabilities,
         )
         # 2. 3D postprocess: two largest components, holes filled, split into left / right.
-        lung_labels = np.asarray(clean_lung_mask(binary), dtype=np.uint8)
+        lung_labels = np.asarray(clean_lung_mask(binary, min_ratio=self.lung_min_ratio), dtype=np.uint8)
         del binary
 
         infection = np.zeros(ct.shape, dtype=np.uint8)
