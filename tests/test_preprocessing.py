@@ -170,3 +170,13 @@ def test_a_source_declared_equalised_is_not_equalised_twice(ingested):
     assert preprocess_config(TINY_PREPROCESSING, "infection").clahe_clip_limit == 2.0
     model_input = build_infection_input(table, enhanced, declared)
     assert json.loads(str(model_input["config_json"]))["clahe_clip_limit"] == 7.0
+
+
+def test_image_size_can_differ_per_task(ingested):
+    table, canonical = ingested
+    params = {**TINY_PREPROCESSING, "image_size": {"lung": 48, "infection": 32}}
+    enhanced = enhance_cases(table, canonical, params)
+    assert build_lung_input(table, enhanced, params)["images"].shape[1:] == (48, 48)
+    assert build_infection_input(table, enhanced, params)["images"].shape[1:] == (32, 32)
+    with pytest.raises(ConfigError, match="preprocessing.image_size"):
+        preprocess_config({**params, "image_size": {"lungs": 48}}, "lung")

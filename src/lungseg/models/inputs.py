@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -26,7 +26,7 @@ from lungseg.imaging import (
     prepare_masks,
     select_infection_slices,
 )
-from lungseg.layout import check_task
+from lungseg.layout import TASKS, check_task
 
 logger = logging.getLogger(__name__)
 
@@ -46,6 +46,19 @@ def check_preprocessing_params(params: Any) -> dict[str, Any]:
     return check_section(params, "preprocessing", PREPROCESSING_KEYS)
 
 
+def image_size_for(params: dict[str, Any], task: str) -> Any:
+    """``preprocessing.image_size`` of ``task``: one size for both tasks, or a mapping per task
+    (``{lung: 192, infection: 128}``)."""
+    size = params["image_size"]
+    if isinstance(size, Mapping):
+        unknown = sorted(set(size) - set(TASKS))
+        if unknown or task not in size:
+            raise ConfigError(f"parameter 'preprocessing.image_size': give one size or one per task "
+                              f"({', '.join(TASKS)}), got {dict(size)!r}")
+        return size[task]
+    return size
+
+
 def source_equalised(params: dict[str, Any]) -> bool:
     """True when the dataset declares that its images already carry CLAHE (``source_clahe_clip_limit``)."""
     return check_preprocessing_params(params)["source_clahe_clip_limit"] is not None
@@ -56,7 +69,8 @@ def enhance_config(params: dict[str, Any]) -> PreprocessConfig:
     unless the source already applied it (then equalising again would apply it twice)."""
     params = check_preprocessing_params(params)
     clip = 0.0 if params["source_clahe_clip_limit"] is not None else params["clahe_clip_limit"]
-    return PreprocessConfig.from_dict({**params, "clahe_clip_limit": clip})
+    size = image_size_for(params, TASKS[0])  # enhancing does not resize; any task's size is valid here
+    return PreprocessConfig.from_dict({**params, "clahe_clip_limit": clip, "image_size": size})
 
 
 def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
@@ -75,7 +89,8 @@ def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
     crop_mode = "lung_mask" if task == "infection" else source
     clip = params["source_clahe_clip_limit"]
     clip = params["clahe_clip_limit"] if clip is None else clip
-    return PreprocessConfig.from_dict({**params, "crop_mode": crop_mode, "clahe_clip_limit": clip})
+    return PreprocessConfig.from_dict({**params, "crop_mode": crop_mode, "clahe_clip_limit": clip,
+                                       "image_size": image_size_for(params, task)})
 
 
 def build_model_input(
