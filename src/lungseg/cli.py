@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: %(default)s)")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS, help="lung, infection or lung,infection (default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--tta", action="store_true", help="flip test-time augmentation: also predict the mirrored "
+                   "slices and average (twice the model calls)")
     p.add_argument("--cases", type=_parse_cases, default=None, metavar="A,B,C",
                    help="batch mode: segment only these case ids (e.g. the held-out patients)")
     p.set_defaults(func=cmd_predict)
@@ -216,7 +218,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
         from lungseg.inference.segment import Segmenter
 
         lung, infection = _load_models(args)
-        summary = run_batch(Segmenter(lung, infection, args.batch_size), cases, outdir, args.tasks, progress)
+        summary = run_batch(Segmenter(lung, infection, args.batch_size, flip_tta=args.tta), cases, outdir, args.tasks, progress)
         path = write_summary(summary, outdir)
         failed = summary[summary["status"] != "ok"]
         print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")
@@ -240,7 +242,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from lungseg.inference.report import make_report, write_outputs
     from lungseg.inference.segment import Segmenter
 
-    seg = Segmenter(lung, infection, args.batch_size).segment(volume, kind, tasks=args.tasks, progress=progress)
+    seg = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta).segment(volume, kind, tasks=args.tasks, progress=progress)
     report = make_report(seg, volume.spacing)
     report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
     written = write_outputs(volume, seg, report, outdir)

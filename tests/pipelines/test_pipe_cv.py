@@ -144,3 +144,18 @@ def test_fold_ensembles_are_offered_after_single_models_and_never_picked_by_defa
 
     with pytest.raises(ConfigError, match="fold_0 and fold_1 were prepared differently .*image_size: 32 vs 64"):
         load_model_spec(mixed, "infection", models)
+
+
+def test_flip_tta_averages_the_model_and_its_mirror():
+    from lungseg.inference.ensemble import FlipTTAModel
+
+    class LeftEdge:
+        """Predicts 1 on the left half of every slice: not mirror-symmetric, so TTA must change it."""
+
+        def predict_on_batch(self, x):
+            out = np.zeros_like(x)
+            out[:, :, : x.shape[2] // 2] = 1.0
+            return out
+
+    x = np.random.default_rng(1).random((2, 8, 8, 1), dtype=np.float32)
+    np.testing.assert_allclose(FlipTTAModel(LeftEdge()).predict_on_batch(x), np.full_like(x, 0.5))

@@ -26,7 +26,7 @@ TRAINING = {
     "backup_dir": None, "max_train_slices": None, "repeats": 1,
 }
 MODEL = {"architecture": "unet", "base_filters": 4, "depth": 2}
-EVALUATION = {"batch_size": 8, "baseline_lung": {}, "baseline_infection": {}}
+EVALUATION = {"batch_size": 8, "baseline_lung": {}, "baseline_infection": {}, "flip_tta": False}
 SPLIT = {"method": "grouped", "val_fraction": 0.34, "n_folds": 5, "fold": 0, "seed": 0}
 
 

@@ -124,7 +124,8 @@ def summarize_cv(table: pd.DataFrame, metric: str, prefix: str = "") -> dict[str
 
 
 def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str, dict],
-                   source_kinds: Mapping[str, str], batch_size: int, input_equalised: bool = False):
+                   source_kinds: Mapping[str, str], batch_size: int, input_equalised: bool = False,
+                   flip_tta: bool = False):
     """``segment(case, record, fold)`` for :func:`combined_oof_metrics`: the fold's lung and
     infection models in a :class:`lungseg.inference.segment.Segmenter`, as ``lungseg predict`` runs them
     (``input_equalised``: the dataset's images already carry CLAHE; see ``source_clahe_clip_limit``)."""
@@ -141,7 +142,7 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
             lung, inf = lung_folds[name], infection_folds[name]
             segmenters[name] = Segmenter(LoadedModel(lung["model"], lung["config"], f"lung {name}"),
                                          LoadedModel(inf["model"], inf["config"], f"infection {name}"), batch_size,
-                                         input_equalised=input_equalised)
+                                         input_equalised=input_equalised, flip_tta=flip_tta)
         volume = from_canonical_array(rec["ct"], tuple(float(s) for s in rec["spacing"]), source=case)
         seg = segmenters[name].segment(volume, source_kinds[case], progress=False, keep_probabilities=True)
         return seg.lung_labels, seg.infection, seg.infection_prob

@@ -41,6 +41,21 @@ class EnsembleModel:
         return total / len(self.members)
 
 
+class FlipTTAModel:
+    """Flip test-time augmentation: the mean of the model on the slices and, flipped back, on their
+    left-right mirror images (the training augmentation includes horizontal flips)."""
+
+    def __init__(self, model: Any):
+        self.model = model
+        self.inputs = getattr(model, "inputs", None)
+
+    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
+        batch = np.asarray(batch)
+        plain = np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
+        mirrored = np.asarray(self.model.predict_on_batch(np.ascontiguousarray(batch[:, :, ::-1])), dtype=np.float32)
+        return (plain + mirrored[:, :, ::-1]) / 2
+
+
 def is_fold_folder(path: str | Path) -> bool:
     """True for a folder of a cross-validation's fold models (``fold_*.keras`` with their ``.json``)."""
     path = Path(path)

@@ -88,6 +88,7 @@ class Segmenter:
             ``batch_size``).
         lung_min_ratio: the 3D lung clean-up keeps the second largest component (the other lung) when it
             holds at least this share of the largest one's voxels (:func:`lungseg.imaging.clean_lung_mask`).
+        flip_tta: average each model's output with its output on the mirrored slices (twice the model calls).
         input_equalised: the input already carries CLAHE (its source applied it, as the
             covid20-dev slices do), so the models' own CLAHE step is skipped instead of applied twice.
     """
@@ -100,6 +101,7 @@ class Segmenter:
         chunk_slices: int = 64,
         input_equalised: bool = False,
         lung_min_ratio: float = 0.1,
+        flip_tta: bool = False,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -110,6 +112,7 @@ class Segmenter:
         # an input whose source already applied CLAHE (a dataset declared so) is not equalised twice
         self._overrides = {"clahe_clip_limit": 0.0} if input_equalised else {}
         self.lung_min_ratio = float(lung_min_ratio)
+        self.flip_tta = bool(flip_tta)
 
     # ---------------------------------------------------------------------------------------------
     def predict_slices(self, loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
@@ -117,7 +120,12 @@ class Segmenter:
 
         One ``predict_on_batch`` call per ``batch_size`` slices (never one call per slice).
         """
-        return predict_probabilities(loaded.model, images_u8, self.batch_size)
+        model = loaded.model
+        if self.flip_tta:
+            from lungseg.inference.ensemble import FlipTTAModel
+
+            model = FlipTTAModel(model)
+        return predict_probabilities(model, images_u8, self.batch_size)
 
     def _predict_volume(
         self,

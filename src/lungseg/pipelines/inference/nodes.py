@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 #: Keys of the ``inference`` parameters (conf/base/parameters_inference.yml); all are required.
 INFERENCE_KEYS = (
     "input", "output_dir", "lung_model", "infection_model", "models_dir", "batch_size", "tasks", "progress", "cases",
-    "lung_min_ratio",
+    "lung_min_ratio", "flip_tta",
 )
 
 
@@ -68,7 +68,8 @@ def run_inference(params: dict) -> pd.DataFrame:
     cases = select_cases(find_cases(Path(p["input"])), ids)
     lung = load_model_spec(p["lung_model"], "lung", p["models_dir"])
     infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
-    segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]))
+    segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]),
+                          flip_tta=bool(p["flip_tta"]))
     summary = run_batch(segmenter, cases, p["output_dir"], tasks, bool(p["progress"]))
     n_ok = int((summary["status"] == "ok").sum())
     logger.info("inference: %d of %d cases segmented into %s", n_ok, len(summary), p["output_dir"])
