@@ -106,56 +106,6 @@ def test_config_round_trip_and_validation():
             PreprocessConfig.from_dict(bad)
 
 
-# The preprocessing parameters as conf/base/parameters_preprocessing.yml writes them.
-_PARAMS = {
-    "window": [-1250, 250],
-    "clahe_clip_limit": 2.0,
-    "clahe_tile_grid": 8,
-    "image_size": 224,
-    "crop_margin": 4,
-    "body_threshold": None,
-    "lung_crop_source": "body",
-    "min_lung_fraction": 0.005,
-    "infection_negative_fraction": 0.1,
-    "seed": 42,
-}
-_NODE_KEYS = ("lung_crop_source", "min_lung_fraction", "infection_negative_fraction", "seed")
-
-
-def test_from_params_builds_the_same_config_as_from_dict():
-    cfg = PreprocessConfig.from_params({**_PARAMS, "crop_mode": "lung_mask"}, ignore=_NODE_KEYS)
-    assert cfg == PreprocessConfig.from_dict({**_PARAMS, "crop_mode": "lung_mask"})
-    assert cfg.image_size == 224 and cfg.crop_mode == "lung_mask" and cfg.window == (-1250.0, 250.0)
-    assert PreprocessConfig.from_params(_PARAMS, ignore=_NODE_KEYS).crop_mode == "body"  # derived, optional
-
-
-def test_from_params_refuses_an_unknown_key_by_name():
-    typo = {k: v for k, v in _PARAMS.items() if k != "clahe_clip_limit"} | {"clahe_clip": 2.0}
-    with pytest.raises(ConfigError) as err:
-        PreprocessConfig.from_params(typo, ignore=_NODE_KEYS)
-    msg = str(err.value)
-    assert "unknown preprocessing parameter 'clahe_clip' (did you mean 'clahe_clip_limit'?)" in msg
-    assert "allowed: body_threshold, clahe_clip_limit, clahe_tile_grid, crop_margin, crop_mode," in msg
-    # the keys the nodes read themselves are unknown to the config unless the caller names them
-    with pytest.raises(ConfigError, match="'seed'"):
-        PreprocessConfig.from_params(_PARAMS)
-    # the lenient reader of model_config.json still ignores the same typo (and takes the default)
-    assert PreprocessConfig.from_dict(typo).clahe_clip_limit == 2.0
-
-
-def test_from_params_refuses_a_missing_key_and_bad_values():
-    no_size = {k: v for k, v in _PARAMS.items() if k != "image_size"}
-    with pytest.raises(ConfigError, match="missing preprocessing parameter 'image_size'; required: image_size,"):
-        PreprocessConfig.from_params(no_size, ignore=_NODE_KEYS)
-    no_two = {k: v for k, v in no_size.items() if k != "window"}
-    with pytest.raises(ConfigError, match="parameters 'image_size', 'window'"):
-        PreprocessConfig.from_params(no_two, ignore=_NODE_KEYS)
-    with pytest.raises(ConfigError, match="window"):
-        PreprocessConfig.from_params({**_PARAMS, "window": [250, -1250]}, ignore=_NODE_KEYS)
-    with pytest.raises(ConfigError, match="must be a dict"):
-        PreprocessConfig.from_params([("image_size", 224)])
-
-
 def test_informative_slices():
     m = np.zeros((4, 20, 20), np.uint8)
     m[1, :2, :2] = 1  # 4 / 400 = 1 %

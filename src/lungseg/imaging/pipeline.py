@@ -7,9 +7,8 @@ model-input slices with :func:`prepare_slices` and maps predictions back with :f
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -24,8 +23,6 @@ from lungseg.imaging.resize import ResizeRecord, crop_pad_resize, records_from_a
 logger = logging.getLogger(__name__)
 
 CROP_MODES = ("body", "lung_mask")
-# PreprocessConfig fields that PreprocessConfig.from_params does not require (derived by the pipeline).
-_OPTIONAL_PARAMS = frozenset({"crop_mode"})
 _PROGRESS_MIN_SLICES = 64
 
 
@@ -90,49 +87,13 @@ class PreprocessConfig:
     def from_dict(cls, d: Mapping[str, Any]) -> PreprocessConfig:
         """Build from a dict such as ``model_config.json``; unknown keys (``task``, ``architecture``,
         ``threshold``...) are ignored and missing ones take their defaults. Raises :class:`ConfigError`
-        on bad values. Parameters files go through the strict :meth:`from_params` instead."""
+        on bad values. The ``preprocessing`` parameters are checked by name before they get here
+        (:func:`lungseg.models.inputs.check_preprocessing_params`)."""
         if not isinstance(d, Mapping):
             raise ConfigError(f"preprocessing config must be a dict, got {type(d).__name__}")
         names = {f.name for f in dataclasses.fields(cls)}
         kw = {k: v for k, v in d.items() if k in names}
         return cls(**kw)
-
-    @classmethod
-    def from_params(cls, params: Mapping[str, Any], *, ignore: Iterable[str] = ()) -> PreprocessConfig:
-        """Build from the ``preprocessing`` parameters, strictly (unlike :meth:`from_dict`).
-
-        Every field is required except ``crop_mode``, which the pipeline derives from the task
-        (``"body"`` when absent). ``ignore`` names keys of ``params`` that the caller reads itself
-        (e.g. ``lung_crop_source``, ``min_lung_fraction``); they are allowed and not used here.
-
-        Raises:
-            ConfigError: ``params`` is not a dict; a key is unknown (a typo: the message names it,
-                the closest allowed name and every allowed one); a required key is missing; a value
-                is bad.
-        """
-        if not isinstance(params, Mapping):
-            raise ConfigError(f"preprocessing parameters must be a dict, got {type(params).__name__}")
-        fields = [f.name for f in dataclasses.fields(cls)]
-        allowed = sorted({*fields, *(str(k) for k in ignore)})
-        unknown = [str(k) for k in params if str(k) not in allowed]
-        if unknown:
-            described = []
-            for key in unknown:
-                close = difflib.get_close_matches(key, allowed, n=1)
-                described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
-            plural = "s" if len(unknown) > 1 else ""
-            raise ConfigError(
-                f"unknown preprocessing parameter{plural} {', '.join(described)}; allowed: {', '.join(allowed)}"
-            )
-        required = [name for name in fields if name not in _OPTIONAL_PARAMS]
-        missing = [name for name in required if name not in params]
-        if missing:
-            plural = "s" if len(missing) > 1 else ""
-            raise ConfigError(
-                f"missing preprocessing parameter{plural} {', '.join(map(repr, missing))}; "
-                f"required: {', '.join(required)}"
-            )
-        return cls(**{k: v for k, v in params.items() if k in fields})
 
 
 def _progress(n: int, progress: bool | None, desc: str):
