@@ -264,3 +264,64 @@ def test_run_fingerprint_changes_with_settings_and_data_but_not_with_verbosity()
         run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3}, prep, x, y, x[:1]),
     }
     assert base not in others and len(others) == 5
+
+
+class _SpoilLastEpoch(keras.callbacks.Callback):
+    """Makes the last epoch's weights far worse than the best's (weights scaled up)."""
+
+    def __init__(self, last: int):
+        super().__init__()
+        self.last = last
+
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == self.last - 1:
+            for w in self.model.trainable_weights:
+                w.assign(w * 3.0)
+
+
+def test_weights_last_keeps_the_final_epoch_and_best_restores_the_best(tmp_path):
+    train = SliceSequence(*blobs(16, 0), batch_size=8, augment=None, shuffle=True, seed=0)
+    val = SliceSequence(*blobs(8, 1), batch_size=8, augment=None, shuffle=False, seed=0)
+    losses = {}
+    for weights in ("best", "last"):
+        set_seeds(0)
+        model, history = fit(_model(run_eagerly=True), train, val, epochs=3, checkpoint_path=None, backup_dir=None,
+                             reduce_lr=None, early_stopping=None, verbose=0, weights=weights,
+                             callbacks=[_SpoilLastEpoch(3)])
+        losses[weights] = model.evaluate(val, verbose=0, return_dict=True)["loss"]
+        assert len(history["val_loss"]) == 3
+    assert losses["best"] < losses["last"]  # the sabotaged last epoch is kept only with weights: last
+    with pytest.raises(ConfigError, match="weights must be one of best, last"):
+        fit(_model(), train, val, epochs=1, weights="final")
+
+
+def test_cosine_schedule_decays_the_learning_rate_to_zero_over_the_run():
+    from lungseg.models.train import learning_rate_for
+
+    assert learning_rate_for("plateau", 1e-3, 100) == 1e-3
+    sched = learning_rate_for("cosine", 1e-3, 100)
+    values = [float(keras.ops.convert_to_numpy(sched(step))) for step in (0, 50, 100)]
+    assert values[0] == pytest.approx(1e-3) and values[1] == pytest.approx(5e-4, rel=1e-3) and values[2] == pytest.approx(0, abs=1e-9)
+    with pytest.raises(ConfigError, match="lr_schedule must be one of plateau, cosine"):
+        learning_rate_for("onecycle", 1e-3, 100)
+    # a compiled model trains with it: the optimizer's rate falls step by step
+    set_seeds(0)
+    train = SliceSequence(*blobs(16, 0), batch_size=8, augment=None, shuffle=True, seed=0)
+    model = _model(lr=learning_rate_for("cosine", 1e-2, 2 * len(train)))
+    fit(model, train, None, epochs=1, verbose=0)
+    assert _lr(model) == pytest.approx(5e-3, rel=1e-3)  # half way through the 2-epoch schedule
+
+
+def test_training_params_refuse_a_bad_schedule_or_weights_by_name():
+    from lungseg.models.run import check_training_params
+
+    base = {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "loss": "bce", "seed": 0, "threshold": 0.5,
+            "reduce_lr": None, "early_stopping": None, "augment": None, "distribution_strategy": "none",
+            "verbose": 0, "backup_dir": None, "max_train_slices": None, "repeats": 1,
+            "lr_schedule": "cosine", "weights": "last"}
+    model = {"architecture": "unet"}
+    assert check_training_params(model, base)["lr_schedule"] == "cosine"
+    with pytest.raises(ConfigError, match=r"training.reduce_lr must be null with training.lr_schedule: cosine"):
+        check_training_params(model, {**base, "reduce_lr": {"patience": 2}})
+    with pytest.raises(ConfigError, match=r"training.weights must be one of best, last, got 'final'"):
+        check_training_params(model, {**base, "weights": "final"})

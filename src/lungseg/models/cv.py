@@ -60,6 +60,12 @@ def train_folds(
     """
     results: dict[str, TrainResult] = {}
     n = int(folds["fold"].max()) + 1
+    if training_params.get("weights") == "best" or training_params.get("reduce_lr") is not None:
+        logger.warning(
+            "Cross-validation with training.weights: %s and reduce_lr %s: each fold's held-out patients "
+            "also choose the epoch or the learning-rate steps, so the out-of-fold figures are slightly "
+            "optimistic; weights: last with lr_schedule: cosine leaves them only to measure",
+            training_params.get("weights"), "on" if training_params.get("reduce_lr") is not None else "off")
     for fold in range(n):
         name = fold_name(fold)
         params = dict(training_params)

@@ -68,10 +68,12 @@ def compile_model(model: keras.Model, loss: str = "bce", learning_rate: float = 
     ``model.compile`` (e.g. ``run_eagerly``, ``jit_compile``, ``steps_per_execution``).
     Returns the same model, for chaining.
     """
-    if isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float)) or learning_rate <= 0:
-        raise ConfigError(f"learning_rate must be a positive number, got {learning_rate!r}")
+    schedule = isinstance(learning_rate, keras.optimizers.schedules.LearningRateSchedule)
+    if not schedule and (isinstance(learning_rate, bool) or not isinstance(learning_rate, (int, float))
+                         or learning_rate <= 0):
+        raise ConfigError(f"learning_rate must be a positive number or a schedule, got {learning_rate!r}")
     model.compile(
-        optimizer=keras.optimizers.Adam(learning_rate=float(learning_rate)),
+        optimizer=keras.optimizers.Adam(learning_rate=learning_rate if schedule else float(learning_rate)),
         loss=_losses.get_loss(loss),
         metrics=_metrics.get_metrics(threshold),
         **compile_kwargs,

@@ -27,6 +27,7 @@ logger = logging.getLogger(__name__)
 TRAINING_KEYS = (
     "epochs", "batch_size", "learning_rate", "loss", "seed", "threshold", "reduce_lr", "early_stopping",
     "augment", "distribution_strategy", "verbose", "backup_dir", "max_train_slices", "repeats",
+    "lr_schedule", "weights",
 )
 
 
@@ -57,6 +58,14 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
     positive_number(params, "repeats", section, integer=True)
     if params["max_train_slices"] is not None:
         positive_number(params, "max_train_slices", section, integer=True)
+    from lungseg.models.train import LR_SCHEDULES, WEIGHTS
+
+    for key, allowed in (("lr_schedule", LR_SCHEDULES), ("weights", WEIGHTS)):
+        if params[key] not in allowed:
+            raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}, got {params[key]!r}")
+    if params["lr_schedule"] == "cosine" and params["reduce_lr"] is not None:
+        raise ConfigError(f"{section}.reduce_lr must be null with {section}.lr_schedule: cosine "
+                          "(the schedule sets the learning rate at every step)")
     return params
 
 
@@ -102,7 +111,7 @@ def train_variant(
     """Build, compile and fit one variant on the ``train`` cases of ``case_split``, validating on
     its ``val`` cases, and describe the result in a model config."""
     from lungseg.models import SliceSequence, build_model, compile_model, fit, set_seeds
-    from lungseg.models.train import strategy_scope
+    from lungseg.models.train import learning_rate_for, strategy_scope
 
     params = check_training_params(model_params, training_params)
     prep = json.loads(str(model_input["config_json"]))
@@ -119,11 +128,12 @@ def train_variant(
         x_train, y_train = np.tile(x_train, (repeats, 1, 1)), np.tile(y_train, (repeats, 1, 1))
     logger.info("Training %s/%s at %d px: %d train / %d val slices", task, arch, size, len(x_train), len(x_val))
 
-    with strategy_scope(params["distribution_strategy"]):
-        model = build_model(arch, size, arch_params)  # fails early on an unsuitable image size
-        compile_model(model, loss=params["loss"], learning_rate=float(params["learning_rate"]))
     batch = int(params["batch_size"])
     train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed)
+    lr = learning_rate_for(params["lr_schedule"], float(params["learning_rate"]), int(params["epochs"]) * len(train_seq))
+    with strategy_scope(params["distribution_strategy"]):
+        model = build_model(arch, size, arch_params)  # fails early on an unsuitable image size
+        compile_model(model, loss=params["loss"], learning_rate=lr)
     val_seq = SliceSequence(x_val, y_val, batch, None, shuffle=False, seed=seed)
     backup = params["backup_dir"]
     with tempfile.TemporaryDirectory(prefix="lungseg-ckpt-") as tmp:
@@ -136,6 +146,7 @@ def train_variant(
             early_stopping=params["early_stopping"],
             verbose=int(params["verbose"]),
             fingerprint=fingerprint,
+            weights=params["weights"],
         )
     config = {
         **prep,

@@ -40,6 +40,20 @@ EARLY_STOPPING_DEFAULTS: dict[str, Any] = {"patience": 8, "min_delta": 1e-4}
 _REDUCE_LR_KEYS = set(REDUCE_LR_DEFAULTS) | {"monitor", "mode", "enabled"}
 _EARLY_STOPPING_KEYS = set(EARLY_STOPPING_DEFAULTS) | {"monitor", "mode", "start_from_epoch", "enabled"}
 STRATEGIES = ("none", "mirrored")
+#: Which epoch's weights :func:`fit` returns.
+WEIGHTS = ("best", "last")
+#: Learning-rate schedules: ``plateau`` (constant, halved by ``ReduceLROnPlateau``; the paper) or
+#: ``cosine`` (cosine decay to zero over the whole run; no validation loss involved).
+LR_SCHEDULES = ("plateau", "cosine")
+
+
+def learning_rate_for(schedule: str, learning_rate: float, total_steps: int):
+    """The optimizer's learning rate: a float (``plateau``) or a cosine decay over ``total_steps``."""
+    if schedule not in LR_SCHEDULES:
+        raise ConfigError(f"lr_schedule must be one of {', '.join(LR_SCHEDULES)}, got {schedule!r}")
+    if schedule == "plateau":
+        return float(learning_rate)
+    return keras.optimizers.schedules.CosineDecay(float(learning_rate), decay_steps=max(1, int(total_steps)))
 
 
 def set_seeds(seed: int) -> None:
@@ -180,8 +194,9 @@ def fit(
     verbose: int = 1,
     callbacks: list[keras.callbacks.Callback] | None = None,
     fingerprint: str | None = None,
+    weights: str = "best",
 ) -> tuple[keras.Model, dict[str, list[float]]]:
-    """Train a compiled model and return it with the weights of its best epoch, and the history.
+    """Train a compiled model and return it with the weights of its best (or last) epoch, and the history.
 
     Args:
         model: a compiled model (see :func:`lungseg.models.compile_model`).
@@ -202,9 +217,12 @@ def fit(
             :func:`lungseg.models.run.run_fingerprint`). It is stored with the backup; a
             backup made under another fingerprint (or under none, when one is given) is discarded
             with a warning and training starts afresh, instead of resuming a different run.
+        weights: ``"best"``: the weights of the epoch with the lowest monitored loss (ModelCheckpoint,
+            the paper); ``"last"``: the final epoch's, so that the validation patients choose nothing
+            (a cross-validation fold's held-out patients then only measure).
 
     Returns:
-        ``(model, history)``: the same model object holding the best epoch's weights, and
+        ``(model, history)``: the same model object holding the chosen epoch's weights, and
         ``{metric: [value per epoch]}`` over the whole run (including epochs before a resume).
 
     Raises:
@@ -212,6 +230,8 @@ def fit(
     """
     if isinstance(epochs, bool) or not isinstance(epochs, (int, np.integer)) or epochs < 1:
         raise ConfigError(f"epochs must be a positive integer, got {epochs!r}")
+    if weights not in WEIGHTS:
+        raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", True):
         raise ConfigError("fit needs a compiled model; call lungseg.models.compile_model first")
     monitor = "val_loss" if val is not None else "loss"
@@ -300,7 +320,9 @@ def fit(
             history.setdefault(key, [])
             history[key] = history[key][: len(prior_history.get(key, []))] + [float(v) for v in values]
 
-        if best_path.is_file():
+        if weights == "last":
+            logger.info("Keeping the last epoch's weights (weights: last)")
+        elif best_path.is_file():
             model.load_weights(str(best_path))
             best = history.get(monitor, [])
             if best:
