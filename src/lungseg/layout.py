@@ -169,3 +169,27 @@ def case_id_from_ct_name(name: str) -> str:
         return f"radiopaedia_{match.group(1)}"
     match = _KAGGLE_ORG.match(stem)
     return f"{match.group(1)}_{match.group(2)}" if match else stem
+
+
+#: A case id names an output folder: letters, digits, ``.``, ``_`` and ``-`` only, starting with a
+#: letter or a digit (so never ``.``, ``..`` or a hidden name), at most 128 characters.
+CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+
+
+def check_case_id(case: object, where: str = "case id") -> str:
+    """Return ``case`` if it is a safe case id (:data:`CASE_ID_PATTERN`, no ``..``); else raise.
+
+    Case ids come from data (a ``case`` column, a mask or CT file name) and name folders, so they are
+    never allowed to be paths: no separator, no ``..``, not empty, nothing outside ``[A-Za-z0-9._-]``.
+
+    Raises:
+        DataValidationError: naming the id and ``where`` it came from.
+    """
+    text = "" if case is None else str(case)
+    if not CASE_ID_PATTERN.match(text) or ".." in text:
+        raise DataValidationError(
+            f"{where}: unsafe case id {text!r}; a case id is 1-128 letters, digits, '.', '_' or '-', starting "
+            "with a letter or digit, without '..' or path separators",
+            case=None,
+        )
+    return text

@@ -91,6 +91,50 @@ def to_canonical_array(img: nib.spatialimages.SpatialImage, data: np.ndarray | N
     return np.ascontiguousarray(nio.apply_orientation(arr, ornt).transpose(2, 1, 0))
 
 
+def check_affine(affine, *, case: str | None = None, file: str | Path | None = None) -> np.ndarray:
+    """``affine`` as a float 4x4 array if it maps voxels to the world (finite, invertible); else a
+    :class:`DataValidationError` naming the case and the file (a zero, NaN or singular affine)."""
+    try:
+        aff = np.asarray(affine, dtype=float)
+    except (TypeError, ValueError):
+        aff = np.full((4, 4), np.nan)
+    if aff.shape != (4, 4) or not np.isfinite(aff).all():
+        raise DataValidationError(f"degenerate affine (not a finite 4x4 matrix): {aff.tolist()}", case=case, file=file)
+    det = float(np.linalg.det(aff[:3, :3]))
+    scale = float(np.prod(np.linalg.norm(aff[:3, :3], axis=0)))
+    if scale <= 0 or abs(det) < 1e-6 * scale or abs(det) < 1e-12:
+        raise DataValidationError(
+            f"degenerate affine (zero or not invertible, determinant {det:.3g}): {np.round(aff, 4).tolist()}",
+            case=case,
+            file=file,
+        )
+    return aff
+
+
+def geometry_mismatch(
+    affine_a, shape_a, affine_b, shape_b, *, spacing_rel: float, direction: float, origin_mm: float
+) -> str | None:
+    """Why two images do not share a voxel grid (shape, orientation, spacing, direction, origin), or None.
+
+    Both affines must be valid (:func:`check_affine`). Shapes are compared on their first three axes.
+    """
+    sa, sb = tuple(int(s) for s in shape_a[:3]), tuple(int(s) for s in shape_b[:3])
+    if sa != sb:
+        return f"shape {sb} differs from {sa}"
+    a, b = np.asarray(affine_a, float), np.asarray(affine_b, float)
+    codes_a, codes_b = nib.aff2axcodes(a), nib.aff2axcodes(b)
+    if codes_a != codes_b:
+        return f"orientation {''.join(codes_b)} differs from {''.join(codes_a)} (a flipped or transposed axis)"
+    za, zb = np.linalg.norm(a[:3, :3], axis=0), np.linalg.norm(b[:3, :3], axis=0)
+    if np.any(np.abs(za - zb) > spacing_rel * np.maximum(za, zb)):
+        return f"spacing {np.round(zb, 4).tolist()} mm differs from {np.round(za, 4).tolist()} mm"
+    if np.any(np.abs(a[:3, :3] / za - b[:3, :3] / zb) > direction):
+        return "direction cosines differ (a rotated grid)"
+    if np.any(np.abs(a[:3, 3] - b[:3, 3]) > origin_mm):
+        return f"origin {np.round(b[:3, 3], 2).tolist()} mm differs from {np.round(a[:3, 3], 2).tolist()} mm"
+    return None
+
+
 def load_canonical(
     img: nib.spatialimages.SpatialImage,
     *,
@@ -102,9 +146,10 @@ def load_canonical(
 
     The data is read in its stored dtype (no float64 ``get_fdata``), unless the header asks for a
     scale, in which case float32 is used. Raises :class:`DataValidationError` naming the case and
-    the file when the file is unreadable, truncated or not 3D.
+    the file when the file is unreadable, truncated or not 3D, or its affine is degenerate.
     """
     file = file if file is not None else getattr(img, "get_filename", lambda: None)()
+    check_affine(img.affine, case=case, file=file)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] == 1:
         shape = shape[:3]

@@ -14,7 +14,7 @@ from typing import NamedTuple
 import pandas as pd
 
 from lungseg.errors import InputError, LungsegError
-from lungseg.layout import case_id_from_ct_name, case_id_from_path, is_nifti, resolve_relative
+from lungseg.layout import case_id_from_ct_name, case_id_from_path, check_case_id, is_nifti, resolve_relative
 
 logger = logging.getLogger(__name__)
 
@@ -75,7 +75,9 @@ def find_cases(path: str | Path) -> list[BatchCase]:
         gets a ``_2``, ``_3``... suffix.
 
     Raises:
-        InputError: no cases, no ``ct_scan`` column, unreadable csv, a bad ``ct_scan`` path.
+        InputError: no cases, no ``ct_scan`` column, unreadable csv, a bad ``ct_scan`` path (one that
+            escapes the csv's folder, also through a symlink), or an unsafe case id
+            (:func:`lungseg.layout.check_case_id`: case ids name output folders, so they are never paths).
     """
     path = Path(path)
     if path.is_dir() and (path / "metadata.csv").is_file():
@@ -84,7 +86,7 @@ def find_cases(path: str | Path) -> list[BatchCase]:
         cases = _cases_from_csv(path)
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p.name))
-        cases = [BatchCase(case_id_from_ct_name(p.name), p) for p in files]
+        cases = [BatchCase(_safe_id(case_id_from_ct_name(p.name), f"file {str(p)!r}"), p) for p in files]
     else:
         raise InputError(f"file {str(path)!r}: not a folder of NIfTI files nor a metadata.csv")
     if not cases:
@@ -96,6 +98,21 @@ def find_cases(path: str | Path) -> list[BatchCase]:
         seen[item.case] = n + 1
         unique.append(item if n == 0 else item._replace(case=f"{item.case}_{n + 1}"))
     return unique
+
+
+def _safe_id(case: str, where: str) -> str:
+    try:
+        return check_case_id(case, where)
+    except LungsegError as exc:
+        raise InputError(str(exc)) from exc
+
+
+def inside(file: Path, root: Path, where: str) -> Path:
+    """``file`` if it stays inside ``root`` once symlinks are followed; else an InputError naming both."""
+    real, real_root = Path(file).resolve(), Path(root).resolve()
+    if real != real_root and real_root not in real.parents:
+        raise InputError(f"{where}: {str(file)!r} leads outside {str(root)!r} (to {str(real)!r}, through a symlink)")
+    return Path(file)
 
 
 def _cell(row: pd.Series, column: str) -> str | None:
@@ -114,16 +131,17 @@ def _cases_from_csv(csv: Path) -> list[BatchCase]:
     cases = []
     for i, row in table.iterrows():
         raw = str(row["ct_scan"])
+        where = f"file {str(csv)!r}, row {i + 2}"
         try:
-            file = csv.parent / resolve_relative(raw)
+            file = inside(csv.parent / resolve_relative(raw), csv.parent, where)
         except LungsegError as exc:
-            raise InputError(f"file {str(csv)!r}, row {i + 2}: {exc}") from exc
+            raise InputError(f"{where}: {exc}" if not str(exc).startswith(where) else str(exc)) from exc
         if _cell(row, "case"):
-            case = _cell(row, "case")
+            case = _safe_id(_cell(row, "case"), f"{where}, column 'case'")
         elif _cell(row, "lung_mask"):
-            case = case_id_from_path(_cell(row, "lung_mask"))
+            case = _safe_id(case_id_from_path(_cell(row, "lung_mask")), f"{where}, column 'lung_mask'")
         else:
-            case = case_id_from_ct_name(raw)
+            case = _safe_id(case_id_from_ct_name(raw), f"{where}, column 'ct_scan'")
         masks: dict[str, Path | None] = {}
         problems = []
         for column in GROUND_TRUTH_COLUMNS:
@@ -132,7 +150,7 @@ def _cases_from_csv(csv: Path) -> list[BatchCase]:
             if text is None:
                 continue
             try:
-                masks[column] = csv.parent / resolve_relative(text, case=case)
+                masks[column] = inside(csv.parent / resolve_relative(text, case=case), csv.parent, column)
             except LungsegError as exc:  # reported for this case only: the CT can still be segmented
                 problems.append(f"file {str(csv)!r}, row {i + 2}, column {column!r}: {getattr(exc, 'problem', exc)}")
         cases.append(BatchCase(case, file, masks["lung_mask"], masks["infection_mask"], "; ".join(problems) or None))

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg.errors import InputError
+from lungseg.limits import Limits, check_volume_shape, limits_or_default
 
 logger = logging.getLogger(__name__)
 
@@ -48,36 +49,64 @@ class DicomSeries:
     n_series: int
 
 
-def read_series_folder(folder: Path, origin: str | Path | None = None) -> DicomSeries:
+def read_series_folder(folder: Path, origin: str | Path | None = None, limits: Limits | None = None) -> DicomSeries:
     """Read the largest DICOM image series found in ``folder`` (searched recursively).
 
-    ``origin`` is the name used in messages (the .zip a temporary folder came from, say).
+    ``origin`` is the name used in messages (the .zip a temporary folder came from, say); ``limits``
+    as in :func:`read_series_files`.
     """
     folder = Path(folder)
     files = sorted(
         p for p in folder.rglob("*") if p.is_file() and not p.name.startswith(".") and p.name.upper() != "DICOMDIR"
     )
-    return read_series_files(files, origin=origin if origin is not None else folder)
+    return read_series_files(files, origin=origin if origin is not None else folder, limits=limits)
 
 
-def read_series_files(files: Iterable[Path], origin: str | Path) -> DicomSeries:
-    """Read the largest image series among ``files``; non-DICOM files are skipped."""
+def looks_like_dicom(path: Path) -> bool:
+    """A cheap test before any parsing: the 128-byte preamble and ``DICM``, or a file that starts with a
+    group 0002 / 0008 element (a DICOM data set written without its preamble)."""
+    try:
+        with Path(path).open("rb") as fh:
+            head = fh.read(132)
+    except OSError:
+        return False
+    return head[128:132] == b"DICM" or head[:2] in (b"\x02\x00", b"\x08\x00")
+
+
+def _name(f: Path, origin: str | Path) -> str:
+    try:
+        return Path(f).relative_to(origin).as_posix()
+    except ValueError:
+        return Path(f).name
+
+
+def read_series_files(files: Iterable[Path], origin: str | Path, limits: Limits | None = None) -> DicomSeries:
+    """Read the largest image series among ``files``; non-DICOM files are skipped unparsed.
+
+    Every header is checked against ``limits`` (:class:`lungseg.limits.Limits`; None reads the
+    project's parameters) before any pixel data is read: Rows, Columns and Rows x Columns x frames of
+    each file, then the slices and voxels of the series.
+    """
     import pydicom
 
+    limits = limits_or_default(limits)
     files = list(files)
+    where = f"file {str(origin)!r}"
     groups: dict[str, list[tuple[Path, object]]] = {}
     for f in files:
+        if not looks_like_dicom(f):
+            continue
         try:
             ds = pydicom.dcmread(f, stop_before_pixels=True, force=True)
-        except Exception:  # not DICOM, or a damaged header: skipped, reported below if nothing is left
+        except Exception:  # a damaged header: skipped, reported below if nothing is left
             continue
         if "Rows" not in ds or "Columns" not in ds:
             continue
+        _check_dims(ds, f"{where}: DICOM file {_name(f, origin)!r}", limits)
         groups.setdefault(str(ds.get("SeriesInstanceUID", "unknown")), []).append((f, ds))
     if not groups:
         raise InputError(
-            f"file {str(origin)!r}: no DICOM image found (looked at {len(files)} file(s)); "
-            "give a folder or .zip holding one CT series"
+            f"{where}: no DICOM image found (looked at {len(files)} file(s)); give a folder or .zip holding one CT series"
         )
     ranked = sorted(groups.items(), key=lambda kv: (-len(kv[1]), kv[0]))
     uid, members = ranked[0]
@@ -88,9 +117,31 @@ def read_series_files(files: Iterable[Path], origin: str | Path) -> DicomSeries:
             "%s holds %d DICOM series; using the largest: SeriesInstanceUID %s %r (%d slices); ignored: %s",
             Path(str(origin)).name, len(ranked), uid, description, len(members), others,
         )
-    data, affine = _assemble([f for f, _ in members], origin)
+    rows, cols = int(members[0][1].Rows), int(members[0][1].Columns)
+    check_volume_shape((len(members), rows, cols), where, limits, inplane=(rows, cols))
+    data, affine = _assemble(members, origin, limits)
     logger.info("read DICOM series %s %r: %d slices of %dx%d", uid, description, data.shape[2], data.shape[1], data.shape[0])
     return DicomSeries(data, affine, uid, description, len(ranked))
+
+
+def _check_dims(ds, where: str, limits: Limits) -> None:
+    try:
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"{where}: unreadable Rows/Columns/NumberOfFrames ({exc})") from exc
+    if rows < 1 or cols < 1 or frames < 1:
+        raise InputError(f"{where}: empty image dimensions {rows}x{cols} ({frames} frame(s))")
+    if max(rows, cols) > limits.max_inplane:
+        raise InputError(
+            f"{where}: Rows x Columns {rows:,}x{cols:,}, over the limit of {limits.max_inplane:,} pixels across "
+            "(inference.limits.max_inplane); refused before reading the pixels"
+        )
+    if rows * cols * frames > limits.max_dicom_pixels:
+        raise InputError(
+            f"{where}: Rows x Columns x frames = {rows * cols * frames:,} pixels, over the limit of "
+            f"{limits.max_dicom_pixels:,} (inference.limits.max_dicom_pixels); refused before reading the pixels"
+        )
 
 
 def _float_list(ds, name: str, n: int) -> np.ndarray | None:
@@ -101,79 +152,131 @@ def _float_list(ds, name: str, n: int) -> np.ndarray | None:
         out = np.asarray([float(v) for v in value], dtype=float)
     except (TypeError, ValueError):
         return None
-    return out if out.size == n else None
+    return out if out.size == n and np.isfinite(out).all() else None
 
 
-def _assemble(files: Sequence[Path], origin: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Sort the slices of one series, stack them, apply the rescale and build the affine."""
-    import pydicom
-
-    where = f"file {str(origin)!r}"
-    slices = []
-    for f in files:
-        try:
-            ds = pydicom.dcmread(f, force=True)
-        except Exception as exc:
-            raise InputError(f"{where}: cannot read DICOM file {f.name!r} ({type(exc).__name__}: {exc})") from exc
-        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
-            raise InputError(f"{where}: {f.name!r} is a multi-frame DICOM, which is not supported; export single slices")
-        slices.append(ds)
-
-    first = slices[0]
-    iop = _float_list(first, "ImageOrientationPatient", 6)
+def _sorted_members(members: Sequence[tuple[Path, object]], where: str) -> tuple[list, np.ndarray, np.ndarray]:
+    """The slices sorted by position along the slice normal (not by file name), with their positions."""
+    iops = [_float_list(ds, "ImageOrientationPatient", 6) for _, ds in members]
+    iop = next((v for v in iops if v is not None), None)
     if iop is None:
         logger.warning("%s: no ImageOrientationPatient; assuming a standard axial series", where)
         iop = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
-    spacing = _float_list(first, "PixelSpacing", 2)
-    if spacing is None:
-        logger.warning("%s: no PixelSpacing; assuming 1 mm pixels", where)
-        spacing = np.array([1.0, 1.0])
-    d_row, d_col = float(spacing[0]), float(spacing[1])
-    thickness = float(first.get("SliceThickness", 0) or 0) or 1.0
-
-    positions = [_float_list(ds, "ImagePositionPatient", 3) for ds in slices]
+    normal = np.cross(iop[:3], iop[3:])
+    positions = [_float_list(ds, "ImagePositionPatient", 3) for _, ds in members]
     if all(p is not None for p in positions):
         pos = np.stack(positions)
         order = np.argsort(pos @ normal, kind="stable")
     else:
         logger.warning("%s: slices without ImagePositionPatient; sorting by InstanceNumber", where)
-        order = np.argsort([int(ds.get("InstanceNumber", i) or i) for i, ds in enumerate(slices)], kind="stable")
-        pos = np.zeros((len(slices), 3))
-        pos[order] = np.arange(len(slices))[:, None] * normal * thickness
-    slices = [slices[i] for i in order]
-    pos = pos[order]
+        order = np.argsort([int(ds.get("InstanceNumber", i) or i) for i, (_, ds) in enumerate(members)], kind="stable")
+        thickness = float(members[0][1].get("SliceThickness", 0) or 0) or 1.0
+        pos = np.zeros((len(members), 3))
+        pos[order] = np.arange(len(members))[:, None] * normal * thickness
+    members = [members[i] for i in order]
+    return members, pos[order], normal
+
+
+def _check_consistent(members: Sequence[tuple[Path, object]], origin, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    """Geometry of the first slice by position; every slice must agree on size, spacing and orientation."""
+    where = f"file {str(origin)!r}"
+    first_file, first = members[0]
+    iop = _float_list(first, "ImageOrientationPatient", 6)
+    iop = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]) if iop is None else iop
+    spacing = _float_list(first, "PixelSpacing", 2)
+    if spacing is None:
+        logger.warning("%s: no PixelSpacing; assuming 1 mm pixels", where)
+        spacing = np.array([1.0, 1.0])
+    if np.any(spacing <= 0):
+        raise InputError(f"{where}: DICOM file {_name(first_file, origin)!r} has PixelSpacing {spacing.tolist()}")
+    size = (int(first.Rows), int(first.Columns))
+    for f, ds in members[1:]:
+        name = f"{where}: DICOM file {_name(f, origin)!r}"
+        if (int(ds.Rows), int(ds.Columns)) != size:
+            raise InputError(f"{name} is {int(ds.Rows)}x{int(ds.Columns)}, the series' first slice {size[0]}x{size[1]}")
+        other = _float_list(ds, "PixelSpacing", 2)
+        if other is not None and np.abs(other - spacing).max() > limits.dicom_spacing_tolerance_mm:
+            raise InputError(
+                f"{name} has PixelSpacing {other.tolist()} mm, the series' first slice (by position, "
+                f"{_name(first_file, origin)!r}) {spacing.tolist()} mm: the slices disagree, refused"
+            )
+        o_iop = _float_list(ds, "ImageOrientationPatient", 6)
+        if o_iop is not None and np.abs(o_iop - iop).max() > limits.dicom_orientation_tolerance:
+            raise InputError(
+                f"{name} has ImageOrientationPatient {o_iop.tolist()}, the series' first slice {iop.tolist()}: "
+                "the slices disagree, refused"
+            )
+    return iop, spacing
+
+
+def _assemble(members: Sequence[tuple[Path, object]], origin: str | Path, limits: Limits) -> tuple[np.ndarray, np.ndarray]:
+    """Sort the slices of one series by position, check their geometry, stack them, build the affine."""
+    import pydicom
+
+    where = f"file {str(origin)!r}"
+    members, pos, normal = _sorted_members(members, where)
     proj = pos @ normal
     keep = np.concatenate([[True], np.diff(proj) > 1e-3])
     if not keep.all():
         logger.warning("%s: %d slice(s) share a position with another; keeping the first of each", where, int((~keep).sum()))
-        slices = [s for s, k in zip(slices, keep) if k]
+        members = [m for m, k in zip(members, keep) if k]
         pos, proj = pos[keep], proj[keep]
+    iop, spacing = _check_consistent(members, origin, limits)
+    row_dir, col_dir = iop[:3], iop[3:]
+    d_row, d_col = float(spacing[0]), float(spacing[1])
 
-    shapes = {(int(ds.Rows), int(ds.Columns)) for ds in slices}
-    if len(shapes) > 1:
-        raise InputError(f"{where}: the slices of the series have different sizes {sorted(shapes)}")
+    slices = []
+    for f, _ in members:
+        try:
+            ds = pydicom.dcmread(f, force=True)
+        except Exception as exc:
+            raise InputError(f"{where}: cannot read DICOM file {_name(f, origin)!r} ({type(exc).__name__}: {exc})") from exc
+        if int(ds.get("NumberOfFrames", 1) or 1) > 1:
+            raise InputError(f"{where}: {_name(f, origin)!r} is a multi-frame DICOM, which is not supported; export single slices")
+        slices.append(ds)
+    data = _stack_hu(slices, where)
 
     n = len(slices)
     if n > 1:
-        step = (pos[-1] - pos[0]) / (n - 1)
-        gaps = np.diff(proj)
-        if gaps.max() - gaps.min() > 0.1 * abs(gaps.mean()):
-            logger.warning(
-                "%s: uneven slice spacing (%.3g to %.3g mm); using the mean %.3g mm",
-                where, gaps.min(), gaps.max(), gaps.mean(),
-            )
+        data, step, pos0 = _uniform_grid(data, pos, proj, normal, [_name(f, origin) for f, _ in members], where, limits)
     else:
-        step = normal * thickness
-
-    data = _stack_hu(slices, where)
+        thickness = float(slices[0].get("SliceThickness", 0) or 0) or 1.0
+        step, pos0 = normal * thickness, pos[0]
     affine_lps = np.eye(4)
     affine_lps[:3, 0] = row_dir * d_col
     affine_lps[:3, 1] = col_dir * d_row
     affine_lps[:3, 2] = step
-    affine_lps[:3, 3] = pos[0]
+    affine_lps[:3, 3] = pos0
     return data, _LPS_TO_RAS @ affine_lps
+
+
+def _uniform_grid(data, pos, proj, normal, names, where: str, limits: Limits):
+    """The slices on a uniform grid: even steps as they are; a gap refused, or resampled when allowed."""
+    gaps = np.diff(proj)
+    nominal = float(np.median(gaps))
+    big = np.flatnonzero(gaps > 1.5 * nominal)
+    if not big.size:
+        if gaps.max() - gaps.min() > 0.1 * abs(gaps.mean()):
+            logger.warning("%s: uneven slice spacing (%.3g to %.3g mm); using the mean %.3g mm",
+                           where, gaps.min(), gaps.max(), gaps.mean())
+        return data, (pos[-1] - pos[0]) / (len(proj) - 1), pos[0]
+    k = int(big[0])
+    what = (f"a gap of {gaps[k]:.3g} mm between slices {names[k]!r} and {names[k + 1]!r} "
+            f"(the usual step is {nominal:.3g} mm; {len(big)} gap(s) in all): a missing slice?")
+    if limits.dicom_slice_gap != "resample":
+        raise InputError(f"{where}: {what}; refused (inference.limits.dicom_slice_gap: refuse; 'resample' "
+                         "puts the series on a uniform grid)")
+    n = int(round((proj[-1] - proj[0]) / nominal)) + 1
+    grid = proj[0] + np.arange(n) * (proj[-1] - proj[0]) / (n - 1)
+    out = np.empty((*data.shape[:2], n), dtype=np.float32)
+    upper = np.clip(np.searchsorted(proj, grid, side="right"), 1, len(proj) - 1)
+    lower = upper - 1
+    w = ((grid - proj[lower]) / (proj[upper] - proj[lower])).astype(np.float32)
+    for i in range(n):
+        out[:, :, i] = (1 - w[i]) * data[:, :, lower[i]] + w[i] * data[:, :, upper[i]]
+    logger.warning("%s: %s; resampled onto a uniform grid of %d slices (linear interpolation)", where, what, n)
+    step = normal * (proj[-1] - proj[0]) / (n - 1)
+    return out, step, pos[0]
 
 
 def _stack_hu(slices: Sequence, where: str) -> np.ndarray:

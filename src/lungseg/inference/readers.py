@@ -11,6 +11,7 @@ intensity kind of its data (``"hu"`` or ``"uint8"``). Anything that cannot be us
 
 from __future__ import annotations
 
+import gzip
 import logging
 import tempfile
 import zipfile
@@ -23,6 +24,7 @@ import numpy as np
 from lungseg.errors import DataValidationError, InputError
 from lungseg.inference import dicom
 from lungseg.layout import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, ZIP_SUFFIX
+from lungseg.limits import Limits, check_payload_size, check_volume_shape, check_zip, limits_or_default
 from lungseg.volume import Volume, from_canonical_array, load_canonical
 
 logger = logging.getLogger(__name__)
@@ -36,38 +38,49 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def read_input(path: str | Path) -> tuple[Volume, str]:
-    """Read one CT input into a canonical Volume.
+def read_input(path: str | Path, limits: Limits | dict | None = None) -> tuple[Volume, str]:
+    """Read one CT input into a canonical Volume, within the resource limits.
 
     Args:
         path: a ``.nii``/``.nii.gz`` file (3D, HU or 0-255), a folder holding one DICOM series (the
             largest is taken if it holds several), a ``.zip`` of a DICOM series, a single DICOM file,
             or a ``.png``/``.jpg``/``.jpeg`` 2D grayscale slice (a volume of one slice, spacing 1 mm,
             intensities taken as 0-255).
+        limits: :class:`lungseg.limits.Limits` (or the ``inference.limits`` dict); None reads the
+            project's parameters. Checked on headers before any array is allocated.
 
     Returns:
         ``(volume, source_kind)`` where ``source_kind`` is ``"hu"`` or ``"uint8"``.
 
     Raises:
         InputError: missing, empty, unreadable or corrupt file; unknown type; not a CT (a colour
-            photo, an image smaller than 32 px); a 4D NIfTI; a folder without DICOM images.
+            photo, an image smaller than 32 px); a 4D NIfTI; a folder without DICOM images; an input
+            over a limit (a header bomb, a zip bomb, huge DICOM dimensions); not enough memory.
     """
     path = Path(path)
+    limits = limits_or_default(limits)
     if not path.exists():
         raise InputError(f"file {str(path)!r}: no such file or folder")
+    try:
+        return _read_any(path, limits)
+    except MemoryError as exc:
+        raise InputError(f"file {str(path)!r}: not enough memory to read it ({exc or 'MemoryError'})") from exc
+
+
+def _read_any(path: Path, limits: Limits) -> tuple[Volume, str]:
     if path.is_dir():
-        return _read_dicom(path, dicom.read_series_folder(path))
+        return _read_dicom(path, dicom.read_series_folder(path, limits=limits))
     if path.stat().st_size == 0:
         raise InputError(f"file {str(path)!r}: the file is empty (0 bytes)")
     kind = _guess_kind(path)
     if kind == "nifti":
-        return _read_nifti(path)
+        return _read_nifti(path, limits)
     if kind == "image":
-        return _read_image(path)
+        return _read_image(path, limits)
     if kind == "zip":
-        return _read_zip(path)
+        return _read_zip(path, limits)
     if kind == "dicom":
-        return _read_dicom(path, dicom.read_series_files([path], origin=path))
+        return _read_dicom(path, dicom.read_series_files([path], origin=path, limits=limits))
     raise InputError(
         f"file {str(path)!r}: unknown input type; give a NIfTI file (.nii, .nii.gz), a DICOM series "
         "(a folder or a .zip), or a 2D grayscale .png/.jpg slice"
@@ -103,13 +116,40 @@ def _guess_kind(path: Path) -> str | None:
 # --------------------------------------------------------------------------------------------- NIfTI
 
 
-def _read_nifti(path: Path) -> tuple[Volume, str]:
+def _check_nifti_header(img, path: Path, limits: Limits) -> bool:
+    """The header's shape against the limits and the file's size, before any voxel is read.
+
+    Returns True when the stored voxel size (pixdim) is zero or not finite: nibabel then assumes 1 mm.
+    """
+    shape = tuple(int(s) for s in img.shape)
+    check_volume_shape(shape, f"file {str(path)!r}", limits)
+    try:
+        itemsize = np.dtype(img.get_data_dtype()).itemsize
+        offset = int(img.header["vox_offset"])
+    except (TypeError, ValueError, KeyError):
+        return False
+    with path.open("rb") as fh:
+        gzipped = fh.read(2) == _GZIP_MAGIC
+    check_payload_size(path, int(np.prod(shape, dtype=np.int64)) * itemsize, offset, gzipped)
+    header_class = type(img.header)
+    size = header_class.template_dtype.itemsize
+    with (gzip.open(path, "rb") if gzipped else path.open("rb")) as fh:
+        raw = fh.read(size)
+    try:  # the header as stored: nibabel's load replaces a zero pixdim with 1
+        pixdim = np.asarray(header_class(raw, check=False)["pixdim"][1:4], dtype=float)
+    except Exception:  # noqa: BLE001 - an unparsable header was already refused by nib.load
+        return False
+    return bool(len(pixdim) == 3 and (~np.isfinite(pixdim) | (pixdim <= 0))[: min(3, len(shape))].any())
+
+
+def _read_nifti(path: Path, limits: Limits) -> tuple[Volume, str]:
     from lungseg.imaging import detect_source_kind
 
     try:
         img = nib.load(str(path))
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, OSError...
         raise InputError(f"file {str(path)!r}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
+    spacing_assumed = _check_nifti_header(img, path, limits)
     shape = tuple(int(s) for s in img.shape)
     if len(shape) == 4 and shape[3] > 1:
         raise InputError(
@@ -130,6 +170,10 @@ def _read_nifti(path: Path) -> tuple[Volume, str]:
     if np.issubdtype(arr.dtype, np.bool_) or not np.issubdtype(arr.dtype, np.number):
         raise InputError(f"file {str(path)!r}: unsupported voxel type {arr.dtype}; expected CT intensities")
     volume.meta.update({"input_kind": "nifti", "input": str(path)})
+    if spacing_assumed:
+        volume.meta["spacing_assumed"] = True
+        logger.warning("%s: the header's voxel size (pixdim) is zero; 1 mm assumed, so volumes in ml are not "
+                       "reliable (report.json: spacing_assumed)", path.name)
     kind = detect_source_kind(arr)
     _warn_if_mask(arr, path)
     logger.info("read %s: NIfTI %s, canonical shape %s, spacing %s mm, intensities %s",
@@ -155,8 +199,20 @@ def _check_not_tiny(inplane: tuple[int, ...], path: Path) -> None:
 # --------------------------------------------------------------------------------------- PNG / JPEG
 
 
-def _read_image(path: Path) -> tuple[Volume, str]:
+def _image_header_shape(path: Path) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR chunk, without decoding; None for other files."""
+    with path.open("rb") as fh:
+        head = fh.read(24)
+    if head.startswith(_PNG_MAGIC) and head[12:16] == b"IHDR":
+        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+    return None
+
+
+def _read_image(path: Path, limits: Limits) -> tuple[Volume, str]:
     """A 2D grayscale slice as a one-slice volume (row 0 anterior, column 0 the patient's right)."""
+    declared = _image_header_shape(path)
+    if declared is not None:
+        check_volume_shape((*declared, 1), f"file {str(path)!r}", limits, inplane=declared)
     raw = np.fromfile(str(path), dtype=np.uint8)
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
     if img is None:
@@ -175,6 +231,7 @@ def _read_image(path: Path) -> tuple[Volume, str]:
                 )
         img = channels[..., 0]
     _check_not_tiny(img.shape, path)
+    check_volume_shape((*img.shape[:2], 1), f"file {str(path)!r}", limits, inplane=img.shape[:2])
     if img.dtype != np.uint8:
         lo, hi = float(img.min()), float(img.max())
         logger.warning("%s is %s; rescaling its range %g..%g linearly to 0-255", path.name, img.dtype, lo, hi)
@@ -189,19 +246,25 @@ def _read_image(path: Path) -> tuple[Volume, str]:
 # -------------------------------------------------------------------------------------------- DICOM
 
 
-def _read_zip(path: Path) -> tuple[Volume, str]:
+def _read_zip(path: Path, limits: Limits) -> tuple[Volume, str]:
+    """A zipped DICOM series: member count, sizes and ratio are checked before anything is extracted;
+    the extraction folder is removed on every exit (errors, Ctrl-C, SIGTERM turned into an exception)."""
+    where = f"file {str(path)!r}"
     try:
-        with zipfile.ZipFile(path) as zf, tempfile.TemporaryDirectory(prefix="lungseg-dicom-") as tmp:
-            root = Path(tmp).resolve()
-            for info in zf.infolist():
-                target = (root / info.filename).resolve()
-                if root not in target.parents and target != root:
-                    raise InputError(f"file {str(path)!r}: the archive holds an unsafe path {info.filename!r}")
-            zf.extractall(root)
-            series = dicom.read_series_folder(root, origin=path)
-            return _read_dicom(path, series)
-    except zipfile.BadZipFile as exc:
-        raise InputError(f"file {str(path)!r}: not a readable .zip archive ({exc})") from exc
+        with zipfile.ZipFile(path) as zf:
+            members = check_zip(zf, where, limits)
+            with tempfile.TemporaryDirectory(prefix="lungseg-dicom-") as tmp:
+                root = Path(tmp).resolve()
+                for info in members:
+                    target = (root / info.filename).resolve()
+                    if root not in target.parents:
+                        raise InputError(f"{where}: the archive holds an unsafe path {info.filename!r}")
+                for info in members:
+                    zf.extract(info, root)  # reads at most the declared size (checked above)
+                series = dicom.read_series_folder(root, origin=path, limits=limits)
+                return _read_dicom(path, series)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:
+        raise InputError(f"{where}: not a readable .zip archive ({type(exc).__name__}: {exc})") from exc
 
 
 def _read_dicom(path: Path, series: dicom.DicomSeries) -> tuple[Volume, str]:
