@@ -10,8 +10,11 @@
 ``lungseg models``
     List the trained models found in the models folder.
 
-Any :class:`lungseg.errors.LungsegError` ends the command with one line ``lungseg: error: ...`` on
-stderr and exit code 2; nothing half-written is left in OUTDIR.
+Exit codes: 0 done; 2 bad input, a limit, an unusable output folder or another run on the same
+OUTDIR (one line ``lungseg: error: ...`` on stderr); 3 implausible input (not a chest CT, no lungs:
+the outputs and report.json are written without severity, see :mod:`lungseg.inference.guard`);
+130 Ctrl-C; 143 SIGTERM; 1 an internal error (a bug: run with -v for the traceback). Whatever the exit,
+nothing half-written is left in OUTDIR and no temporary folder (output, DICOM extraction) remains.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ import argparse
 import logging
 import os
 import re
+import signal
 import subprocess
 import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from lungseg.errors import ConfigError, InputError, LungsegError
+from lungseg.errors import ConfigError, ImplausibleInputError, LungsegError, Terminated
 from lungseg.layout import MODELS_DIR, TASKS
 
 logger = logging.getLogger("lungseg.cli")
@@ -34,6 +38,9 @@ logger = logging.getLogger("lungseg.cli")
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_ERROR = 2
+EXIT_IMPLAUSIBLE = 3  # the plausibility guard refused the input; outputs are written without figures
+EXIT_SIGINT = 130
+EXIT_SIGTERM = 143
 
 # TensorFlow writes start-up lines straight to the stderr file descriptor while it loads and looks for devices
 # ("I0000 ... port.cc:153] oneDNN custom operations are on", "Could not find cuda drivers", "failed call to
@@ -190,65 +197,14 @@ def _load_models(args: argparse.Namespace):
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """``lungseg predict``: one input to OUTDIR, or a batch to OUTDIR/<case>/ + summary.csv."""
-    from lungseg.inference.batch import (
-        check_batch_output_dir,
-        evaluation_failures,
-        find_cases,
-        ground_truth_summary_lines,
-        is_batch_input,
-        run_batch,
-        select_cases,
-        write_summary,
-    )
-    from lungseg.inference.report import check_output_dir
+    """``lungseg predict``: one input to OUTDIR, or a batch to OUTDIR/<case>/ + summary.csv
+    (:mod:`lungseg.cli_predict`)."""
+    from lungseg.cli_predict import predict
 
-    src = Path(args.input)
-    outdir = Path(args.outdir)
-    if not src.exists():
-        raise InputError(f"file {str(src)!r}: no such file or folder")
-    if outdir.resolve() == src.resolve() or outdir.resolve() in src.resolve().parents:
-        raise ConfigError(f"output folder {str(outdir)!r} must not be the input or hold it")
-    progress = not args.no_progress
-    case_ids = getattr(args, "cases", None)
+    return predict(args, _load_models)
 
-    if is_batch_input(src):
-        check_batch_output_dir(outdir)
-        cases = select_cases(find_cases(src), case_ids)
-        from lungseg.inference.segment import Segmenter
 
-        lung, infection = _load_models(args)
-        summary = run_batch(Segmenter(lung, infection, args.batch_size, flip_tta=args.tta), cases, outdir, args.tasks, progress)
-        path = write_summary(summary, outdir)
-        failed = summary[summary["status"] != "ok"]
-        print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")
-        for line in ground_truth_summary_lines(summary):
-            print(f"lungseg: {line}")
-        not_evaluated = evaluation_failures(summary)
-        if not_evaluated:
-            print(f"lungseg: ground truth unusable for {len(not_evaluated)} case(s) ({', '.join(not_evaluated)}); "
-                  f"see the eval_error column of {path}")
-        if len(failed):
-            raise InputError(f"{len(failed)} of {len(summary)} cases failed ({', '.join(failed['case'])}); see {path}")
-        return EXIT_OK
-
-    if case_ids is not None:
-        raise ConfigError("--cases applies to batch mode only (a folder of NIfTI files or a metadata.csv)")
-    from lungseg.inference.readers import read_input
-
-    check_output_dir(outdir)
-    volume, kind = read_input(src)
-    lung, infection = _load_models(args)
-    from lungseg.inference.report import make_report, write_outputs
-    from lungseg.inference.segment import Segmenter
-
-    seg = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta).segment(volume, kind, tasks=args.tasks, progress=progress)
-    report = make_report(seg, volume.spacing)
-    report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
-    written = write_outputs(volume, seg, report, outdir)
-    print(f"lungseg: outputs written to {outdir}: " + ", ".join(sorted(p.relative_to(outdir).as_posix() for p in written.values())))
-    print(f"lungseg: {report['message']}")
-    return EXIT_OK
+_LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
 
 def streamlit_app_path() -> Path:
@@ -265,6 +221,9 @@ def cmd_ui(args: argparse.Namespace) -> int:
         raise ConfigError(f"the web UI script is missing: {app}")
     from lungseg.app.logic import server_max_upload_mb
 
+    if str(args.host) not in _LOOPBACK:
+        logger.warning("the web UI listens on %s, not only on this machine: it has no authentication, so anyone who "
+                       "can reach port %s can upload images and read the results", args.host, args.port)
     cmd = [
         sys.executable, "-m", "streamlit", "run", str(app),
         "--server.address", str(args.host),
@@ -272,6 +231,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         "--server.headless", "true",
         # above the page's own limit, so an oversized file gets the page's clear message
         "--server.maxUploadSize", str(server_max_upload_mb()),
+        "--browser.gatherUsageStats", "false",  # no usage statistics leave the machine
     ]
     logger.info("starting the web UI on http://%s:%s", args.host, args.port)
     import signal
@@ -321,19 +281,39 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help(sys.stderr)
         return EXIT_ERROR
     _setup_logging(args.verbose, args.quiet)
+    previous = None
+    if args.command != "ui":  # SIGTERM (kill, timeout) cleans up like Ctrl-C; `lungseg ui` handles its own
+        previous = signal.signal(signal.SIGTERM, _raise_terminated)
     try:
         return int(args.func(args))
+    except ImplausibleInputError as exc:
+        print(f"lungseg: implausible input: {exc}", file=sys.stderr)
+        return EXIT_IMPLAUSIBLE
     except LungsegError as exc:
         print(f"lungseg: error: {exc}", file=sys.stderr)
         return EXIT_ERROR
     except KeyboardInterrupt:
-        print("lungseg: interrupted", file=sys.stderr)
-        return 130
+        print("lungseg: interrupted; temporary files removed", file=sys.stderr)
+        return EXIT_SIGINT
+    except Terminated:
+        print("lungseg: terminated (SIGTERM); temporary files removed", file=sys.stderr)
+        return EXIT_SIGTERM
+    except MemoryError as exc:
+        print(f"lungseg: error: not enough memory ({exc or 'MemoryError'}); try a smaller --batch-size", file=sys.stderr)
+        return EXIT_ERROR
     except Exception as exc:
         if args.verbose:
             raise
         print(f"lungseg: internal error: {type(exc).__name__}: {exc} (run with -v for the traceback)", file=sys.stderr)
         return EXIT_INTERNAL
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_terminated(signum, frame) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one clean-up, even if the signal comes again
+    raise Terminated(signum)
 
 
 # Kedro loads project-specific commands from ``<package>.cli:cli``; this module is also the

@@ -46,3 +46,17 @@ class ModelNotFoundError(LungsegError):
 
 class TrainingDataError(LungsegError):
     """The data handed to training cannot train a model (empty, no positives...)."""
+
+
+class ImplausibleInputError(LungsegError):
+    """The plausibility guard refused the input or its segmentation (not a chest CT, lungs where none
+    can be...). The outputs and report are written; the CLI exits with code 3."""
+
+
+class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrupt, not an error
+    """SIGTERM turned into an exception, so that every ``finally`` and ``except BaseException`` clean-up
+    runs (temporary folders, the output lock) as it does for Ctrl-C; the CLI exits with code 143."""
+
+    def __init__(self, signum: int = 15):
+        self.signum = signum
+        super().__init__(f"terminated by signal {signum}")

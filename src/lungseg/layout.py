@@ -172,8 +172,8 @@ def case_id_from_ct_name(name: str) -> str:
 
 
 #: A case id names an output folder: letters, digits, ``.``, ``_`` and ``-`` only, starting with a
-#: letter or a digit (so never ``.``, ``..`` or a hidden name), at most 128 characters.
-CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+#: letter, a digit or "_" (so never ``.``, ``..`` or a hidden name), at most 128 characters.
+CASE_ID_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9._-]{0,127}$")
 
 
 def check_case_id(case: object, where: str = "case id") -> str:
@@ -189,7 +189,7 @@ def check_case_id(case: object, where: str = "case id") -> str:
     if not CASE_ID_PATTERN.match(text) or ".." in text:
         raise DataValidationError(
             f"{where}: unsafe case id {text!r}; a case id is 1-128 letters, digits, '.', '_' or '-', starting "
-            "with a letter or digit, without '..' or path separators",
+            "with a letter, digit or '_', without '..' or path separators",
             case=None,
         )
     return text

@@ -115,6 +115,7 @@ def test_ui_launches_streamlit_on_the_shipped_app(monkeypatch, tmp_path, capsys)
     assert cmd[1:5] == ["-m", "streamlit", "run", str(app)]
     assert cmd[5:11] == ["--server.address", "0.0.0.0", "--server.port", "8600", "--server.headless", "true"]
     assert cmd[11] == "--server.maxUploadSize" and int(cmd[12]) > 200  # the page's own limit gives the message
+    assert cmd[13:15] == ["--browser.gatherUsageStats", "false"]
     # the server's stderr is passed on without TensorFlow's start-up lines; -v passes it untouched
     err = capsys.readouterr().err
     assert "Uncaught app exception" in err and "oneDNN" not in err and "absl" not in err

@@ -249,12 +249,16 @@ def test_volume_without_lungs_gives_empty_masks(tmp_path, models_dir, capsys):
     ct, _, _ = phantom(seed=4, lungs=False)
     save_nifti(tmp_path / "abdomen.nii.gz", ct)
     out = tmp_path / "out"
-    assert predict(tmp_path / "abdomen.nii.gz", out, models_dir) == 0
-    assert "No lungs" in capsys.readouterr().out
+    assert predict(tmp_path / "abdomen.nii.gz", out, models_dir) == 3  # the plausibility guard's exit code
+    err = capsys.readouterr().err.splitlines()
+    assert err == ["lungseg: implausible input: abdomen.nii.gz: no lungs found in this image; is it a chest CT?; "
+                   "no figures reported (report.json: implausible_input)"]
     for name in ("lung_mask", "infection_mask", "lung_and_infection_mask"):
         assert not np.asarray(nib.load(str(out / f"{name}.nii.gz")).dataobj).any()
     report = json.loads((out / "report.json").read_text())
     assert report["no_lungs_found"] is True and "No lungs" in report["message"]
+    assert report["implausible_input"].startswith("no lungs found")
+    assert report["severity"] is None and report["infection_percent"] is None
     assert report["lung_volume_ml"]["total"] == 0
 
 

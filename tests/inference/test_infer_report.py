@@ -120,7 +120,7 @@ def test_write_outputs_is_atomic(tmp_path, monkeypatch):
         nib.Nifti1Image.to_filename(img, path)
 
     monkeypatch.setattr(report_mod.nib, "save", failing_save)
-    with pytest.raises(OSError, match="disk full"):
+    with pytest.raises(InputError, match=r"cannot write the outputs to .*out' \(OSError: disk full\)"):
         write_outputs(volume, seg, make_report(seg, volume.spacing), tmp_path / "out")
     assert not (tmp_path / "out").exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ct_ras.nii.gz"]

@@ -32,7 +32,7 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungseg.errors import DataValidationError, LungsegError
+from lungseg.errors import DataValidationError, InputError, LungsegError
 from lungseg.inference.batch_cases import (  # re-exported: the CLI and the inference pipeline import them here
     GROUND_TRUTH_COLUMNS,
     BatchCase,
@@ -53,7 +53,8 @@ logger = logging.getLogger(__name__)
 SUMMARY_FILE = "summary.csv"
 METRIC_COLUMNS = ["lung_dice", "lung_iou", "infection_dice", "infection_iou"]
 SUMMARY_COLUMNS = [
-    "case", "input", "status", "error", "output_dir", "seconds", "no_lungs_found",
+    "case", "input", "status", "error", "output_dir", "seconds", "no_lungs_found", "implausible_input",
+    "spacing_assumed",
     "lung_ml_left", "lung_ml_right", "lung_ml_total",
     "infection_ml_left", "infection_ml_right", "infection_ml_total",
     "infection_percent_left", "infection_percent_right", "infection_percent_total",
@@ -152,6 +153,7 @@ def run_batch(
     outdir: str | Path,
     tasks: Sequence[str] = TASKS,
     progress: bool = True,
+    limits=None,
 ) -> pd.DataFrame:
     """Segment every case into ``outdir/<case>/`` and return the summary table (one row per case).
 
@@ -162,22 +164,35 @@ def run_batch(
         outdir: the batch output folder.
         tasks: the tasks to run.
         progress: show a tqdm bar over the cases.
+        limits: the resource limits of :func:`lungseg.inference.readers.read_input` (None: the
+            project's parameters).
 
     Failures of one case (any :class:`LungsegError`) are logged and recorded in the ``status`` /
-    ``error`` columns; nothing is left in that case's folder. Cases with ground truth get the
+    ``error`` columns; nothing is left in that case's folder. A case the plausibility guard refuses
+    keeps ``status`` ``ok`` (its masks and report are written) with its reason in ``implausible_input``
+    and no severity. Cases with ground truth get the
     metric columns (or ``eval_error``), and the mean lines are logged at the end.
     """
     from lungseg.inference.readers import read_input
     from lungseg.inference.report import make_report, write_outputs
+    from lungseg.layout import check_case_id
+    from lungseg.limits import limits_or_default
 
     outdir = check_batch_output_dir(outdir)
+    limits = limits_or_default(limits)
+    items = [_as_case(c) for c in cases]
+    for item in items:  # case ids name folders: never a path (find_cases checks them too)
+        try:
+            check_case_id(item.case, "batch case")
+        except LungsegError as exc:
+            raise InputError(str(exc)) from exc
     rows = []
-    for item in tqdm([_as_case(c) for c in cases], desc="cases", unit="case", disable=not progress):
+    for item in tqdm(items, desc="cases", unit="case", disable=not progress):
         case = item.case
         row = _row(item)
         start = time.perf_counter()
         try:
-            volume, kind = read_input(item.file)
+            volume, kind = read_input(item.file, limits)
             seg = segmenter.segment(volume, kind, tasks=tasks, progress=False)
             report = make_report(seg, volume.spacing)
             write_outputs(volume, seg, report, outdir / case)
@@ -188,11 +203,14 @@ def run_batch(
             logger.exception("case %s failed with an internal error", case)
             row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
         else:
-            row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"])
+            row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"],
+                       implausible_input=report.get("implausible_input") or "",
+                       spacing_assumed=bool(volume.meta.get("spacing_assumed", False)))
             for side in ("left", "right", "total"):
                 row[f"lung_ml_{side}"] = report["lung_volume_ml"][side]
                 if report["infection_volume_ml"] is not None:
                     row[f"infection_ml_{side}"] = report["infection_volume_ml"][side]
+                if report["severity"] is not None:
                     row[f"infection_percent_{side}"] = report["infection_percent"][side]
                     row[f"severity_{side}"] = report["severity"][side]
             if item.has_ground_truth:

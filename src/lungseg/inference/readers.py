@@ -238,7 +238,7 @@ def _read_image(path: Path, limits: Limits) -> tuple[Volume, str]:
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         img = np.clip((img.astype(np.float32) - lo) * scale, 0, 255).round().astype(np.uint8)
     volume = from_canonical_array(img[None].astype(np.uint8), (1.0, 1.0, 1.0), source=str(path))
-    volume.meta.update({"input_kind": "image", "input": str(path)})
+    volume.meta.update({"input_kind": "image", "input": str(path), "spacing_assumed": True})  # a picture has no voxel size
     logger.info("read %s: 2D image %dx%d, intensities taken as 0-255", path.name, img.shape[0], img.shape[1])
     return volume, "uint8"
 

@@ -28,6 +28,7 @@ import numpy as np
 
 from lungseg.errors import InputError
 from lungseg.imaging.intensity import HU_WINDOW, window_to_uint8
+from lungseg.inference.guard import NO_LUNGS
 from lungseg.inference.segment import Segmentation
 from lungseg.volume import Volume
 
@@ -74,9 +75,11 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
     Returns:
         a JSON-serialisable dict: ``voxel_volume_ml``, ``voxels`` (counts), ``lung_volume_ml``,
         ``infection_volume_ml``, ``infection_percent`` and ``severity`` (each with ``left``, ``right``,
-        ``total``), ``severity_label``, ``severity_scale``, ``no_lungs_found`` and ``message``.
-        Volumes are exactly voxel count × voxel volume. Infection figures are None when the
-        infection task was not run.
+        ``total``), ``severity_label``, ``severity_scale``, ``no_lungs_found``, ``implausible_input``
+        and ``message``. Volumes are exactly voxel count × voxel volume. Infection figures are None
+        when the infection task was not run. When the plausibility guard refused the input or the
+        result (``seg.implausible_input``, also when no lung was found), ``implausible_input`` says
+        why, and the involvement and severity are None: no grade is given for such an input.
     """
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
     lungs = np.asarray(seg.lung_labels)
@@ -93,6 +96,7 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
     inf_n = {"left": counts["infection_left"], "right": counts["infection_right"], "total": counts["infection"]}
     ran_infection = "infection" in tuple(seg.tasks)
     no_lungs = counts["lung"] == 0
+    implausible = getattr(seg, "implausible_input", None)
 
     def pct(side: str) -> float:
         return 100.0 * inf_n[side] / lung_n[side] if lung_n[side] else 0.0
@@ -110,8 +114,12 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
         "severity_label": None,
         "severity_scale": SEVERITY_SCALE,
         "no_lungs_found": no_lungs,
+        "implausible_input": implausible,
+        "plausibility": getattr(seg, "guard_figures", None),
     }
-    if ran_infection:
+    if ran_infection and implausible:
+        report["infection_volume_ml"] = {k: v * voxel_ml for k, v in inf_n.items()}
+    elif ran_infection:
         percent = {side: pct(side) for side in ("left", "right", "total")}
         grades = {side: severity_grade(p) for side, p in percent.items()}
         report.update(
@@ -120,7 +128,9 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
             severity=grades,
             severity_label={side: SEVERITY_LABELS[g] for side, g in grades.items()},
         )
-    if no_lungs:
+    if implausible and implausible != NO_LUNGS:
+        report["message"] = f"Implausible input: {implausible}. No involvement or severity is given."
+    elif no_lungs:
         report["message"] = "No lungs were found in this image; the masks are empty. Is it a chest CT?"
     elif ran_infection:
         report["message"] = (
@@ -239,6 +249,13 @@ def write_outputs(
         and ``*_png`` for 2D inputs).
     """
     outdir = check_output_dir(outdir)
+    try:
+        return _write_outputs(volume, seg, report, outdir, ct_u8_for_overlays)
+    except OSError as exc:  # a full disk, a folder made read-only meanwhile...
+        raise InputError(f"cannot write the outputs to {str(outdir)!r} ({type(exc).__name__}: {exc})") from exc
+
+
+def _write_outputs(volume: Volume, seg: Segmentation, report: dict, outdir: Path, ct_u8_for_overlays) -> dict[str, Path]:
     canonical_shape = tuple(volume.array.shape)
     for name, arr in (("lung_labels", seg.lung_labels), ("infection", seg.infection)):
         if tuple(arr.shape) != canonical_shape:
@@ -285,6 +302,7 @@ def write_outputs(
             "input": volume.meta.get("input", volume.source),
             "input_kind": volume.meta.get("input_kind"),
             "input_shape": [int(s) for s in volume.shape],
+            "spacing_assumed": bool(volume.meta.get("spacing_assumed", False)),
             "overlays": overlays,
             "overlays_note": "slice_XXX = axial slice XXX of the canonical (z, y, x) volume, z from inferior to "
             "superior, shown in the radiological view (patient's left on the right of the picture); "

@@ -31,6 +31,10 @@ class Segmentation:
         lung_prob: float32 lung probability, when asked for (``keep_probabilities``).
         infection_prob: float32 infection probability (0 outside the slices that hold lung), when asked for.
         tasks: the tasks that were run.
+        implausible_input: None for a plausible chest CT and segmentation; else why not, in words
+            (:mod:`lungseg.inference.guard`; ``guard.NO_LUNGS`` when no lung was found). Front ends
+            show it instead of figures; the CLI exits with code 3.
+        guard_figures: what the guard measured (fractions, lung ml, z extent), for the report.
     """
 
     lung_labels: np.ndarray
@@ -38,6 +42,8 @@ class Segmentation:
     lung_prob: np.ndarray | None = None
     infection_prob: np.ndarray | None = None
     tasks: tuple[str, ...] = TASKS
+    implausible_input: str | None = None
+    guard_figures: dict | None = None
 
     def combined(self) -> np.ndarray:
         """Label map: 1 left lung, 2 right lung, 3 infection (written over the lung labels)."""
@@ -91,6 +97,8 @@ class Segmenter:
         flip_tta: average each model's output with its output on the mirrored slices (twice the model calls).
         input_equalised: the input already carries CLAHE (its source applied it, as the
             covid20-dev slices do), so the models' own CLAHE step is skipped instead of applied twice.
+        guard: the plausibility guard's bounds (:class:`lungseg.limits.GuardParams` or the
+            ``inference.guard`` dict); None reads them from the project's parameters.
     """
 
     def __init__(
@@ -102,6 +110,7 @@ class Segmenter:
         input_equalised: bool = False,
         lung_min_ratio: float = 0.1,
         flip_tta: bool = False,
+        guard=None,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -113,6 +122,9 @@ class Segmenter:
         self._overrides = {"clahe_clip_limit": 0.0} if input_equalised else {}
         self.lung_min_ratio = float(lung_min_ratio)
         self.flip_tta = bool(flip_tta)
+        from lungseg.limits import GuardParams, load_guard
+
+        self.guard = load_guard() if guard is None else guard if isinstance(guard, GuardParams) else GuardParams.from_params(guard)
 
     # ---------------------------------------------------------------------------------------------
     def predict_slices(self, loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
@@ -234,10 +246,18 @@ class Segmenter:
             "segmented %s: %d slices with lung, %d lung voxels, %d infection voxels",
             name, lung_slices.size, int(np.count_nonzero(lung_labels)), int(np.count_nonzero(infection)),
         )
+        from lungseg.inference.guard import check_plausibility
+
+        # 5. plausibility guard: a chest CT, and lungs where lungs can be (before any figure is reported).
+        why, figures = check_plausibility(ct, source_kind, lung_labels, volume.spacing, self.guard)
+        if why:
+            logger.warning("%s: implausible input: %s", name, why)
         return Segmentation(
             lung_labels=lung_labels,
             infection=infection,
             lung_prob=lung_prob,
             infection_prob=infection_prob,
             tasks=tasks,
+            implausible_input=why,
+            guard_figures=figures,
         )

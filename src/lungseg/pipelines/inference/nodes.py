@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 #: Keys of the ``inference`` parameters (conf/base/parameters_inference.yml); all are required.
 INFERENCE_KEYS = (
     "input", "output_dir", "lung_model", "infection_model", "models_dir", "batch_size", "tasks", "progress", "cases",
-    "lung_min_ratio", "flip_tta",
+    "lung_min_ratio", "flip_tta", "limits", "guard",
 )
 
 
@@ -45,7 +45,8 @@ def run_inference(params: dict) -> pd.DataFrame:
         params: ``input``, ``output_dir``, ``lung_model``, ``infection_model`` (None = newest trained
             model in ``models_dir``; a ``.keras`` path or an MLflow URI otherwise), ``models_dir``,
             ``batch_size``, ``tasks``, ``progress``, ``cases`` (None = every case; else a list of
-            case ids to segment, e.g. the held-out patients).
+            case ids to segment, e.g. the held-out patients), ``limits`` (resource limits checked
+            before reading each case) and ``guard`` (the plausibility guard's bounds).
 
     Returns:
         The summary (see :mod:`lungseg.inference.batch`), with Dice/IoU columns for the cases whose
@@ -63,18 +64,24 @@ def run_inference(params: dict) -> pd.DataFrame:
     from lungseg.inference.batch import evaluation_failures, find_cases, run_batch, select_cases
     from lungseg.inference.models import load_model_spec
     from lungseg.inference.segment import Segmenter
+    from lungseg.limits import GuardParams, Limits
 
+    Limits.from_params(p["limits"])  # checked before any model is loaded
+    GuardParams.from_params(p["guard"])
     ids = _case_ids(p["cases"])
     cases = select_cases(find_cases(Path(p["input"])), ids)
     lung = load_model_spec(p["lung_model"], "lung", p["models_dir"])
     infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
     segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]),
-                          flip_tta=bool(p["flip_tta"]))
-    summary = run_batch(segmenter, cases, p["output_dir"], tasks, bool(p["progress"]))
+                          flip_tta=bool(p["flip_tta"]), guard=p["guard"])
+    summary = run_batch(segmenter, cases, p["output_dir"], tasks, bool(p["progress"]), limits=p["limits"])
     n_ok = int((summary["status"] == "ok").sum())
     logger.info("inference: %d of %d cases segmented into %s", n_ok, len(summary), p["output_dir"])
     if n_ok < len(summary):
         logger.warning("inference: failed cases: %s", ", ".join(summary.loc[summary["status"] != "ok", "case"]))
+    implausible = summary.loc[summary["implausible_input"].fillna("").astype(str) != "", "case"]
+    if len(implausible):
+        logger.warning("inference: implausible input (no figures reported): %s", ", ".join(implausible))
     not_evaluated = evaluation_failures(summary)
     if not_evaluated:
         logger.warning("inference: ground truth unusable for: %s (see eval_error)", ", ".join(not_evaluated))

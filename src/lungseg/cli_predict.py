@@ -1,0 +1,104 @@
+"""``lungseg predict``: the command's body (the parser and the exit codes are in :mod:`lungseg.cli`).
+
+Order of work, so that a bad run fails before the slow parts: the input exists and is not the output;
+the output folder is checked (absent, empty or a previous output), its lock is taken (which also proves
+that its parent is writable, and stops a second run to the same ``-o``); the input is read within the
+limits of ``inference.limits``; only then are the models loaded and the CT segmented.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+from pathlib import Path
+
+from lungseg.errors import ConfigError, ImplausibleInputError, InputError
+
+
+def predict(args: argparse.Namespace, load_models: Callable) -> int:
+    """Run ``lungseg predict`` for parsed ``args``; ``load_models(args)`` gives ``(lung, infection)``.
+
+    Returns 0; raises :class:`ImplausibleInputError` (exit 3) after writing the outputs of an input the
+    plausibility guard refused, and other :class:`lungseg.errors.LungsegError` (exit 2) for bad input.
+    """
+    from lungseg.inference.output_lock import output_lock
+
+    src = Path(args.input)
+    outdir = Path(args.outdir)
+    if not src.exists():
+        raise InputError(f"file {str(src)!r}: no such file or folder")
+    if outdir.resolve() == src.resolve() or outdir.resolve() in src.resolve().parents:
+        raise ConfigError(f"output folder {str(outdir)!r} must not be the input or hold it")
+    from lungseg.inference.batch import is_batch_input
+
+    if is_batch_input(src):
+        return _batch(args, src, outdir, load_models, output_lock)
+    if getattr(args, "cases", None) is not None:
+        raise ConfigError("--cases applies to batch mode only (a folder of NIfTI files or a metadata.csv)")
+    from lungseg.inference.readers import read_input
+    from lungseg.inference.report import check_output_dir
+    from lungseg.limits import load_guard, load_limits
+
+    check_output_dir(outdir)
+    limits, guard = load_limits(), load_guard()
+    with output_lock(outdir):
+        volume, kind = read_input(src, limits)
+        lung, infection = load_models(args)
+        from lungseg.inference.report import make_report, write_outputs
+        from lungseg.inference.segment import Segmenter
+
+        segmenter = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta, guard=guard)
+        seg = segmenter.segment(volume, kind, tasks=args.tasks, progress=not args.no_progress)
+        report = make_report(seg, volume.spacing)
+        report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
+        written = write_outputs(volume, seg, report, outdir)
+    names = ", ".join(sorted(p.relative_to(outdir).as_posix() for p in written.values()))
+    print(f"lungseg: outputs written to {outdir}: {names}")
+    if seg.implausible_input:
+        raise ImplausibleInputError(
+            f"{src.name}: {seg.implausible_input}; no figures reported (report.json: implausible_input)"
+        )
+    print(f"lungseg: {report['message']}")
+    return 0
+
+
+def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Callable, output_lock) -> int:
+    from lungseg.inference.batch import (
+        check_batch_output_dir,
+        evaluation_failures,
+        find_cases,
+        ground_truth_summary_lines,
+        run_batch,
+        select_cases,
+        write_summary,
+    )
+    from lungseg.inference.segment import Segmenter
+    from lungseg.limits import load_guard, load_limits
+
+    check_batch_output_dir(outdir)
+    cases = select_cases(find_cases(src), getattr(args, "cases", None))
+    limits, guard = load_limits(), load_guard()
+    with output_lock(outdir):
+        lung, infection = load_models(args)
+        segmenter = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta, guard=guard)
+        summary = run_batch(segmenter, cases, outdir, args.tasks, not args.no_progress, limits=limits)
+        path = write_summary(summary, outdir)
+    failed = summary[summary["status"] != "ok"]
+    print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")
+    for line in ground_truth_summary_lines(summary):
+        print(f"lungseg: {line}")
+    not_evaluated = evaluation_failures(summary)
+    if not_evaluated:
+        print(
+            f"lungseg: ground truth unusable for {len(not_evaluated)} case(s) ({', '.join(not_evaluated)}); "
+            f"see the eval_error column of {path}"
+        )
+    if len(failed):
+        raise InputError(f"{len(failed)} of {len(summary)} cases failed ({', '.join(failed['case'])}); see {path}")
+    implausible = summary.loc[summary["implausible_input"].fillna("").astype(str) != "", "case"]
+    if len(implausible):
+        raise ImplausibleInputError(
+            f"{len(implausible)} of {len(summary)} cases ({', '.join(implausible)}); see the implausible_input "
+            f"column of {path}"
+        )
+    return 0
