@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import nibabel as nib
@@ -15,10 +16,11 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungseg.errors import DataValidationError
+from lungseg.config import check_section
+from lungseg.errors import ConfigError, DataValidationError
 from lungseg.imaging import detect_source_kind, looks_unwindowed
-from lungseg.layout import REQUIRED_COLUMNS, case_id_from_path, resolve_relative
-from lungseg.volume import load_canonical
+from lungseg.layout import REQUIRED_COLUMNS, case_id_from_path, check_case_id, resolve_relative
+from lungseg.volume import check_affine, geometry_mismatch, load_canonical
 
 logger = logging.getLogger(__name__)
 
@@ -30,6 +32,9 @@ LABEL_SETS = {
     "lung_and_infection_mask": (0, 1, 2, 3),
 }
 SKIPPED_COLUMNS = ["case_id", "file", "problem"]
+#: ``ingestion`` parameters (conf/base/parameters_ingestion.yml).
+INGESTION_KEYS = ("skip_invalid_cases", "raw_root", "geometry_tolerance")
+TOLERANCE_KEYS = ("spacing_rel", "direction", "origin_mm")
 
 
 def check_metadata(
@@ -54,6 +59,8 @@ def check_metadata(
         case = case_id_from_path(str(rec["lung_mask"]).replace("\\", "/")) if pd.notna(rec["lung_mask"]) else f"row {i + 1}"
         row = {"case_id": case}
         try:
+            if pd.notna(rec["lung_mask"]):  # the case id names files and folders downstream: never a path
+                check_case_id(case, f"metadata.csv row {i + 2}, column 'lung_mask' ({rec['lung_mask']!r})")
             for col in REQUIRED_COLUMNS:
                 value = rec[col]
                 if col == "lung_and_infection_mask" and (pd.isna(value) or str(value).strip() == ""):
@@ -92,12 +99,24 @@ def _loader(volumes: dict[str, Loader], rel_path: str, case: str) -> Loader:
     return load
 
 
-def _read_mask(img, *, case: str, file: str, kind: str, ct_shape: tuple[int, ...]) -> np.ndarray:
-    """Load a mask in canonical order and check its shape and label set; returns uint8 labels."""
+def _read_mask(img, *, case: str, file: str, kind: str, ct, tolerance: dict | None) -> np.ndarray:
+    """Load a mask in canonical order and check its grid (shape and affine, as the CT's) and its label
+    set; returns uint8 labels. ``ct`` is ``(ct_file, ct_image)``."""
+    ct_file, ct_img = ct
     shape = tuple(int(s) for s in img.shape[:3])
+    ct_shape = tuple(int(s) for s in ct_img.shape[:3])
     if shape != ct_shape:
         raise DataValidationError(
-            f"{kind} has shape {shape} but the CT has shape {ct_shape}", case=case, file=file
+            f"{kind} has shape {shape} but the CT {ct_file!r} has shape {ct_shape}", case=case, file=file
+        )
+    check_affine(img.affine, case=case, file=file)
+    if tolerance is None:  # a caller without geometry_tolerance: shape and orientation only
+        tolerance = {"spacing_rel": np.inf, "direction": np.inf, "origin_mm": np.inf}
+    why = geometry_mismatch(ct_img.affine, ct_shape, img.affine, shape, **tolerance)
+    if why:
+        raise DataValidationError(
+            f"{kind} is not on the CT's grid ({ct_file!r}): its {why}; the labels would be misaligned",
+            case=case, file=file,
         )
     arr = load_canonical(img, case=case, file=file).array
     lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
@@ -113,7 +132,7 @@ def _read_mask(img, *, case: str, file: str, kind: str, ct_shape: tuple[int, ...
     return arr.astype(np.uint8, copy=False)
 
 
-def _read_case(case: str, paths: dict[str, str], volumes: dict[str, Loader]) -> dict[str, Any]:
+def _read_case(case: str, paths: dict[str, str], volumes: dict[str, Loader], tolerance: dict | None = None) -> dict[str, Any]:
     """Load one case, validate it and return canonical arrays plus facts about it."""
     ct_file = paths["ct_scan"]
     ct_img = _loader(volumes, ct_file, case)()
@@ -122,15 +141,14 @@ def _read_case(case: str, paths: dict[str, str], volumes: dict[str, Loader]) -> 
     if np.issubdtype(ct.dtype, np.floating) and not np.isfinite(ct).all():
         n_bad = int(np.size(ct) - np.isfinite(ct).sum())
         raise DataValidationError(f"CT holds {n_bad} NaN or infinite voxel(s)", case=case, file=ct_file)
-    native_shape = tuple(int(s) for s in ct_img.shape[:3])
+    grid = {"ct": (ct_file, ct_img), "tolerance": tolerance}
     lung = _read_mask(_loader(volumes, paths["lung_mask"], case)(), case=case, file=paths["lung_mask"],
-                      kind="lung_mask", ct_shape=native_shape)
+                      kind="lung_mask", **grid)
     infection = _read_mask(_loader(volumes, paths["infection_mask"], case)(), case=case,
-                           file=paths["infection_mask"], kind="infection_mask", ct_shape=native_shape)
+                           file=paths["infection_mask"], kind="infection_mask", **grid)
     if paths.get("lung_and_infection_mask"):
         combined = _read_mask(_loader(volumes, paths["lung_and_infection_mask"], case)(), case=case,
-                              file=paths["lung_and_infection_mask"], kind="lung_and_infection_mask",
-                              ct_shape=native_shape)
+                              file=paths["lung_and_infection_mask"], kind="lung_and_infection_mask", **grid)
         mismatch = int(np.count_nonzero((combined == 3) != (infection > 0)))
         if mismatch:
             logger.warning("Case %s: combined mask and infection mask disagree on %d voxel(s)", case, mismatch)
@@ -185,6 +203,32 @@ def _canonical_record(data: dict[str, Any]) -> dict[str, np.ndarray]:
     }
 
 
+def _tolerance(value) -> dict | None:
+    if value is None:
+        return None
+    t = check_section(value, "ingestion.geometry_tolerance", TOLERANCE_KEYS)
+    for key, v in t.items():
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"parameter 'ingestion.geometry_tolerance.{key}' must be a non-negative number, got {v!r}")
+    return {k: float(v) for k, v in t.items()}
+
+
+def _check_inside_root(raw_root, paths: dict[str, str], case: str) -> None:
+    """Every file of a case stays inside the dataset root once symlinks are followed."""
+    if not raw_root:
+        return
+    root = Path(raw_root).resolve()
+    for rel in paths.values():
+        if not rel:
+            continue
+        real = (Path(raw_root) / rel).resolve()
+        if root not in real.parents:
+            raise DataValidationError(
+                f"a symlink under the dataset root {str(raw_root)!r} leads outside it (to {str(real)!r}); refused",
+                case=case, file=rel,
+            )
+
+
 def ingest_cases(
     metadata: pd.DataFrame, volumes: dict[str, Loader], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, Callable[[], dict[str, np.ndarray]]], pd.DataFrame]:
@@ -194,20 +238,27 @@ def ingest_cases(
         metadata: ``metadata.csv`` as loaded by ``pandas.CSVDataset``.
         volumes: the dataset root as a ``PartitionedDataset`` of lazy NIfTI loaders, keyed by
             path relative to the root.
-        params: ``ingestion`` parameters; ``skip_invalid_cases`` (default false) carries on past bad
-            cases and lists them in the skipped-cases report.
+        params: ``ingestion`` parameters: ``skip_invalid_cases`` carries on past bad cases and lists
+            them in the skipped-cases report; ``raw_root`` (the dataset root: no file may be a symlink
+            leading outside it); ``geometry_tolerance`` (``spacing_rel``, ``direction``, ``origin_mm``:
+            every mask must share its CT's shape and affine). A caller may leave them out (tests of
+            other layers): then nothing is skipped, symlinks are not checked and only the shape and
+            orientation of the masks are compared.
 
     Returns:
         The case table, lazy canonical cases (one ``.npz`` each) and the skipped-cases report.
     """
-    skip = bool(params.get("skip_invalid_cases", False))
+    p = check_section(params, "ingestion", (), INGESTION_KEYS)
+    skip = bool(p.get("skip_invalid_cases", False))
+    tolerance = _tolerance(p.get("geometry_tolerance"))
     skipped: list[dict[str, str]] = []
     table = check_metadata(metadata, skipped if skip else None)
     facts, valid = [], []
     for rec in tqdm(table.to_dict("records"), desc="ingest cases", unit="case"):
         case = rec.pop("case_id")
         try:
-            data = _read_case(case, rec, volumes)
+            _check_inside_root(p.get("raw_root"), rec, case)
+            data = _read_case(case, rec, volumes, tolerance)
             facts.append(_case_facts(case, rec, data))
             valid.append((case, rec))
             del data
@@ -228,7 +279,7 @@ def ingest_cases(
     )
 
     def make_loader(case: str, paths: dict[str, str]) -> Callable[[], dict[str, np.ndarray]]:
-        return lambda: _canonical_record(_read_case(case, paths, volumes))
+        return lambda: _canonical_record(_read_case(case, paths, volumes, tolerance))
 
     canonical = {case: make_loader(case, paths) for case, paths in valid}
     return case_table, canonical, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)
