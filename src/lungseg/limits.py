@@ -53,6 +53,18 @@ class Limits:
     dicom_spacing_tolerance_mm: float
     dicom_orientation_tolerance: float
     dicom_slice_gap: str
+    geometry_spacing_rel: float
+    geometry_direction: float
+    geometry_origin_mm: float
+
+    @property
+    def geometry_tolerance(self) -> dict[str, float]:
+        """The keyword arguments of :func:`lungseg.volume.geometry_mismatch`."""
+        return {
+            "spacing_rel": self.geometry_spacing_rel,
+            "direction": self.geometry_direction,
+            "origin_mm": self.geometry_origin_mm,
+        }
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], section: str = "inference.limits") -> Limits:

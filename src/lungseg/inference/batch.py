@@ -73,7 +73,30 @@ def check_batch_output_dir(outdir: str | Path) -> Path:
 # ------------------------------------------------------------------------------------- ground truth
 
 
-def ground_truth_metrics(seg, ct_volume, item: BatchCase, tasks: Sequence[str]) -> dict[str, float | None]:
+def check_ground_truth_grid(path: Path, ct_volume, case: str, tolerance: dict[str, float]) -> None:
+    """A ground-truth mask must share its CT's grid (shape and affine within ``tolerance``, see
+    :func:`lungseg.volume.geometry_mismatch`); else a DataValidationError naming the case and both files."""
+    import nibabel as nib
+
+    from lungseg.volume import check_affine, geometry_mismatch
+
+    try:
+        img = nib.load(str(path))
+    except Exception:  # noqa: BLE001 - the ground-truth reader reports unreadable files in its own words
+        return
+    if tuple(int(s) for s in img.shape[:3]) != tuple(int(s) for s in ct_volume.shape[:3]):
+        return  # the ground-truth reader names a shape mismatch in its own words
+    check_affine(img.affine, case=case, file=path)
+    why = geometry_mismatch(ct_volume.affine, ct_volume.shape, img.affine, img.shape, **tolerance)
+    if why:
+        raise DataValidationError(
+            f"not on the grid of its CT {ct_volume.source!r}: its {why}; not scored", case=case, file=path
+        )
+
+
+def ground_truth_metrics(
+    seg, ct_volume, item: BatchCase, tasks: Sequence[str], tolerance: dict[str, float] | None = None
+) -> dict[str, float | None]:
     """Dice and IoU of a case's prediction against its ground-truth masks (see the module docstring).
 
     Args:
@@ -81,6 +104,7 @@ def ground_truth_metrics(seg, ct_volume, item: BatchCase, tasks: Sequence[str]) 
         ct_volume: the case's CT volume.
         item: the case, with its ground-truth paths.
         tasks: the tasks that were run (infection metrics only when ``"infection"`` is among them).
+        tolerance: when given, each mask must share the CT's affine within it (:func:`check_ground_truth_grid`).
 
     Returns:
         ``{"lung_dice", "lung_iou", "infection_dice", "infection_iou"}``, None where there is no
@@ -102,6 +126,8 @@ def ground_truth_metrics(seg, ct_volume, item: BatchCase, tasks: Sequence[str]) 
         if task not in tuple(tasks):
             logger.info("case %s: %s not scored (the %s task was not run)", item.case, column, task)
             continue
+        if tolerance is not None:
+            check_ground_truth_grid(path, ct_volume, item.case, tolerance)
         gt = read_ground_truth(path, task, ct_volume, case=item.case)
         pred = predicted(seg, task)
         out[f"{task}_dice"] = dice(pred, gt)
@@ -215,7 +241,7 @@ def run_batch(
                     row[f"severity_{side}"] = report["severity"][side]
             if item.has_ground_truth:
                 try:
-                    row.update(ground_truth_metrics(seg, volume, item, tasks))
+                    row.update(ground_truth_metrics(seg, volume, item, tasks, limits.geometry_tolerance))
                     row["eval_error"] = ""
                 except LungsegError as exc:
                     logger.warning("case %s: not evaluated: %s", case, exc)
