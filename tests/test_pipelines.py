@@ -123,11 +123,12 @@ def test_variant_run_is_one_complete_mlflow_run(trained_project):
     assert run.info.run_name == "infection_unet"
     assert {k: run.data.tags[k] for k in ("task", "architecture", "dataset", "environment")} == {
         "task": "infection", "architecture": "unet", "dataset": "tiny", "environment": "test"}
-    assert run.data.params["infection_unet.training.learning_rate"] == "0.001"  # flattened
+    assert run.data.params["training.learning_rate"] == "0.001"  # flattened, without the variant (lines up in Compare)
+    assert run.data.tags["variant"] == "infection_unet" and not any(k.startswith("infection_unet.") for k in run.data.params)
     client = mlflow.MlflowClient()
-    history = client.get_metric_history(run.info.run_id, "infection_unet.val_loss")
+    history = client.get_metric_history(run.info.run_id, "val_loss")
     assert [m.step for m in history] == [0, 1]
-    assert "infection_unet.eval_slice_dice" in run.data.metrics
+    assert "eval_slice_dice" in run.data.metrics and "val_dice" in run.data.metrics
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id, "infection_unet")}
     assert {"infection_unet/metrics.json", "infection_unet/overlays.png", "infection_unet/training_curves.png",
             "infection_unet/model_config.json"} <= artifacts

@@ -1,4 +1,5 @@
-"""Project hooks: tag every MLflow run with what it trained, on what, in which environment."""
+"""Project hooks: MLflow runs that line up across variants (tags, unprefixed keys, one nested run per
+variant), and a readable stop when the raw dataset is missing."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import logging
 from typing import Any
 
 from kedro.framework.hooks import hook_impl
+from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from lungseg.layout import VARIANTS, variant_architecture, variant_task
 
@@ -30,33 +32,128 @@ def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) ->
     }
 
 
-class MlflowTagsHook:
-    """Set the tags once, on the first node, when kedro-mlflow has started the run."""
+def variant_of(namespace: str | None) -> str | None:
+    """The variant run a node belongs to: its top namespace when that is a variant (``infection_unet``)
+    or a variant's cross-validation (``infection_unet_cv``); None for shared nodes."""
+    top = (namespace or "").split(".")[0]
+    base = top[: -len("_cv")] if top.endswith("_cv") else top
+    return top if base in VARIANTS else None
+
+
+def strip_variant(param: str, variant: str | None) -> str:
+    """A parameter's name without its variant: ``infection_unet.model`` -> ``model`` (also under
+    ``infection_unet_cv``), so that every variant's run logs the same keys."""
+    if variant:
+        base = variant[: -len("_cv")] if variant.endswith("_cv") else variant
+        for prefix in (f"{variant}.", f"{base}."):
+            if param.startswith(prefix):
+                return param[len(prefix):]
+    return param
+
+
+class LungsegMlflowHook(MlflowHook):
+    """kedro-mlflow's hook (which settings.py registers in place of the plugin's own), with runs that
+    line up in the MLflow UI's Compare.
+
+    * Parameters are logged without their variant: ``model.base_filters``, not
+      ``infection_unet.model.base_filters``; metrics datasets have no prefix either.
+    * A ``kedro run`` of one variant is one MLflow run. A run that covers several variants
+      (``__default__``, an infection variant's cross-validation) is a parent run with one nested child
+      run per variant (kedro-mlflow has none per namespace; its maintainer suggests
+      ``mlflow.start_run(nested=True)`` around a namespace's nodes, kedro-mlflow#448). The child of a
+      node's variant is made active in ``before_node_run`` and stays active until a node of another
+      variant (or a shared node) starts: Kedro saves a node's outputs after ``after_node_run``, so
+      the node's MLflow datasets are logged into its variant's run.
+    * Every run is tagged ``task``, ``architecture``, ``dataset``, ``environment`` (and ``variant``
+      for a variant's run); the parent holds the table of its children (``comparison/variant_runs.csv``).
+    """
 
     def __init__(self) -> None:
-        self._tags: dict[str, str] | None = None
-        self._done = False
+        super().__init__()
+        self._children: dict[str, str] = {}
+        self._nested = False
+        self._params: dict[str, Any] = {}
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        try:
-            dataset = catalog.load("params:dataset_name")
-        except Exception:  # the parameter is optional for this hook
-            dataset = None
+        super().before_pipeline_run(run_params, pipeline, catalog)
+        self._children = {}
+        variants = sorted({v for node in pipeline.nodes if (v := variant_of(node.namespace))})
+        self._nested = len(variants) > 1
+        if not self._is_mlflow_enabled:
+            return
+        dataset = _optional_param(catalog, "dataset_name")
+        self._params = {"env": run_params.get("env"), "dataset": dataset,
+                        "preprocessing": _optional_param(catalog, "preprocessing")}
         names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
         name = names if isinstance(names, str) else "+".join(names)
-        self._tags = run_tags(name, run_params.get("env"), dataset)
-        self._done = False
-
-    @hook_impl
-    def before_node_run(self, node) -> None:
-        if self._done or self._tags is None:
-            return
         import mlflow
 
-        if mlflow.active_run() is not None:
-            mlflow.set_tags(self._tags)
-            self._done = True
+        mlflow.set_tags(run_tags(name, run_params.get("env"), dataset))
+        if not self._nested and variants:
+            mlflow.set_tag("variant", variants[0].removesuffix("_cv"))
+
+    @hook_impl
+    def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
+        if self.run_id is None or not self._is_mlflow_enabled:
+            return
+        variant = variant_of(node.namespace)
+        self._activate(variant if self._nested else None)
+        params = {strip_variant(k[len("params:"):], variant): v for k, v in inputs.items() if k.startswith("params:")}
+        self._log_params(params)
+
+    def _activate(self, variant: str | None) -> None:
+        """Make the run of ``variant`` (None: the parent) the active MLflow run of this thread."""
+        import mlflow
+
+        target = self._children.get(variant) if variant else self.run_id
+        active = mlflow.active_run()
+        while active is not None and active.info.run_id not in (target, self.run_id):
+            mlflow.end_run()  # another variant's child: it is resumed when its next node starts
+            active = mlflow.active_run()
+        if active is None:  # a new thread (ThreadRunner), or nothing active any more
+            mlflow.start_run(run_id=self.run_id)
+            active = mlflow.active_run()
+        if variant is None or active.info.run_id == target:
+            return
+        if target is not None:
+            mlflow.start_run(run_id=target, nested=True)
+            return
+        from lungseg.tracking import child_run_tags
+
+        run = mlflow.start_run(run_name=variant, nested=True,
+                               tags=child_run_tags(variant, self._params["dataset"], self._params["env"]))
+        self._children[variant] = run.info.run_id
+        self._log_params({"dataset_name": self._params["dataset"], "preprocessing": self._params["preprocessing"]})
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from kedro_mlflow.framework.hooks.utils import _flatten_dict
+
+        params = {k: v for k, v in params.items() if v is not None}
+        if self.flatten:
+            params = _flatten_dict(d=params, recursive=self.recursive, sep=self.sep)
+        for key, value in params.items():
+            self._log_param(self.sanitize_param_name(key), value)
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        if self._is_mlflow_enabled and self.run_id is not None:
+            self._activate(None)
+            if self._children:
+                import mlflow
+
+                from lungseg.tracking import child_runs_table
+
+                table = child_runs_table(self.run_id)
+                mlflow.log_text(table.to_csv(index=False), "comparison/variant_runs.csv")
+        super().after_pipeline_run(run_params, pipeline, catalog)
+
+
+def _optional_param(catalog, name: str) -> Any:
+    try:
+        return catalog.load(f"params:{name}")
+    except Exception:  # the parameter is optional for the hook
+        return None
 
 
 # ----------------------------------------------------------------------------- raw data missing

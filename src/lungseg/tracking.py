@@ -46,8 +46,10 @@ def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str
 
 
 def log_child_run(name: str, params: Mapping[str, Any], metrics: MetricHistory,
-                  tags: Mapping[str, str] | None = None) -> str | None:
-    """Log one nested MLflow run under the active run (one fold of a cross-validation).
+                  tags: Mapping[str, str] | None = None,
+                  inputs: Mapping[str, Mapping[str, Any]] | None = None) -> str | None:
+    """Log one nested MLflow run under the active run (one fold of a cross-validation), with its
+    training and validation inputs (:func:`split_inputs`) when given.
 
     Returns the child run's id, or None when no MLflow run is active (a run outside kedro-mlflow,
     or a test on an in-memory catalog): then nothing is logged.
@@ -65,4 +67,91 @@ def log_child_run(name: str, params: Mapping[str, Any], metrics: MetricHistory,
         for key, points in metrics.items():
             for point in points:
                 mlflow.log_metric(key, point["value"], step=int(point["step"]))
+        if inputs:
+            log_inputs(inputs)
         return child.info.run_id
+
+
+# ----------------------------------------------------------------------------- datasets (mlflow.log_input)
+#: The MLflow input contexts of a split's two sides, and the subsets that belong to each (a
+#: ``slice_level_leaky`` split marks every case ``mixed``: its slices land on both sides).
+INPUT_CONTEXTS = {"training": ("train", "mixed"), "validation": ("val", "mixed")}
+
+
+def split_inputs(dataset_name: str, case_split, case_ids,
+                 contexts: Mapping[str, tuple[str, ...]] = INPUT_CONTEXTS) -> dict[str, dict[str, Any]]:
+    """What a run logs with ``mlflow.log_input``: per context (``training``, ``validation``), the
+    dataset's name, the table of its cases (``case_id``, ``subset``, ``n_slices``), a digest of that
+    table and the numbers of cases and slices.
+
+    Args:
+        dataset_name: ``params:dataset_name`` (``covid20-dev``, ``synthetic_demo``, ``covid19-ct-scans``).
+        case_split: the split table (``case_id``, ``subset``), as ``split_cases`` or ``fold_split`` gives it.
+        case_ids: the case id of every model-input slice (``model_input["case_ids"]``).
+        contexts: the contexts logged and the ``subset`` values each holds.
+    """
+    import hashlib
+
+    import numpy as np
+    import pandas as pd
+
+    ids, counts = np.unique(np.asarray(case_ids).astype(str), return_counts=True)
+    slices = dict(zip(ids, (int(c) for c in counts)))
+    split = case_split[["case_id", "subset"]].astype({"case_id": str, "subset": str})
+    out: dict[str, dict[str, Any]] = {}
+    for context, subsets in contexts.items():
+        part = split[split["subset"].isin(subsets)].sort_values("case_id").reset_index(drop=True)
+        table = part.assign(n_slices=[slices.get(c, 0) for c in part["case_id"]])
+        text = f"{dataset_name}\n{table.to_csv(index=False)}"
+        out[context] = {
+            "name": str(dataset_name),
+            "digest": hashlib.sha256(text.encode()).hexdigest()[:12],
+            "n_cases": len(table),
+            "n_slices": int(table["n_slices"].sum()),
+            "table": pd.DataFrame(table),
+        }
+    return out
+
+
+def log_inputs(inputs: Mapping[str, Mapping[str, Any]]) -> None:
+    """Log :func:`split_inputs` to the active MLflow run: one ``mlflow.log_input`` per context, so
+    that the runs table's Dataset column names the dataset (tags ``n_cases``, ``n_slices``)."""
+    import mlflow
+    import mlflow.data
+
+    for context, item in inputs.items():
+        dataset = mlflow.data.from_pandas(item["table"], name=item["name"], digest=item["digest"])
+        mlflow.log_input(dataset, context=context,
+                         tags={"n_cases": str(item["n_cases"]), "n_slices": str(item["n_slices"])})
+
+
+# ----------------------------------------------------------------------------- one run per variant
+def child_run_tags(variant: str, dataset: str | None, env: str | None) -> dict[str, str]:
+    """Tags of a variant's run (``infection_unet`` or, for a cross-validation, ``infection_unet_cv``):
+    ``task``, ``architecture``, ``dataset``, ``environment``, ``variant`` and ``cross_validation``."""
+    from lungseg.layout import variant_architecture, variant_task
+
+    base = variant[: -len("_cv")] if variant.endswith("_cv") else variant
+    return {"variant": base, "task": variant_task(base), "architecture": variant_architecture(base),
+            "dataset": dataset or "unknown", "environment": env or "local",
+            "cross_validation": str(variant.endswith("_cv")).lower()}
+
+
+def child_runs_table(parent_run_id: str):
+    """One row per direct child run of ``parent_run_id``: its name, its tags ``variant``, ``task``,
+    ``architecture``, ``dataset``, its ``model.architecture`` param and its final metrics."""
+    import mlflow
+    import pandas as pd
+
+    client = mlflow.MlflowClient()
+    parent = client.get_run(parent_run_id)
+    runs = client.search_runs([parent.info.experiment_id],
+                              filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=1000)
+    rows = []
+    for run in sorted(runs, key=lambda r: r.info.run_name or ""):
+        tags = run.data.tags
+        row = {"run_name": run.info.run_name, "run_id": run.info.run_id,
+               **{k: tags.get(k) for k in ("variant", "task", "architecture", "dataset", "fold")}}
+        row.update(sorted(run.data.metrics.items()))
+        rows.append(row)
+    return pd.DataFrame(rows)

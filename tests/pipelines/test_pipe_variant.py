@@ -38,7 +38,7 @@ class Kept(MemoryDataset):
         pass
 
 
-OUTPUTS = ("model_config", "model", "history", "mlflow_model", "epoch_metrics", "training_curves", "metrics",
+OUTPUTS = ("model_config", "model", "history", "mlflow_model", "mlflow_inputs", "epoch_metrics", "training_curves", "metrics",
            "slice_metrics", "case_metrics", "overlay_data", "eval_metrics", "metrics_table", "overlays")
 
 
@@ -80,7 +80,7 @@ def test_the_variant_pipeline_trains_logs_and_evaluates_in_memory(inputs):
     SequentialRunner().run(pipe, catalog)
     v = "infection_unet"
     assert {n.name for n in pipe.nodes} == {f"{v}.{n}" for n in (
-        "train_model", "log_mlflow_model", "epoch_metrics", "plot_training_curves", "evaluate_model", "eval_metrics",
+        "train_model", "log_mlflow_model", "log_mlflow_inputs", "epoch_metrics", "plot_training_curves", "evaluate_model", "eval_metrics",
         "metrics_table", "plot_overlays")}
     config = catalog.load(f"{v}.model_config")
     split = inputs[1]
@@ -94,6 +94,13 @@ def test_the_variant_pipeline_trains_logs_and_evaluates_in_memory(inputs):
     assert steps["val_loss"][1]["value"] == pytest.approx(history["val_loss"][1])
     logged = catalog.load(f"{v}.mlflow_model")
     assert logged["config"] == config and logged["model"] is catalog.load(f"{v}.model")
+    inputs_logged = catalog.load(f"{v}.mlflow_inputs")  # what mlflow.log_input receives
+    assert set(inputs_logged) == {"training", "validation"}
+    val = inputs_logged["validation"]
+    assert val["name"] == "tiny" and val["n_cases"] == len(config["val_cases"]) and len(val["digest"]) == 12
+    assert list(val["table"]["case_id"]) == config["val_cases"]
+    n_train = int(np.isin(inputs[0]["case_ids"], config["train_cases"]).sum())
+    assert inputs_logged["training"]["n_slices"] == n_train and val["digest"] != inputs_logged["training"]["digest"]
     summary = catalog.load(f"{v}.metrics")
     assert summary["variant"] == v and summary["n_val_cases"] == len(config["val_cases"])
     assert 0.0 <= summary["case_dice"] <= 1.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+from kedro.io import AbstractDataset, DatasetError
 from kedro_mlflow.io.models import MlflowModelTrackingDataset
 
 
@@ -70,3 +71,27 @@ class MlflowKerasModelDataset(MlflowModelTrackingDataset):
 
             mlflow.log_dict(config, self._config_artifact)
 
+
+
+class MlflowInputsDataset(AbstractDataset):
+    """Logs a run's datasets with ``mlflow.log_input`` (save only), so that the MLflow runs table's
+    Dataset column names them. Takes :func:`lungseg.tracking.split_inputs`' dict
+    (``{context: {name, digest, n_cases, n_slices, table}}``). Outside an MLflow run it logs nothing.
+    """
+
+    def __init__(self, metadata: dict[str, Any] | None = None) -> None:
+        self.metadata = metadata
+
+    def save(self, data: dict[str, dict[str, Any]]) -> None:
+        import mlflow
+
+        from lungseg.tracking import log_inputs
+
+        if mlflow.active_run() is not None:
+            log_inputs(data)
+
+    def load(self) -> Any:
+        raise DatasetError("MlflowInputsDataset is write-only: it logs inputs to the MLflow run")
+
+    def _describe(self) -> dict[str, Any]:
+        return {}

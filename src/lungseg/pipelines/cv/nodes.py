@@ -14,7 +14,7 @@ from lungseg.evaluation.cv import combined_oof_metrics, fold_segmenter, oof_case
 from lungseg.models.cv import fold_table, train_folds
 from lungseg.models.inputs import source_equalised
 from lungseg.pipelines.evaluation.nodes import EVALUATION_KEYS
-from lungseg.tracking import history_to_steps, log_child_run, summary_to_metrics
+from lungseg.tracking import history_to_steps, log_child_run, split_inputs, summary_to_metrics
 
 Lazy = Callable[[], dict[str, np.ndarray]]
 CASE_METRICS = ("dice", "iou", "precision", "recall", "nsd", "hd95")
@@ -68,25 +68,40 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
 
 
 def log_fold_runs(fold_models: dict[str, dict], histories: dict[str, dict], table: pd.DataFrame,
-                  model_params: dict[str, Any], training_params: dict[str, Any]) -> pd.DataFrame:
-    """One nested MLflow run per fold (same keys in every fold): its settings, its epochs and its
-    held-out cases' mean metrics. Returns the fold -> run id table."""
+                  model_params: dict[str, Any], training_params: dict[str, Any],
+                  model_input: dict[str, np.ndarray], folds: pd.DataFrame, dataset_name: str) -> pd.DataFrame:
+    """One nested MLflow run per fold (same keys in every fold): its settings, its epochs, its
+    held-out cases' mean metrics and its training and validation cases (``mlflow.log_input``).
+    Returns the fold -> run id table."""
+    from lungseg.models.cv import fold_split
+
     rows = []
     for name, item in sorted(fold_models.items()):
         fold = int(item["config"]["fold"])
         held_out = table[table["fold"] == fold]
         final = {f"case_{m}": float(held_out[m].replace([np.inf, -np.inf], np.nan).mean()) for m in CASE_METRICS}
         metrics = {**history_to_steps(histories[name]), **summary_to_metrics(final, prefix="eval_")}
+        inputs = split_inputs(dataset_name, fold_split(folds, fold), model_input["case_ids"])
         run_id = log_child_run(f"{item['config']['task']}_{item['config']['architecture']} {name}",
                                {"model": model_params, "training": training_params, "fold": fold}, metrics,
-                               {"fold": str(fold)})
+                               {"fold": str(fold)}, inputs)
         rows.append({"fold": fold, "name": name, "mlflow_run_id": run_id, "n_val_cases": len(held_out)})
     return pd.DataFrame(rows)
 
 
+def cv_inputs(model_input: dict[str, np.ndarray], folds: pd.DataFrame, dataset_name: str) -> dict[str, Any]:
+    """Every case of the cross-validation (each is held out once), for ``mlflow.log_input`` on the
+    variant's run (context ``cross_validation``)."""
+    split = folds.assign(subset="all")
+    return split_inputs(dataset_name, split, model_input["case_ids"], {"cross_validation": ("all",)})
+
+
 def cv_metrics(summary: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
-    """The cross-validation summary as metrics of the parent MLflow run (``cv_<key>``)."""
-    return summary_to_metrics(summary, prefix="cv_")
+    """The cross-validation summary as metrics of the variant's MLflow run (``cv_<key>``), and the
+    out-of-fold means under the names a trained variant's run uses (``eval_case_dice``...), so that
+    Compare lines cross-validated and single runs up."""
+    oof = {f"case_{m}": summary[f"case_{m}_oof_mean"] for m in CASE_METRICS if f"case_{m}_oof_mean" in summary}
+    return {**summary_to_metrics(summary, prefix="cv_"), **summary_to_metrics(oof, prefix="eval_")}
 
 
 def combined_metrics(summary: dict[str, Any]) -> dict[str, list[dict[str, float]]]:

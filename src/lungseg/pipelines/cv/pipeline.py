@@ -27,7 +27,14 @@ def create_folds_pipeline() -> Pipeline:
 
 def create_variant_cv_pipeline(variant: str) -> Pipeline:
     """Train one model per fold, score out of fold, log one nested MLflow run per fold."""
-    from lungseg.pipelines.cv.nodes import cv_metrics, evaluate_fold_models, log_fold_runs, plot_cv, train_fold_models
+    from lungseg.pipelines.cv.nodes import (
+        cv_inputs,
+        cv_metrics,
+        evaluate_fold_models,
+        log_fold_runs,
+        plot_cv,
+        train_fold_models,
+    )
 
     task = variant_task(variant)
     template = Pipeline([
@@ -35,8 +42,10 @@ def create_variant_cv_pipeline(variant: str) -> Pipeline:
              ["fold_models", "fold_histories"], name="train_fold_models"),
         Node(evaluate_fold_models, ["fold_models", "folds", "enhanced_cases", "params:evaluation"],
              ["oof_case_metrics", "cv_summary"], name="evaluate_fold_models"),
-        Node(log_fold_runs, ["fold_models", "fold_histories", "oof_case_metrics", "params:model", "params:training"],
+        Node(log_fold_runs, ["fold_models", "fold_histories", "oof_case_metrics", "params:model", "params:training",
+                             "model_input", "folds", "params:dataset_name"],
              "fold_runs", name="log_fold_runs"),
+        Node(cv_inputs, ["model_input", "folds", "params:dataset_name"], "mlflow_inputs", name="log_mlflow_inputs"),
         Node(cv_metrics, "cv_summary", "cv_metrics", name="cv_metrics"),
         Node(plot_cv, "oof_case_metrics", "cv_plot", name="plot_cv"),
     ])

@@ -27,3 +27,11 @@ def mlflow_model(model, model_config: dict[str, Any]) -> dict[str, Any]:
     """The model and its config, for the MLflow model logged with the run (the config goes into
     the logged model's metadata, so a model taken from MLflow carries its preprocessing)."""
     return {"model": model, "config": model_config}
+
+
+def mlflow_inputs(model_input: dict[str, np.ndarray], case_split: pd.DataFrame, dataset_name: str) -> dict[str, Any]:
+    """The training and validation cases of the run, for ``mlflow.log_input`` (dataset name, digest of
+    the split's case table, numbers of cases and slices)."""
+    from lungseg.tracking import split_inputs
+
+    return split_inputs(dataset_name, case_split, model_input["case_ids"])

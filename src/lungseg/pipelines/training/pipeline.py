@@ -23,7 +23,7 @@ def create_template() -> Pipeline:
         plot_history,
         plot_overlay,
     )
-    from lungseg.pipelines.training.nodes import mlflow_model, train_model
+    from lungseg.pipelines.training.nodes import mlflow_inputs, mlflow_model, train_model
 
     train, evaluate = ["training"], ["evaluation"]
     return Pipeline(
@@ -32,6 +32,8 @@ def create_template() -> Pipeline:
                  ["model_input", "case_split", "params:model", "params:training", "params:dataset_name"],
                  ["model_config", "model", "history"], name="train_model", tags=train),
             Node(mlflow_model, ["model", "model_config"], "mlflow_model", name="log_mlflow_model", tags=train),
+            Node(mlflow_inputs, ["model_input", "case_split", "params:dataset_name"], "mlflow_inputs",
+                 name="log_mlflow_inputs", tags=train),
             Node(epoch_metrics, "history", "epoch_metrics", name="epoch_metrics", tags=train),
             Node(plot_history, ["history", "model_config"], "training_curves", name="plot_training_curves",
                  tags=evaluate),
