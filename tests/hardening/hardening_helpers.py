@@ -16,6 +16,7 @@ from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+import pytest
 
 from lungseg import cli
 from lungseg.volume import from_canonical_array
@@ -167,3 +168,10 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
         time.sleep(0.05)
     proc.kill()
     raise AssertionError(f"the child never reached {path}")
+
+
+@pytest.fixture(scope="session", name="rule_models")
+def rule_models_fixture(tmp_path_factory) -> Path:
+    """Band models (lung and lesion intensities) in the training pipeline's layout: instant and exact.
+    (A fixture here, imported by the test modules: a second conftest.py would shadow the suite's.)"""
+    return make_rule_models(tmp_path_factory.mktemp("hardening_models"))

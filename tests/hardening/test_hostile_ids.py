@@ -7,7 +7,15 @@ import os
 import pandas as pd
 import pytest
 import yaml
-from hardening_helpers import FAST, PROJECT_ROOT, error_lines, phantom, predict, save_nifti
+from hardening_helpers import (
+    FAST,
+    PROJECT_ROOT,
+    error_lines,
+    phantom,
+    predict,
+    rule_models_fixture,  # noqa: F401 - the fixture
+    save_nifti,
+)
 
 from lungseg.errors import DataValidationError, InputError
 from lungseg.layout import check_case_id
