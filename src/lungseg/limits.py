@@ -185,16 +185,23 @@ def check_volume_shape(
             f"{where}: the header gives {'x'.join(map(str, dims))} = {voxels:,} voxels, over the limit of "
             f"{limits.max_voxels:,} (inference.limits.max_voxels); refused before reading"
         )
-    if max(dims) > limits.max_slices:
-        raise InputError(
-            f"{where}: an axis of {max(dims):,} slices in {'x'.join(map(str, dims))}, over the limit of "
-            f"{limits.max_slices:,} (inference.limits.max_slices)"
-        )
-    plane = sorted(dims)[:-1] if inplane is None else [int(s) for s in inplane]
+    if inplane is not None:
+        plane = [int(s) for s in inplane]
+        slices = voxels // max(1, plane[0] * plane[1]) if len(plane) == 2 else max(dims)
+    else:  # a NIfTI's slice axis is not known: the largest axis may be the slices, the next one is in-plane
+        ordered = sorted(dims)
+        plane, slices = ordered[-2:-1], ordered[-1]
+        if len(ordered) < 3 or ordered[0] == 1:  # a single slice: both large axes are in-plane
+            plane, slices = ordered[-2:], 1
     if plane and max(plane) > limits.max_inplane:
         raise InputError(
             f"{where}: images of {max(plane):,} pixels across, over the limit of {limits.max_inplane:,} "
             "(inference.limits.max_inplane)"
+        )
+    if slices > limits.max_slices:
+        raise InputError(
+            f"{where}: {slices:,} slices in {'x'.join(map(str, dims))}, over the limit of "
+            f"{limits.max_slices:,} (inference.limits.max_slices)"
         )
 
 
