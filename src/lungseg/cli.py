@@ -99,6 +99,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR", help="output folder")
     p.add_argument("--lung-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
     p.add_argument("--infection-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
+    p.add_argument("--model", metavar="URI", help="a registered lungseg-combined model (both tasks): "
+                   "models:/lungseg-combined/<version> in the MLflow store of MLFLOW_TRACKING_URI, or its folder")
     p.add_argument("--models-dir", default=MODELS_DIR, help="where trained models are (default: %(default)s)")
     p.add_argument("--models", metavar="FOLDER", default=None,
                    help="cross-validation fold models used as an ensemble per task: a <variant>_cv folder (its "
@@ -184,6 +186,10 @@ def _load_models(args: argparse.Namespace):
     from lungseg.inference.models import load_model_spec
 
     import_tensorflow_quietly()
+    if getattr(args, "model", None):  # lungseg-combined from the MLflow registry (#13)
+        from lungseg.inference.models import load_combined_models
+
+        return load_combined_models(args.model, args.tasks)
 
     specs = {"lung": args.lung_model, "infection": args.infection_model}
     if getattr(args, "models", None):

@@ -10,8 +10,14 @@ Kedro 1.7 imports only the pipeline that is asked for, so ``find_pipelines`` can
 * ``lung_unet_cv``... ``infection_deeplabv3plus_cv``: patient-level k-fold cross-validation of a
   variant, scored out of fold; an infection variant's also scores the combined system (lung_unet
   folds, then the infection folds inside the predicted lungs).
+* ``system``: the two U-Nets of the combined system (``lung_unet`` and ``infection_unet``), each in
+  its own nested MLflow run under the run of the ``kedro run``.
 * ``inference``: segment every case of a folder or a metadata.csv with trained models.
 * ``__default__``: the shared steps once, then all four variants.
+
+Every training pipeline ends with ``register_combined_model``: with ``registry.register: true`` the
+run's lung and infection models (or fold ensembles) are registered as one MLflow model,
+``lungseg-combined`` (a task the pipeline does not train: the newest trained model of it).
 """
 
 from __future__ import annotations
@@ -26,6 +32,10 @@ from lungseg.pipelines.ingestion import pipeline as ingestion
 from lungseg.pipelines.preprocessing import pipeline as preprocessing
 from lungseg.pipelines.synthetic_data import pipeline as synthetic_data
 from lungseg.pipelines.training import pipeline as training
+from lungseg.pipelines.training.registry import create_registry_pipeline
+
+#: The variants of the ``system`` pipeline (and of the combined model registered by ``__default__``).
+SYSTEM = ("lung_unet", "infection_unet")
 
 
 def register_pipelines() -> dict[str, Pipeline]:
@@ -39,16 +49,28 @@ def register_pipelines() -> dict[str, Pipeline]:
         "inference": inference.create_pipeline(),
     }
     for variant in VARIANTS:
+        task = variant_task(variant)
         pipelines[variant] = (
             shared
-            + preprocessing.create_task_pipeline(variant_task(variant))
+            + preprocessing.create_task_pipeline(task)
             + training.create_variant_pipeline(variant)
             + evaluation.create_pipeline([variant])
+            + create_registry_pipeline(variant if task == "lung" else None, variant if task == "infection" else None)
         )
     for variant in VARIANTS:  # patient-level k-fold cross-validation (an infection variant includes lung_unet's)
-        tasks = ("lung", "infection") if variant_task(variant) == "infection" else ("lung",)
-        pipelines[f"{variant}_cv"] = ingest + preprocessing.create_pipeline(tasks) + cv.create_pipeline(variant)
+        infection = variant_task(variant) == "infection"
+        tasks = ("lung", "infection") if infection else ("lung",)
+        pipelines[f"{variant}_cv"] = (
+            ingest + preprocessing.create_pipeline(tasks) + cv.create_pipeline(variant)
+            + create_registry_pipeline(f"{cv.COMBINED_LUNG_VARIANT if infection else variant}_cv",
+                                       f"{variant}_cv" if infection else None)
+        )
+    pipelines["system"] = (
+        ingest + preprocessing.create_pipeline() + sum((training.create_variant_pipeline(v) for v in SYSTEM), Pipeline([]))
+        + evaluation.create_pipeline(SYSTEM) + create_registry_pipeline(*SYSTEM)
+    )
     pipelines["__default__"] = (
         ingest + preprocessing.create_pipeline() + training.create_pipeline() + evaluation.create_pipeline(VARIANTS)
+        + create_registry_pipeline(*SYSTEM)
     )
     return pipelines

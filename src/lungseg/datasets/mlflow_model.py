@@ -95,3 +95,30 @@ class MlflowInputsDataset(AbstractDataset):
 
     def _describe(self) -> dict[str, Any]:
         return {}
+
+
+class MlflowCombinedModelDataset(AbstractDataset):
+    """Logs ``lungseg-combined`` (the lung and infection models as one ``mlflow.pyfunc`` model) to the
+    active MLflow run and registers a new version (save only). Takes the registration node's dict:
+    ``{"register": False}`` logs nothing; else ``name``, ``settings``, ``lung`` and ``infection``
+    (see :func:`lungseg.serving.register.log_combined_model`). Outside an MLflow run it logs nothing.
+    """
+
+    def __init__(self, metadata: dict[str, Any] | None = None) -> None:
+        self.metadata = metadata
+        self.model_info: Any = None
+
+    def save(self, data: dict[str, Any]) -> None:
+        import mlflow
+
+        if not data.get("register") or mlflow.active_run() is None:
+            return
+        from lungseg.serving.register import log_combined_model
+
+        self.model_info = log_combined_model(data["lung"], data["infection"], data["settings"], data["name"])
+
+    def load(self) -> Any:
+        raise DatasetError("MlflowCombinedModelDataset is write-only: load the model with lungseg.inference.models.load_segmenter")
+
+    def _describe(self) -> dict[str, Any]:
+        return {}

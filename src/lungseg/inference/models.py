@@ -369,3 +369,25 @@ def _mlflow_config(uri: str, info: Any, task: str | None = None) -> dict | None:
         if not isinstance(config, dict) or task is None or config.get("task") in (None, task):
             return config
     return None
+
+
+# ------------------------------------------------------------------------ lungseg-combined (registered)
+
+
+def load_combined_models(spec: str | Path, tasks=TASKS) -> tuple[LoadedModel, LoadedModel | None]:
+    """The lung and infection models of a ``lungseg-combined`` model: an MLflow URI
+    (``models:/lungseg-combined/<version>``, ``models:/lungseg-combined@<alias>``, ``runs:/<id>/lungseg_combined``)
+    or its folder. ``lungseg predict --model`` calls it. Raises :class:`ModelNotFoundError` naming the store."""
+    from lungseg.serving.bundle import load_combined
+
+    combined = load_combined(spec, tuple(tasks))
+    return combined.lung, combined.infection
+
+
+def load_segmenter(spec: str | Path, **overrides: Any):
+    """A :class:`~lungseg.inference.segment.Segmenter` for a ``lungseg-combined`` model (URI or folder),
+    with the inference settings stored in it (``overrides``: e.g. ``flip_tta=True``, ``batch_size=8``):
+    the same code and settings as ``mlflow models serve`` runs. For the web UI."""
+    from lungseg.serving.bundle import load_combined
+
+    return load_combined(spec).segmenter(**overrides)

@@ -1,0 +1,175 @@
+"""The folder a ``lungseg-combined`` model carries, and loading it back from a folder or an MLflow URI.
+
+Layout (the pyfunc model's ``bundle`` artifact)::
+
+    bundle/
+      settings.json               batch_size, lung_min_ratio, flip_tta, guard, limits, sources
+      lung/model.keras            a single model and its model_config.json,
+      lung/model_config.json      or fold_<k>.keras + fold_<k>.json: a fold ensemble
+      infection/...               the same for the infection model
+
+Each task's folder is loaded by :func:`lungseg.inference.models.load_model_spec`, the loader of
+``lungseg predict``, so the served model prepares slices exactly as the CLI does.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from lungseg.errors import ConfigError, ModelNotFoundError
+
+logger = logging.getLogger(__name__)
+
+BUNDLE_ARTIFACT = "bundle"
+SETTINGS_FILE = "settings.json"
+#: The settings a bundle holds (the ``inference`` parameters that change what the Segmenter returns).
+SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "flip_tta", "guard", "limits")
+
+
+@dataclass
+class CombinedModels:
+    """The two models of a bundle (``infection`` None when it holds a lung model only) and its settings."""
+
+    lung: Any
+    infection: Any
+    settings: dict
+    source: str
+
+    def segmenter(self, **overrides):
+        """The :class:`~lungseg.inference.segment.Segmenter` of the bundle's models and settings."""
+        from lungseg.inference.segment import Segmenter
+
+        s = {**self.settings, **overrides}
+        return Segmenter(
+            self.lung,
+            self.infection,
+            int(s["batch_size"]),
+            lung_min_ratio=float(s["lung_min_ratio"]),
+            flip_tta=bool(s["flip_tta"]),
+            guard=s["guard"],
+        )
+
+
+def _copy_model(model: Any, dest: Path) -> str:
+    """Copy one task's model into ``dest``: ``model`` is a ``LoadedModel`` (from a file or a fold folder),
+    a ``(keras_model, config)`` pair trained in this run, or the folds of a cross-validation
+    (``{fold_<k>: (keras_model, config)}``). Returns its source, in words."""
+    dest.mkdir(parents=True)
+    if isinstance(model, dict):  # a cross-validation's folds {fold_<k>: (keras_model, config)}
+        for name, (keras_model, config) in sorted(model.items()):
+            keras_model.save(dest / f"{name}.keras")
+            (dest / f"{name}.json").write_text(json.dumps(config, indent=2, default=str))
+        first = next(iter(model.values()))[1]
+        return f"{len(model)} fold models trained in this run ({first.get('task')}_{first.get('architecture')})"
+    if isinstance(model, tuple):
+        keras_model, config = model
+        keras_model.save(dest / "model.keras")
+        (dest / "model_config.json").write_text(json.dumps(config, indent=2, default=str))
+        return f"trained in this run ({config.get('task')}_{config.get('architecture')})"
+    source = Path(str(model.source))
+    if source.is_dir():  # a fold ensemble: every fold_<k>.keras with its fold_<k>.json
+        for f in sorted(source.glob("fold_*")):
+            if f.suffix in (".keras", ".json"):
+                shutil.copy2(f, dest / f.name)
+        return str(source)
+    if not source.is_file():
+        raise ModelNotFoundError(f"model {str(source)!r}: only a model file or a fold folder can be bundled")
+    shutil.copy2(source, dest / "model.keras")
+    (dest / "model_config.json").write_text(json.dumps(model.config, indent=2, default=str))
+    return str(source)
+
+
+def write_bundle(dest: str | Path, lung: Any, infection: Any, settings: dict[str, Any]) -> Path:
+    """Write a bundle folder at ``dest`` (which must not exist).
+
+    Args:
+        lung, infection: each a ``LoadedModel``, a ``(keras_model, config)`` pair or a dict of folds
+            (``infection`` may be None).
+        settings: ``batch_size``, ``lung_min_ratio``, ``flip_tta``, ``guard`` and ``limits`` (the
+            ``inference`` parameters), stored so that the served model needs no project checkout.
+    """
+    missing = [k for k in SETTINGS_KEYS if k not in settings]
+    if missing:
+        raise ConfigError(f"the combined model's settings lack {missing} (parameters 'inference.*')")
+    dest = Path(dest)
+    dest.mkdir(parents=True)
+    sources = {"lung": _copy_model(lung, dest / "lung")}
+    if infection is not None:
+        sources["infection"] = _copy_model(infection, dest / "infection")
+    saved = {k: settings[k] for k in SETTINGS_KEYS} | {"sources": sources}
+    (dest / SETTINGS_FILE).write_text(json.dumps(saved, indent=2, default=str))
+    return dest
+
+
+def load_bundle(folder: str | Path, source: str | None = None, tasks=("lung", "infection")) -> CombinedModels:
+    """Load a bundle folder (see the module docstring) with the CLI's own model loader."""
+    from lungseg.inference.models import load_model_spec
+
+    folder = Path(folder)
+    where = source or str(folder)
+    try:
+        settings = json.loads((folder / SETTINGS_FILE).read_text())
+    except (OSError, ValueError) as exc:
+        raise ModelNotFoundError(
+            f"model {where!r}: not a lungseg combined model (no readable {SETTINGS_FILE}: {exc})"
+        ) from exc
+    lung = load_model_spec(_task_spec(folder / "lung"), "lung")
+    infection = None
+    if "infection" in tasks and (folder / "infection").is_dir():
+        infection = load_model_spec(_task_spec(folder / "infection"), "infection")
+    elif "infection" in tasks:
+        raise ModelNotFoundError(f"model {where!r} holds no infection model; use --tasks lung")
+    for loaded, task in ((lung, "lung"), (infection, "infection")):
+        if loaded is not None:
+            loaded.source = f"{where} ({task}: {settings.get('sources', {}).get(task, 'bundled')})"
+    return CombinedModels(lung, infection, settings, where)
+
+
+def _task_spec(folder: Path) -> Path:
+    return folder / "model.keras" if (folder / "model.keras").is_file() else folder
+
+
+def is_mlflow_uri(spec: str) -> bool:
+    return str(spec).split(":/", 1)[0].lower() in ("models", "runs", "mlflow-artifacts", "file") and ":/" in str(spec)
+
+
+def local_bundle(uri_or_folder: str | Path) -> Path:
+    """The bundle folder of a combined model given as an MLflow URI (``models:/lungseg-combined/3``,
+    ``models:/lungseg-combined@champion``, ``runs:/<id>/lungseg_combined``), as the pyfunc model's own
+    folder (with its ``MLmodel``), or as a bundle folder."""
+    spec = str(uri_or_folder)
+    if is_mlflow_uri(spec):
+        import mlflow
+
+        try:
+            folder = Path(mlflow.artifacts.download_artifacts(artifact_uri=spec))
+        except Exception as exc:
+            raise ModelNotFoundError(
+                f"model {spec!r}: not found in the MLflow store {mlflow.get_tracking_uri()!r} ({type(exc).__name__}: "
+                f"{exc}); register one with `kedro run --pipeline=system --params=registry.register=true`"
+            ) from exc
+    else:
+        folder = Path(spec).expanduser()
+    if (folder / "MLmodel").is_file():
+        import yaml
+
+        flavor = (yaml.safe_load((folder / "MLmodel").read_text()) or {}).get("flavors", {}).get("python_function", {})
+        artifact = (flavor.get("artifacts") or {}).get(BUNDLE_ARTIFACT, {})
+        if not artifact.get("path"):
+            raise ModelNotFoundError(f"model {spec!r} is an MLflow model but not a lungseg combined model")
+        folder = folder / artifact["path"]
+    if not (folder / SETTINGS_FILE).is_file():
+        raise ModelNotFoundError(
+            f"model {spec!r}: not a lungseg combined model (no {SETTINGS_FILE} in {str(folder)!r})"
+        )
+    return folder
+
+
+def load_combined(uri_or_folder: str | Path, tasks=("lung", "infection")) -> CombinedModels:
+    """Load a ``lungseg-combined`` model from the MLflow registry (or a folder): both models and the settings."""
+    return load_bundle(local_bundle(uri_or_folder), str(uri_or_folder), tasks)

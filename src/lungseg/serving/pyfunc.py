@@ -1,0 +1,113 @@
+"""``lungseg-combined``: the lung and infection models as one ``mlflow.pyfunc`` model.
+
+Input (what a service sends): a table with one column ``ct_nifti_base64``, one CT per row, each the
+bytes of a ``.nii`` or ``.nii.gz`` file in base64. A NIfTI file carries its voxel spacing and
+orientation, so the masks come back on the same grid and the volumes in ml are right. Over HTTP::
+
+    POST /invocations  {"dataframe_split": {"columns": ["ct_nifti_base64"], "data": [["H4sI..."]]}}
+
+Output: one row per CT, columns ``label_map_nifti_base64`` (a gzipped NIfTI of uint8 labels 1 left
+lung, 2 right lung, 3 infection, on the input's own grid and affine: ``lungseg predict``'s
+``lung_and_infection_mask.nii.gz``) and ``report_json`` (``lungseg predict``'s report.json: volumes,
+involvement % and severity per lung).
+
+Each CT is read by :func:`lungseg.inference.readers.read_input` and segmented by
+:class:`lungseg.inference.segment.Segmenter`, the code of ``lungseg predict``, with the inference
+settings stored in the model (batch size, lung clean-up, flip TTA, plausibility guard, limits).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import gzip
+import json
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import mlflow.pyfunc
+
+INPUT_COLUMN = "ct_nifti_base64"
+OUTPUT_COLUMNS = ("label_map_nifti_base64", "report_json")
+
+
+def encode_nifti(path_or_bytes: str | Path | bytes) -> str:
+    """A NIfTI file (path or bytes) as the model's input string."""
+    data = path_or_bytes if isinstance(path_or_bytes, bytes) else Path(path_or_bytes).read_bytes()
+    return base64.b64encode(data).decode("ascii")
+
+
+def decode_label_map(text: str):
+    """The ``label_map_nifti_base64`` of an answer as a nibabel image."""
+    import nibabel as nib
+
+    return nib.Nifti1Image.from_bytes(gzip.decompress(base64.b64decode(text)))
+
+
+def _bad_request(message: str) -> Exception:
+    from mlflow.exceptions import MlflowException
+    from mlflow.protos.databricks_pb2 import INVALID_PARAMETER_VALUE
+
+    return MlflowException(message, error_code=INVALID_PARAMETER_VALUE)  # HTTP 400 from `mlflow models serve`
+
+
+class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
+    """Loads the bundle artifact (:mod:`lungseg.serving.bundle`) once; segments each row's CT."""
+
+    def load_context(self, context) -> None:
+        from lungseg.serving.bundle import BUNDLE_ARTIFACT, load_bundle
+
+        self._models = load_bundle(context.artifacts[BUNDLE_ARTIFACT], "lungseg-combined")
+        self._segmenter = self._models.segmenter()
+
+    def predict(self, context, model_input, params: dict[str, Any] | None = None):
+        import pandas as pd
+
+        if isinstance(model_input, dict):
+            model_input = pd.DataFrame(model_input)
+        if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
+            raise _bad_request(f"the input needs a column {INPUT_COLUMN!r} (a base64 .nii or .nii.gz file per row)")
+        rows = [self._segment_one(i, text) for i, text in enumerate(model_input[INPUT_COLUMN])]
+        return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+    def _segment_one(self, row: int, text: Any) -> dict[str, str]:
+        from lungseg.errors import LungsegError
+        from lungseg.inference.readers import read_input
+        from lungseg.inference.report import make_report
+
+        try:
+            data = base64.b64decode(str(text), validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise _bad_request(f"row {row}: {INPUT_COLUMN} is not base64 ({exc})") from exc
+        suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
+        with tempfile.TemporaryDirectory(prefix="lungseg-serve-") as tmp:
+            path = Path(tmp) / f"row_{row}{suffix}"
+            path.write_bytes(data)
+            try:
+                volume, kind = read_input(path, self._models.settings["limits"])
+                seg = self._segmenter.segment(volume, kind, tasks=self._tasks(), progress=False)
+            except LungsegError as exc:
+                raise _bad_request(f"row {row}: {exc}") from exc
+        report = make_report(seg, volume.spacing)
+        report["models"] = {
+            "lung": self._models.lung.source,
+            "infection": self._models.infection.source if self._models.infection else None,
+        }
+        labels = volume.to_nifti(seg.combined().astype("uint8"), "uint8")  # as lungseg predict writes it
+        return {
+            "label_map_nifti_base64": base64.b64encode(gzip.compress(labels.to_bytes(), mtime=0)).decode("ascii"),
+            "report_json": json.dumps(report, default=_jsonable),
+        }
+
+    def _tasks(self) -> tuple[str, ...]:
+        return ("lung", "infection") if self._models.infection is not None else ("lung",)
+
+
+def _jsonable(obj: Any) -> Any:
+    """numpy scalars and arrays, and paths, in a report."""
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
