@@ -92,6 +92,7 @@ def tiny_models_dir(tmp_path_factory: pytest.TempPathFactory, trained_infection:
     shutil.rmtree(root, ignore_errors=True)
     root.mkdir(parents=True)
     keras.utils.set_random_seed(0)
+
     def train(task: str, epochs: int):
         cfg = PreprocessConfig(image_size=IMAGE_SIZE, crop_mode="body" if task == "lung" else "lung_mask")
         xs, ys = [], []
@@ -188,13 +189,17 @@ def test_png_flow_images_report_download_and_dice(monkeypatch, models_dir):
     assert any(c.startswith("Predicted mask") for c in captions)
     assert "Overlay" in captions
     shown = _metrics(at)
-    assert shown["Lung volume"].endswith(" ml")
-    assert shown["Severity grade"] in {f"{g}/5" for g in range(6)}
-    assert "Lungs involved" in shown
-    assert [b.label for b in at.download_button] == ["Download the mask (PNG)"]
+    # a 2D slice: areas in pixels and percentages, no ml and no severity grade
+    assert shown["Lung area"].endswith(" px") and shown["Lung area involved"].endswith(" %")
+    assert not any(v.endswith("ml") for v in shown.values()) and "Severity grade" not in shown
+    report = at.session_state["_seg"][2]
+    assert not [k for k in report if k.endswith("_ml")] and "severity" not in report
+    assert "ml" not in report["message"]
+    assert any("View: slice images" in c.value for c in at.caption)
+    assert [b.label for b in at.download_button] == ["Download the mask (PNG)", "Download the report (JSON)"]
     assert not at.slider  # 2D input: no slice slider
 
-    # ground truth (a label map 1/2/3): Dice, IoU, precision, recall, F1 per task
+    # ground truth (a label map 1/2/3): Dice, IoU, precision, recall per task (F1 = Dice: one tile)
     at = _upload(at, "gt_upload", "gt.png", png_bytes(labels))
     _assert_no_exception(at)
     assert not _errors(at)
@@ -209,6 +214,9 @@ def test_png_flow_images_report_download_and_dice(monkeypatch, models_dir):
             expected = getattr(metrics, name)(pred, truth)
             assert shown[f"{logic.METRIC_LABELS[name]} ({task})"] == f"{expected:.4f}"
     assert float(shown["Dice (lung)"]) > 0.3  # the tiny model learnt something
+    assert not any(label.startswith("F1") for label in shown)
+    assert any("false negative" in m.value for m in at.markdown)  # the error map's legend
+    assert any(c == "Error map (infection)" for im in at.image for c in im.captions)
 
     # "Lungs": no infection output, no severity, lung scores only; "Infection": infection scores only
     at.sidebar.radio(key="choice").set_value("Lungs").run()
@@ -272,37 +280,110 @@ def test_oversized_upload_is_refused(monkeypatch, models_dir):
     assert not at.image
 
 
-def test_nifti_volume_flow_slider_download_and_dice(monkeypatch, models_dir):
+def _nii(arr_zyx: np.ndarray, affine=None) -> bytes:
+    affine = np.diag([-0.8, -0.8, 2.5, 1.0]) if affine is None else affine  # LPS: canonical already
+    return gzip.compress(nib.Nifti1Image(np.ascontiguousarray(arr_zyx.transpose(2, 1, 0)), affine).to_bytes())
+
+
+def _volume_case():
     cases = [synthetic_case(seed=s) for s in (201, 202, 203)]
     ct = np.stack([np.zeros_like(cases[0][0])] + [c for c, _ in cases])  # slice 0 holds no lung
     labels = np.stack([np.zeros_like(cases[0][1])] + [lab for _, lab in cases])
     hu = (ct.astype(np.int16) * 6 - 1250).astype(np.int16)  # back to HU through the training window
-    affine = np.diag([-0.8, -0.8, 2.5, 1.0])  # LPS: canonical already
+    return np.maximum(hu, -1000).astype(np.int16), labels  # air at -1000 HU, as a CT has it
 
-    def nii(arr_zyx: np.ndarray) -> bytes:
-        return gzip.compress(nib.Nifti1Image(np.ascontiguousarray(arr_zyx.transpose(2, 1, 0)), affine).to_bytes())
 
+def test_nifti_volume_flow_views_download_and_dice(monkeypatch, models_dir):
+    from lungseg.app import page_viewer, viewer
+
+    hu, labels = _volume_case()
     at = _app(monkeypatch, models_dir)
-    at = _upload(at, "ct_upload", "ct.nii.gz", nii(hu))
+    at = _upload(at, "ct_upload", "ct.nii.gz", _nii(hu))
     _assert_no_exception(at)
     assert not _errors(at)
     seg = at.session_state["_seg"][1]
-    slider = at.slider[0]
-    assert slider.max == 3 and slider.value == logic.default_slice(seg.lung_labels)
-    assert len(at.image) == 3
-    slider.set_value(0).run()
-    assert "slice 0/3" in at.image[0].captions[0]
-    (button,) = at.download_button
-    assert button.label == "Download the mask (NIfTI, input grid)"
+    assert at.radio(key="view_mode").value == page_viewer.NIIVUE  # the multiplanar viewer by default
+    assert any(f"View in use: {page_viewer.NIIVUE}" in c.value for c in at.caption)
+    assert at.selectbox(key="window").value == "Lung (-600/1500)"
+    assert _metrics(at)["Lung volume"].endswith(" ml")
+    labels_dl = [b.label for b in at.download_button]
+    assert labels_dl == ["Download the mask (NIfTI, input grid)", "Download the report (JSON)"]
 
-    at = _upload(at, "gt_upload", "gt.nii.gz", nii(labels))
+    # the PNG views (no WebGL): axial, coronal, sagittal through the start point, with L/R marks
+    at.radio(key="view_mode").set_value(page_viewer.PNG_VIEWS).run()
+    _assert_no_exception(at)
+    assert [c for im in at.image for c in im.captions] == ["Axial", "Coronal", "Sagittal"]
+    start = viewer.start_point(seg.lung_labels, seg.infection)
+    assert at.slider(key=f"z_point_{at.session_state['_input'].digest[:12]}").value == start[0]
+    assert any("scanner x" in c.value and "mm" in c.value for c in at.caption)
+
+    at = _upload(at, "gt_upload", "gt.nii.gz", _nii(labels))
     _assert_no_exception(at)
     assert not _errors(at)
     expected = metrics.dice(seg.lung_labels > 0, labels > 0)
     assert _metrics(at)["Dice (lung)"] == f"{expected:.4f}"
+    assert any("Per-slice Dice" in m.value for m in at.markdown)
+    assert any("false positive" in m.value for m in at.markdown)
+    assert len(at.dataframe) == 2  # Dice per lung; predicted and ground-truth volumes
     # a PNG ground truth for a volume is refused with a message
     at = _upload(at, "gt_upload", "gt.png", png_bytes(labels[1]))
     assert "unsupported ground-truth mask type (.png)" in _errors(at)[0]
+
+
+def test_binary_ground_truth_needs_a_task_choice(monkeypatch, models_dir):
+    at = _app(monkeypatch, models_dir)
+    img, labels = synthetic_case(seed=31)
+    at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
+    infection_only = (labels == 3).astype(np.uint8) * 255  # a binary infection mask
+    at = _upload(at, "gt_upload", "infection.png", png_bytes(infection_only))
+    _assert_no_exception(at)
+    assert not [k for k in _metrics(at) if k.startswith("Dice")]  # nothing scored yet
+    assert any("nothing is scored until you do" in w.value for w in at.warning)
+    radio = next(r for r in at.radio if str(r.key).startswith("binary_task_"))
+    assert radio.value is None
+    radio.set_value("infection").run()
+    _assert_no_exception(at)
+    shown = _metrics(at)
+    seg = at.session_state["_seg"][1]
+    assert shown["Dice (infection)"] == f"{metrics.dice(seg.infection > 0, labels[None] == 3):.4f}"
+    assert "Dice (lung)" not in shown
+
+
+def test_default_model_is_the_best_finished_one(monkeypatch, models_dir, tmp_path):
+    """Three lung models: the newest is unfinished (no config), the alphabetically first scores lower."""
+    root = tmp_path / "data"
+    models = root / "06_models"
+    shutil.copytree(models_dir, models)
+    src = models / "lung_unet"
+    newer, newest = "2025-03-01T00.00.00.000Z", "2025-09-01T00.00.00.000Z"
+    deeplab = models / "lung_deeplabv3plus"
+    for version in (newer, newest):
+        shutil.copytree(src / "model.keras" / VERSION, deeplab / "model.keras" / version)
+    shutil.copytree(src / "model_config.json" / VERSION, deeplab / "model_config.json" / newer)  # newest: none
+    reports = root / "08_reporting"
+    for variant, dice in (("lung_unet", 0.93), ("lung_deeplabv3plus", 0.71)):
+        (reports / variant).mkdir(parents=True)
+        (reports / variant / "metrics.json").write_text(json.dumps({"variant": variant, "case_dice": dice}))
+    at = _app(monkeypatch, models)
+    _assert_no_exception(at)
+    box = at.sidebar.selectbox(key="model_lung")
+    assert list(box.options) == [
+        f"lung_unet ({VERSION}) - validation case Dice 0.930",
+        f"lung_deeplabv3plus ({newer}) - validation case Dice 0.710",
+    ]
+    assert box.value == box.options[0]
+    img, _ = synthetic_case(seed=5)
+    at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
+    _assert_no_exception(at)
+    assert any(f"lung: lung_unet (version {VERSION}), validation case Dice 0.930" in c.value for c in at.caption)
+    report = at.session_state["_seg"][2]
+    assert report["models"]["lung"] == {
+        "variant": "lung_unet",
+        "version": VERSION,
+        "fold_ensemble": False,
+        "score": 0.93,
+        "score_name": "validation case Dice",
+    }
 
 
 def test_model_selector_when_several_versions(monkeypatch, models_dir, tmp_path):
@@ -314,9 +395,10 @@ def test_model_selector_when_several_versions(monkeypatch, models_dir, tmp_path)
     at = _app(monkeypatch, many)
     _assert_no_exception(at)
     box = at.sidebar.selectbox(key="model_lung")
-    assert list(box.options) == [f"lung_unet ({newer})", f"lung_unet ({VERSION})"]
-    assert box.value == f"lung_unet ({newer})"
-    box.set_value(f"lung_unet ({VERSION})").run()
+    unscored = " - no recorded score"  # no reports folder: newest first
+    assert list(box.options) == [f"lung_unet ({newer}){unscored}", f"lung_unet ({VERSION}){unscored}"]
+    assert box.value == f"lung_unet ({newer}){unscored}"
+    box.set_value(f"lung_unet ({VERSION}){unscored}").run()
     _assert_no_exception(at)
     img, _ = synthetic_case(seed=5)
     at = _upload(at, "ct_upload", "slice.png", png_bytes(img))

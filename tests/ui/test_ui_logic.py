@@ -250,9 +250,14 @@ def test_evaluate_known_scores():
     assert scores["lung"]["recall"] == pytest.approx(1.0)
     assert scores["lung"]["iou"] == pytest.approx(6 / 8)
     assert scores["infection"]["dice"] == pytest.approx(0.0)
-    # a binary mask is the mask of the selected task
-    only_lung = logic.evaluate(seg, (gt > 0).astype(np.uint8), "Lungs")
-    assert list(only_lung) == ["lung"] and only_lung["lung"]["f1"] == pytest.approx(12 / 14)
+    # a binary mask is never assumed to be of a task: the task must be given
+    binary = (gt > 0).astype(np.uint8)
+    for choice in ("Lungs", "Infection", "Both"):
+        with pytest.raises(InputError, match="binary mask .* choose whether it is a lung mask or an infection"):
+            logic.evaluate(seg, binary, choice)
+    only_lung = logic.evaluate(seg, binary, "Lungs", binary_task="lung")
+    assert list(only_lung) == ["lung"] and only_lung["lung"]["dice"] == pytest.approx(12 / 14)
+    assert "f1" not in only_lung["lung"]  # F1 is the Dice on binary masks: one tile
     inf_gt = np.zeros_like(gt)
     inf_gt[0, 0, :2] = 1
     assert logic.evaluate(seg, inf_gt, "Both", binary_task="infection")["infection"]["dice"] == 1.0
@@ -286,7 +291,9 @@ def test_read_ground_truth_checks(tmp_path):
     with pytest.raises(InputError, match="cannot read"):
         logic.read_ground_truth("gt.nii.gz", b"\x1f\x8b not gzip", loaded3)
     with pytest.raises(InputError, match=r"file 'gt.nii.gz': .*non-integer values"):
-        logic.read_ground_truth("gt.nii.gz", _nifti_bytes(labels * np.float32(0.5), np.diag([1.0, 1.0, 2.5, 1.0])), loaded3)
+        logic.read_ground_truth(
+            "gt.nii.gz", _nifti_bytes(labels * np.float32(0.5), np.diag([1.0, 1.0, 2.5, 1.0])), loaded3
+        )
 
 
 def test_report_headline():
@@ -296,7 +303,7 @@ def test_report_headline():
         "severity": {"left": 2, "right": 0, "total": 1},
         "severity_label": {"left": "mild", "right": "none", "total": "minimal"},
     }
-    rows = dict(logic.report_headline(report))
+    rows = dict(logic.report_headline(report, is_2d=False))
     assert rows == {
         "Lung volume": "3.0 ml",
         "Left lung involved": "10.0 %",
@@ -307,8 +314,32 @@ def test_report_headline():
     lungs_only = {"lung_volume_ml": {"total": 5.0}, "infection_percent": None, "severity": None}
     assert logic.report_headline(lungs_only) == [("Lung volume", "5.0 ml")]
 
+    # an implausible input: no figures at all (the page shows the warning instead)
+    assert logic.report_headline({**report, "implausible_input": "not a chest CT"}) == []
+    # a 2D slice: pixels and percentages, never ml nor a severity grade
+    slice_report = {
+        "lung_area_pixels": {"total": 900},
+        "lung_percent_of_image": 22.0,
+        "infection_percent_of_lung_area": {"left": 5.0, "right": 0.0, "total": 2.5},
+    }
+    rows = dict(logic.report_headline(slice_report, is_2d=True))
+    assert rows == {
+        "Lung area": "900 px",
+        "Lungs in the image": "22.0 %",
+        "Left lung area involved": "5.0 %",
+        "Right lung area involved": "0.0 %",
+        "Lung area involved": "2.5 %",
+    }
 
-def test_describe_error_is_short():
+
+def test_describe_error_names_the_upload_not_the_server_path():
+    import tempfile
+
     assert logic.describe_error(InputError("file 'x': bad"), "Reading") == "Reading: file 'x': bad"
     msg = logic.describe_error(ValueError("boom\n" + "trace" * 100), "Segmentation")
-    assert msg.startswith("Segmentation failed (ValueError: boom)") and "trace" not in msg
+    assert msg == "Segmentation failed. See the server log for details."  # no class name, no detail
+    temp = f"{tempfile.gettempdir()}/lungseg-upload-abc123/my_scan_1_.nii.gz"
+    exc = InputError(f"file {temp!r}: not a readable NIfTI (ImageFileError: bad header)")
+    msg = logic.describe_error(exc, "Reading", {"my_scan_1_.nii.gz": "my scan (1).nii.gz"})
+    assert msg == "Reading: file 'my scan (1).nii.gz': not a readable NIfTI (bad header)"
+    assert "lungseg-upload" not in msg and "Error" not in msg

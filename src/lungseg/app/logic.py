@@ -11,23 +11,31 @@ from __future__ import annotations
 import gzip
 import logging
 import os
+import re
+import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from lungseg.app.evaluate import (
+    BINARY_TASKS,
     METRIC_LABELS,
     METRIC_NAMES,
     TASK_CHOICES,
     evaluate,
     ground_truth_for,
     is_label_map,
+    per_lung_dice,
+    per_slice_dice,
     predicted_for,
     read_ground_truth,
+    scored_tasks,
+    task_error_map,
+    volume_rows,
 )
+from lungseg.app.report_view import slice_report
 from lungseg.app.uploads import (
     DEFAULT_MAX_UPLOAD_MB,
     INPUT_SUFFIXES,
@@ -44,18 +52,66 @@ from lungseg.app.uploads import (
     upload_limit_mb,
 )
 from lungseg.errors import LungsegError, ModelNotFoundError
+from lungseg.inference.choice import RankedModel, rank_models
 from lungseg.inference.ground_truth import PNG_LABEL_SCALE
 from lungseg.layout import MODELS_DIR, TASKS, variant_name
 
 __all__ = [  # the page's whole vocabulary, defined here or re-exported from uploads / evaluate
-    "DEFAULT_MAX_UPLOAD_MB", "INPUT_SUFFIXES", "MAX_UPLOAD_ENV", "METRIC_LABELS", "METRIC_NAMES", "MODELS_DIR",
-    "MODELS_DIR_ENV", "PNG_LABEL_SCALE", "REQUIRED_MODELS", "TASK_CHOICES", "TRAIN_COMMANDS", "VOLUME_SUFFIXES",
-    "LoadedInput", "ModelChoice", "check_upload", "colour_mask", "default_models_dir", "default_slice",
-    "describe_error", "digest_bytes", "display_colours", "display_labels", "display_slice", "evaluate", "file_stem",
-    "file_suffix", "ground_truth_for", "infection_mask", "is_label_map", "load_model", "lung_mask", "make_report",
-    "mask_download", "mask_nifti_bytes", "mask_png_bytes", "missing_model_message", "missing_tasks",
-    "model_choices", "overlay", "png_values", "predicted_for", "read_ground_truth", "read_upload",
-    "report_headline", "safe_file_name", "segment", "selected_mask", "server_max_upload_mb", "upload_limit_mb",
+    "BINARY_TASKS",
+    "per_lung_dice",
+    "per_slice_dice",
+    "scored_tasks",
+    "task_error_map",
+    "volume_rows",
+    "DEFAULT_MAX_UPLOAD_MB",
+    "INPUT_SUFFIXES",
+    "MAX_UPLOAD_ENV",
+    "METRIC_LABELS",
+    "METRIC_NAMES",
+    "MODELS_DIR",
+    "MODELS_DIR_ENV",
+    "PNG_LABEL_SCALE",
+    "REQUIRED_MODELS",
+    "TASK_CHOICES",
+    "TRAIN_COMMANDS",
+    "VOLUME_SUFFIXES",
+    "LoadedInput",
+    "ModelChoice",
+    "check_upload",
+    "colour_mask",
+    "default_models_dir",
+    "default_slice",
+    "describe_error",
+    "digest_bytes",
+    "display_colours",
+    "display_labels",
+    "display_slice",
+    "evaluate",
+    "file_stem",
+    "file_suffix",
+    "ground_truth_for",
+    "infection_mask",
+    "is_label_map",
+    "load_model",
+    "lung_mask",
+    "make_report",
+    "mask_download",
+    "mask_nifti_bytes",
+    "mask_png_bytes",
+    "missing_model_message",
+    "missing_tasks",
+    "model_choices",
+    "overlay",
+    "png_values",
+    "predicted_for",
+    "read_ground_truth",
+    "read_upload",
+    "report_headline",
+    "safe_file_name",
+    "segment",
+    "selected_mask",
+    "server_max_upload_mb",
+    "upload_limit_mb",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,33 +144,14 @@ def default_models_dir(env: Mapping[str, str] | None = None) -> str:
 # models
 
 
-@dataclass(frozen=True)
-class ModelChoice:
-    """One trained model offered in the sidebar."""
-
-    task: str
-    variant: str
-    version: str
-    path: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.variant} ({self.version})"
+#: One trained model offered in the sidebar (name, version, recorded score, path).
+ModelChoice = RankedModel
 
 
 def model_choices(models_dir: str | Path) -> dict[str, list[ModelChoice]]:
-    """The trained models per task (``"lung"``, ``"infection"``), in the order of
-    :func:`lungseg.inference.models.list_trained_models` (newest first)."""
-    from lungseg.inference.models import list_trained_models
-
-    found = list_trained_models(models_dir)
-    return {
-        task: [
-            ModelChoice(task=task, variant=str(m["variant"]), version=str(m["version"]), path=str(m["path"]))
-            for m in entries
-        ]
-        for task, entries in found.items()
-    }
+    """The finished models per task (``"lung"``, ``"infection"``), best recorded score first
+    (:func:`lungseg.inference.choice.rank_models`); the first is the default."""
+    return rank_models(models_dir)
 
 
 def missing_tasks(choice: str, available: Mapping[str, Sequence[Any]]) -> list[str]:
@@ -180,11 +217,29 @@ def selected_mask(seg, choice: str) -> np.ndarray:
     return np.asarray(seg.combined(), dtype=np.uint8)
 
 
-def make_report(seg, loaded: LoadedInput) -> dict:
-    """The inference report (volumes, involvement, severity) for a segmentation."""
+def make_report(seg, loaded: LoadedInput, models: Mapping[str, Any] | None = None) -> dict:
+    """The report of a segmentation: :func:`lungseg.inference.report.make_report` for a volume, areas
+    in pixels and percentages for a 2D slice (:func:`lungseg.app.report_view.slice_report`); the
+    models used (name, version, score) and the share of dense tissue the predicted lungs leave out."""
+    from lungseg.app.report_view import LEFT_OUT_WARN_FRACTION, left_out_dense
     from lungseg.inference.report import make_report as _make_report
 
-    return _make_report(seg, loaded.volume.spacing)
+    report = _make_report(seg, loaded.volume.spacing)
+    if loaded.is_2d:
+        report = slice_report(report, seg)
+    if models:
+        report["models"] = {task: dict(m) for task, m in models.items()}
+    fraction = left_out_dense(
+        loaded.volume.array, loaded.source_kind, seg.lung_labels, loaded.volume.spacing, loaded.is_2d
+    )
+    report["dense_tissue_left_out_percent_of_lung"] = 100.0 * fraction
+    if fraction >= LEFT_OUT_WARN_FRACTION and "infection" in tuple(seg.tasks):
+        report["warning"] = (
+            f"The predicted lungs leave out dense tissue at their edge ({100 * fraction:.0f} % of the lung "
+            "area): possibly consolidation. The infection model looks only inside the predicted lungs, so "
+            "the infection found, and the involvement, may be too low."
+        )
+    return report
 
 
 # --------------------------------------------------------------------------------------------
@@ -291,36 +346,35 @@ def mask_download(loaded: LoadedInput, mask_zyx: np.ndarray, choice: str) -> tup
 # report display
 
 
-def report_headline(report: Mapping[str, Any]) -> list[tuple[str, str]]:
-    """The figures shown on top of the report (label, value), from
-    :func:`lungseg.inference.report.make_report`'s dict: lung volume, the percentage of each lung
-    involved and the severity grade 0-5 (when the infection task ran; its words are in the
-    report's ``message``)."""
-    rows: list[tuple[str, str]] = []
-    lung = report.get("lung_volume_ml") or {}
-    if "total" in lung:
-        rows.append(("Lung volume", f"{float(lung['total']):.1f} ml"))
-    percent = report.get("infection_percent") or {}
-    for side, label in (("left", "Left lung involved"), ("right", "Right lung involved"), ("total", "Lungs involved")):
-        if side in percent:
-            rows.append((label, f"{float(percent[side]):.1f} %"))
-    severity = report.get("severity") or {}
-    if "total" in severity:
-        rows.append(("Severity grade", f"{int(severity['total'])}/5"))
-    return rows
+def report_headline(report: Mapping[str, Any], is_2d: bool = False) -> list[tuple[str, str]]:
+    """The figures shown on top of the report (:func:`lungseg.app.report_view.headline`): lung volume,
+    involvement per lung and severity for a volume; areas in pixels and percentages for a 2D slice;
+    nothing for an implausible input (the page shows the warning instead)."""
+    from lungseg.app.report_view import headline
+
+    return headline(report, is_2d)
 
 
 # --------------------------------------------------------------------------------------------
 # errors
 
 
-def describe_error(exc: BaseException, step: str) -> str:
-    """A short message for the page: the lungseg message as is, else the type and first line."""
-    if isinstance(exc, LungsegError):
-        return f"{step}: {exc}"
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    detail = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
-    if len(detail) > 300:
-        detail = detail[:297] + "..."
-    return f"{step} failed ({detail}). See the server log for details."
+_CLASS_NAME = re.compile(r"\b[A-Z][A-Za-z0-9_]*(?:Error|Exception|Warning)\b:?\s*")
+_TEMP_UPLOAD = re.compile(re.escape(tempfile.gettempdir().rstrip("/")) + r"/lungseg-upload-[^/\s'\"]*/([^\s'\"]+)")
 
+
+def describe_error(exc: BaseException, step: str, names: Mapping[str, str] | None = None) -> str:
+    """A short message for the page, without server paths or exception class names.
+
+    A lungseg error's message as is, with any temporary upload path replaced by the file's original
+    name (``names``: safe file name -> the name as uploaded). Any other error: the step and a pointer
+    to the server log, which keeps the traceback.
+    """
+    if not isinstance(exc, LungsegError):
+        return f"{step} failed. See the server log for details."
+    names = dict(names or {})
+    message = _TEMP_UPLOAD.sub(lambda m: names.get(m.group(1), m.group(1)), str(exc))
+    message = _CLASS_NAME.sub("", message).strip()
+    if len(message) > 600:
+        message = message[:597] + "..."
+    return f"{step}: {message}"

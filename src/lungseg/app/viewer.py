@@ -1,0 +1,190 @@
+"""What the page's viewers show, as pure functions (no Streamlit): display windows, the NIfTI
+images the NiiVue viewer loads, lesions to step through, and the PNG slice views (axial, coronal,
+sagittal through one point, with L/R markers) used for 2D inputs and when WebGL is unavailable.
+
+Everything is computed on the canonical (z, y, x) grid of :mod:`lungseg.volume` (row 0 anterior,
+column 0 the patient's right, z towards the head); the NIfTI images for NiiVue go back to the
+input's own grid and affine, so NiiVue places them in the scanner's space and draws them in the
+radiological convention (patient's right on the left of the screen).
+"""
+
+from __future__ import annotations
+
+import gzip
+from dataclasses import dataclass
+
+import numpy as np
+
+#: Display windows (level, width) in HU. "Lung" and "Mediastinum" are the usual radiology presets;
+#: "Model input" is the window the models were trained with (lungseg.imaging.HU_WINDOW).
+WINDOW_PRESETS: dict[str, tuple[float, float]] = {
+    "Lung (-600/1500)": (-600.0, 1500.0),
+    "Mediastinum (40/400)": (40.0, 400.0),
+    "Model input (-500/1500)": (-500.0, 1500.0),
+}
+#: NiiVue colormaps of the overlays (their lowest value is transparent).
+OVERLAY_COLORMAPS = {"lungs": "green", "infection": "red", "tp": "green", "fp": "red", "fn": "blue"}
+#: Error-map codes and their legend (colour names as NiiVue and Streamlit markdown know them).
+ERROR_CODES = {1: ("true positive", "green"), 2: ("false positive", "red"), 3: ("false negative", "blue")}
+#: RGB of the error-map codes in the PNG views.
+ERROR_RGB = {1: (40, 200, 60), 2: (230, 40, 40), 3: (50, 110, 255)}
+
+
+def window_bounds(level: float, width: float) -> tuple[float, float]:
+    """(low, high) HU of a window given as level and width."""
+    return level - width / 2.0, level + width / 2.0
+
+
+def display_volume(array: np.ndarray, source_kind: str, preset: str | None) -> np.ndarray:
+    """The CT as uint8 0-255 for display: HU through the preset's window; a 0-255 input as it is."""
+    from lungseg.imaging import window_to_uint8
+
+    if source_kind == "hu":
+        level, width = WINDOW_PRESETS[preset or next(iter(WINDOW_PRESETS))]
+        return np.asarray(window_to_uint8(array, "hu", window_bounds(level, width)), dtype=np.uint8)
+    return np.asarray(window_to_uint8(array, source_kind), dtype=np.uint8)
+
+
+def nifti_gz(volume, arr_zyx: np.ndarray, cal_max: float) -> bytes:
+    """A gzipped uint8 NIfTI of a canonical array on the input's own grid, displayed over 0..cal_max."""
+    img = volume.to_nifti(np.asarray(arr_zyx, dtype=np.uint8), np.uint8)
+    img.header["cal_min"] = 0.0
+    img.header["cal_max"] = float(cal_max)
+    return gzip.compress(img.to_bytes(), compresslevel=1)
+
+
+def error_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """uint8 codes: 1 true positive, 2 false positive, 3 false negative, 0 elsewhere."""
+    pred, truth = np.asarray(pred, bool), np.asarray(truth, bool)
+    out = np.zeros(pred.shape, np.uint8)
+    out[pred & truth] = 1
+    out[pred & ~truth] = 2
+    out[~pred & truth] = 3
+    return out
+
+
+# ------------------------------------------------------------------------------------------ lesions
+
+
+@dataclass(frozen=True)
+class Lesion:
+    """One connected infection region: its voxel count and centre (z, y, x), voxel indices."""
+
+    voxels: int
+    centre: tuple[int, int, int]
+
+
+def lesions(infection: np.ndarray, max_count: int = 50) -> list[Lesion]:
+    """The connected infection regions (26-connected), largest first, at most ``max_count``."""
+    from scipy import ndimage
+
+    mask = np.asarray(infection) > 0
+    if not mask.any():
+        return []
+    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
+    sizes = np.bincount(labels.ravel())[1:]
+    order = np.argsort(-sizes, kind="stable")[:max_count]
+    centres = ndimage.center_of_mass(mask, labels, (order + 1).tolist())
+    found = []
+    for k, centre in zip(order, centres):
+        z, y, x = (int(round(c)) for c in centre)
+        region = labels[z] == k + 1
+        if not region[y, x]:  # a curved lesion: move the centre onto the lesion, in its slice
+            if region.any():
+                ys, xs = np.nonzero(region)
+                j = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
+                y, x = int(ys[j]), int(xs[j])
+        found.append(Lesion(voxels=int(sizes[k]), centre=(z, y, x)))
+    return found
+
+
+def start_point(lungs: np.ndarray, infection: np.ndarray) -> tuple[int, int, int]:
+    """Where the views open: the slice with the most infection (else the most lung), at the centre
+    of the infection (or lung) in that slice; the middle of the volume when both are empty."""
+    for mask in (np.asarray(infection) > 0, np.asarray(lungs) > 0):
+        counts = np.count_nonzero(mask.reshape(mask.shape[0], -1), axis=1)
+        if counts.size and counts.max() > 0:
+            z = int(np.argmax(counts))
+            ys, xs = np.nonzero(mask[z])
+            return z, int(round(ys.mean())), int(round(xs.mean()))
+    return tuple(int(s // 2) for s in np.asarray(lungs).shape)  # type: ignore[return-value]
+
+
+def position_mm(volume, point_zyx: tuple[int, int, int]) -> tuple[float, float, float]:
+    """Scanner (x, y, z) mm, as in the NIfTI's RAS+ world, of a canonical voxel (z, y, x)."""
+    z, y, x = point_zyx
+    orig = np.zeros(tuple(volume.array.shape), np.uint8)
+    orig[z, y, x] = 1
+    ijk = np.argwhere(volume.to_original(orig))[0]
+    world = np.asarray(volume.affine, float) @ np.r_[ijk.astype(float), 1.0]
+    return float(world[0]), float(world[1]), float(world[2])
+
+
+# ------------------------------------------------------------------------------------ PNG slice views
+
+
+def _resize(rgb: np.ndarray, row_mm: float, col_mm: float, width: int) -> np.ndarray:
+    """Resize a view to ``width`` pixels wide with square millimetres."""
+    import cv2
+
+    rows, cols = rgb.shape[:2]
+    height = max(1, int(round(width * (rows * row_mm) / max(cols * col_mm, 1e-6))))
+    return cv2.resize(rgb, (width, height), interpolation=cv2.INTER_NEAREST)
+
+
+def _mark(rgb: np.ndarray, left: str, right: str) -> np.ndarray:
+    """Write orientation letters at the middle of the left and right edges."""
+    import cv2
+
+    out = np.ascontiguousarray(rgb)
+    h, w = out.shape[:2]
+    scale = max(0.35, w / 700)
+    for text, x in ((left, 4), (right, w - int(16 * scale) - 4)):
+        cv2.putText(out, text, (x, h // 2), cv2.FONT_HERSHEY_SIMPLEX, scale, (255, 255, 0), max(1, int(scale * 2)))
+    return out
+
+
+def blend(gray: np.ndarray, codes: np.ndarray, colours: dict[int, tuple[int, int, int]], opacity: float) -> np.ndarray:
+    """RGB of a uint8 slice with label codes blended at ``opacity``."""
+    return blend_layers(gray, [(codes, colours, opacity)])
+
+
+#: One overlay layer: (label codes, {code: RGB}, opacity).
+Layer = tuple[np.ndarray, dict[int, tuple[int, int, int]], float]
+
+
+def blend_layers(gray: np.ndarray, layers: list[Layer]) -> np.ndarray:
+    """RGB of a uint8 slice with each layer's codes blended at its opacity, in order."""
+    rgb = np.repeat(np.asarray(gray, np.uint8)[..., None], 3, axis=2).astype(np.float32)
+    for codes, colours, opacity in layers:
+        for code, colour in colours.items():
+            where = np.asarray(codes) == code
+            rgb[where] = (1 - opacity) * rgb[where] + opacity * np.asarray(colour, np.float32)
+    return np.clip(rgb, 0, 255).astype(np.uint8)
+
+
+def orthogonal_views(
+    gray: np.ndarray,
+    layers: list[Layer],
+    point: tuple[int, int, int],
+    spacing: tuple[float, float, float],
+    width: int = 360,
+) -> dict[str, np.ndarray]:
+    """Axial, coronal and sagittal RGB views through ``point`` (z, y, x), radiological convention.
+
+    Axial and coronal: the patient's right on the left ("R" / "L" marked); sagittal: anterior on
+    the left ("A" / "P"). Coronal and sagittal show the head at the top. ``spacing`` is (z, y, x) mm;
+    ``layers`` are (codes volume, colours, opacity), blended in order.
+    """
+    z, y, x = point
+    sz, sy, sx = (float(s) for s in spacing)
+    cuts = {
+        "Axial": (lambda a: a[z], sy, sx, ("R", "L")),
+        "Coronal": (lambda a: a[::-1, y, :], sz, sx, ("R", "L")),
+        "Sagittal": (lambda a: a[::-1, :, x], sz, sy, ("A", "P")),
+    }
+    views = {}
+    for name, (cut, row_mm, col_mm, marks) in cuts.items():
+        rgb = blend_layers(cut(gray), [(cut(codes), colours, opacity) for codes, colours, opacity in layers])
+        views[name] = _mark(_resize(rgb, row_mm, col_mm, width), *marks)
+    return views
