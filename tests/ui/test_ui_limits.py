@@ -69,3 +69,40 @@ def test_bombs_and_oversize_uploads_are_refused_and_the_app_keeps_working(monkey
     _assert_no_exception(at)
     assert not [e for e in _errors(at) if "No trained" not in e]
     assert len(at.image) == 1  # the image is shown (no models here: no segmentation)
+
+
+# ------------------------------------------------------------------------------------ in a browser
+# the browser test's server and models (pytest puts this folder on sys.path); reused, not redefined
+import test_ui_browser as _browser  # noqa: E402
+
+server = _browser.server
+models_dir = _browser.models_dir
+
+
+@pytest.mark.chromium
+def test_a_zip_bomb_upload_in_a_browser_is_refused_and_the_page_keeps_working(server, tmp_path, zip_bomb):
+    from playwright.sync_api import sync_playwright
+
+    bomb, good = tmp_path / "scan.zip", tmp_path / "slice.png"
+    bomb.write_bytes(zip_bomb)
+    good.write_bytes(png_bytes(synthetic_case(size=64, seed=12)[0]))
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(_browser.CHROMIUM), headless=True, args=_browser.CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1200, "height": 1200})
+            page.set_default_timeout(_browser.STEP_TIMEOUT_MS)
+            page.goto(server)
+            page.get_by_text("Upload a CT image to segment it.").wait_for()
+            start = time.perf_counter()
+            page.locator("input[type=file]").first.set_input_files(str(bomb))
+            error = page.locator("[data-testid=stAlertContentError]", has_text="compression ratio")
+            error.wait_for(timeout=10_000)
+            seconds = time.perf_counter() - start
+            assert "max_zip_ratio" in error.inner_text()
+            assert page.locator("[data-testid=stException]").count() == 0
+            page.locator("input[type=file]").first.set_input_files(str(good))
+            page.get_by_text("Overlay", exact=True).wait_for()
+            assert page.locator("[data-testid=stAlertContentError]").count() == 0
+        finally:
+            browser.close()
+    assert seconds < 10, seconds  # upload through the browser + the refusal (the check itself: milliseconds)
