@@ -21,7 +21,8 @@ def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) ->
     if variant in VARIANTS:
         task, arch = variant_task(variant), variant_architecture(variant)
     else:
-        task, arch = ("lung+infection", "unet+deeplabv3plus") if name == "__default__" else (name, "-")
+        systems = {"__default__": ("lung+infection", "unet+deeplabv3plus"), "system": ("lung+infection", "unet")}
+        task, arch = systems.get(name, (name, "-"))
     return {
         "pipeline": name,
         "task": task,
