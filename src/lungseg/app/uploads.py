@@ -30,7 +30,7 @@ INPUT_SUFFIXES = IMAGE_SUFFIXES + VOLUME_SUFFIXES
 __all__ = [
     "DEFAULT_MAX_UPLOAD_MB", "INPUT_SUFFIXES", "MAX_UPLOAD_ENV", "VOLUME_SUFFIXES", "LoadedInput", "check_upload",
     "digest_bytes", "file_stem", "file_suffix", "read_upload", "safe_file_name", "server_max_upload_mb",
-    "upload_limit_mb", "with_temp_file",
+    "upload_limit_mb", "upload_limits", "with_temp_file",
 ]
 
 
@@ -143,24 +143,35 @@ def with_temp_file(name: str, data: bytes, fn):
         return fn(path)
 
 
-def read_upload(name: str, data: bytes, *, max_mb: float | None = None) -> LoadedInput:
+def upload_limits():
+    """The resource limits applied to every upload: ``inference.limits`` of the project's parameters, the
+    CLI's own (:class:`lungseg.limits.Limits`: header and zip bombs, huge DICOM dimensions...)."""
+    from lungseg.limits import load_limits
+
+    return load_limits()
+
+
+def read_upload(name: str, data: bytes, *, max_mb: float | None = None, limits=None) -> LoadedInput:
     """Read an uploaded CT (PNG/JPG slice, NIfTI, zipped DICOM series) with the inference reader.
 
     The bytes go to a temporary file that keeps the original suffix (``.nii.gz`` keeps both) and
-    :func:`lungseg.inference.readers.read_input` reads it. The array is copied into memory, so the
-    temporary file can go.
+    :func:`lungseg.inference.readers.read_input` reads it within ``limits`` (default
+    :func:`upload_limits`, the CLI's): a header bomb, a zip bomb or huge DICOM dimensions are refused
+    from their headers in milliseconds, before anything is allocated or extracted, so one upload cannot
+    stall the app. The array is copied into memory, so the temporary file can go.
 
     Raises:
-        InputError: wrong type, empty, too large, or unreadable (the reader's message).
+        InputError: wrong type, empty, too large, over a limit, or unreadable (the reader's message).
     """
     from lungseg.inference.readers import read_input
 
     suffix = check_upload(
         name, len(data), allowed=INPUT_SUFFIXES, max_mb=upload_limit_mb() if max_mb is None else max_mb
     )
+    limits = upload_limits() if limits is None else limits
 
     def _read(path: Path):
-        volume, kind = read_input(path)
+        volume, kind = read_input(path, limits)
         volume.array = np.array(volume.array, copy=True)  # detach from a memory map of the temp file
         return volume, kind
 

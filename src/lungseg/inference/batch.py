@@ -225,6 +225,9 @@ def run_batch(
         except LungsegError as exc:
             logger.error("case %s failed: %s", case, exc)
             row.update(status="error", error=str(exc))
+        except MemoryError as exc:
+            logger.error("case %s failed: not enough memory (%s)", case, exc)
+            row.update(status="error", error=f"not enough memory ({exc or 'MemoryError'}); try a smaller batch size")
         except Exception as exc:  # one broken case must not lose the summary of the others
             logger.exception("case %s failed with an internal error", case)
             row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
