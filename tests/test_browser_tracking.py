@@ -1,5 +1,6 @@
-"""Real-browser checks (Playwright + Debian's chromium): the MLflow UI shows the runs and their
-metrics, and kedro-viz shows the variant namespaces."""
+"""Real-browser checks (Playwright + Debian's chromium): the MLflow UI's Compare lines up the runs of
+two variants (the same metric keys, the Dataset column filled), and kedro-viz shows the variant
+namespaces."""
 
 from __future__ import annotations
 
@@ -69,31 +70,80 @@ def browser():
             b.close()
 
 
-def test_mlflow_ui_shows_runs_and_metrics(tmp_path):
+TINY_UNET = {"architecture": "unet", "base_filters": 4, "depth": 2, "bn_momentum": 0.9}
+TINY_TRAINING = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0,
+                 "reduce_lr": None, "augment": None, "verbose": 0}
+
+
+@pytest.fixture(scope="module")
+def demo_store(tmp_path_factory):
+    """What `make demo` leaves in MLflow, at a tiny size: a `kedro run` of infection_unet, then one of
+    lung_unet, on a dataset named synthetic_demo (conf/demo's name)."""
+    import pandas as pd
+    import yaml
+    from conftest import run_kedro, write_case
+
+    tmp = tmp_path_factory.mktemp("demo_store")
+    raw = tmp / "raw"
+    rows = [write_case(raw, f"case_{i}", "hu" if i % 2 else "uint8", shape=(10, 48, 48), seed=i) for i in range(4)]
+    pd.DataFrame(rows).to_csv(raw / "metadata.csv", index=False)
+    params = {v: {"model": TINY_UNET, "training": {**TINY_TRAINING, "backup_dir": f"data/06_models/{v}/backup"}}
+              for v in ("infection_unet", "lung_unet")}
+    project = make_kedro_project(tmp, raw, params)
+    globals_yml = project / "conf" / "test" / "globals.yml"
+    globals_yml.write_text(yaml.safe_dump({**yaml.safe_load(globals_yml.read_text()), "dataset_name": "synthetic_demo"}))
+    for variant in ("infection_unet", "lung_unet"):
+        run_kedro(project, variant)
+    return project
+
+
+#: The cells of one metric's row in MLflow 3.17's Compare page: the metric names and the values are two
+#: virtualised grids side by side; a row's cells share the name cell's ``top`` offset.
+METRIC_ROW_JS = """(name) => {
+  const link = [...document.querySelectorAll("a[title='Plot chart']")].find(a => a.textContent.trim() === name);
+  if (!link) return null;
+  const cell = link.closest("div[style*='position: absolute']");
+  const grids = [...document.querySelectorAll("[role='grid']")];
+  const values = grids[grids.indexOf(cell.closest("[role='grid']")) + 1];
+  return [...values.querySelectorAll("div[style*='position: absolute']")]
+    .filter(d => d.style.top === cell.style.top).map(d => d.innerText.trim());
+}"""
+
+
+def test_mlflow_compare_lines_up_two_variant_runs(demo_store, tmp_path):
     import mlflow
 
-    db = tmp_path / "mlflow.db"
+    db = demo_store / "mlflow.db"
     mlflow.set_tracking_uri(f"sqlite:///{db}")
-    exp = mlflow.set_experiment("lungseg")
-    for variant, dice in (("lung_unet", 0.91), ("infection_unet", 0.62)):
-        with mlflow.start_run(run_name=variant, tags={"task": variant.split("_")[0]}):
-            mlflow.log_param(f"{variant}.training.learning_rate", 5e-4)
-            for step, v in enumerate((0.5, 0.3)):
-                mlflow.log_metric(f"{variant}.val_loss", v, step=step)
-            mlflow.log_metric(f"{variant}.eval_slice_dice", dice)
-    mlflow.set_tracking_uri(None)
+    try:
+        runs = {r.info.run_name: r for r in mlflow.search_runs(experiment_names=["lungseg"], output_format="list")}
+        experiment_id = runs["lung_unet"].info.experiment_id
+    finally:
+        mlflow.set_tracking_uri(None)
+    assert set(runs) == {"infection_unet", "lung_unet"}
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", f"sqlite:///{db}", "--host", "127.0.0.1",
            "--port", str(port), "--workers", "1"]
     with server(cmd, url, tmp_path, tmp_path / "mlflow.log"), browser() as page:
-        page.goto(f"{url}/#/experiments/{exp.experiment_id}/runs", wait_until="domcontentloaded")
-        page.get_by_text("infection_unet").first.wait_for(timeout=60_000)
-        page.get_by_text("lung_unet").first.wait_for(timeout=30_000)
-        page.get_by_text("infection_unet").first.click()
-        page.get_by_text("infection_unet.eval_slice_dice").first.wait_for(timeout=60_000)
-        assert page.get_by_text("0.62").count() >= 1
-        page.screenshot(path=str(tmp_path / "mlflow.png"))
+        page.goto(f"{url}/#/experiments/{experiment_id}/runs", wait_until="domcontentloaded")
+        for name in ("infection_unet", "lung_unet"):
+            row = page.get_by_role("row").filter(has_text=name)
+            row.first.wait_for(timeout=60_000)
+            # the runs table's Dataset column: the dataset's name and digest, context Training
+            row.get_by_text("synthetic_demo (").first.wait_for(timeout=30_000)
+            row.get_by_role("checkbox").first.click()
+        page.screenshot(path=str(tmp_path / "mlflow-runs.png"))
+        page.get_by_role("button", name="Compare").first.click()
+        page.wait_for_url("**/compare-runs**", timeout=30_000)
+        # the metrics table: one row per key, one cell per run; a variant prefix would leave cells empty
+        page.locator("a[title='Plot chart']", has_text="eval_case_dice").first.wait_for(timeout=60_000)
+        values = page.evaluate(METRIC_ROW_JS, "eval_case_dice")
+        assert values is not None and len(values) == 2 and all(values), values  # a value for both runs
+        expected = sorted(r.data.metrics["eval_case_dice"] for r in runs.values())
+        assert sorted(float(v) for v in values) == pytest.approx(expected, abs=6e-3), values
+        page.get_by_text("Parallel Coordinates Plot").first.wait_for(timeout=30_000)
+        page.screenshot(path=str(tmp_path / "mlflow-compare.png"))
 
 
 def test_kedro_viz_shows_variant_namespaces(tmp_path):
