@@ -1,9 +1,12 @@
 """The web UI in a real browser: Streamlit server + headless Chromium driven by Playwright.
 
 Skipped when Debian's Chromium (/usr/bin/chromium; ``apt-get install -y chromium``) is absent; a failure
-instead under ``CI=true``.
-Set ``LUNGSEG_UI_SCREENSHOT=src/lungseg/app/assets/ui-screenshot.png`` to also write the README's screenshot
-(optimised, 1200 px wide).
+instead under ``CI=true``. The NiiVue viewer renders with WebGL in software (SwiftShader), offline.
+
+The README's screenshot (optimised, 1200 px wide) is written by the volume test when
+``LUNGSEG_UI_SCREENSHOT=src/lungseg/app/assets/ui-screenshot.png``; then the case is a larger synthetic
+phantom (256 x 256 x 74) and ``LUNGSEG_UI_SCREENSHOT_MODELS`` may name the models folder to use
+(default: tiny models trained here).
 """
 
 from __future__ import annotations
@@ -60,6 +63,8 @@ def _wait_healthy(url: str, proc: subprocess.Popen, log: Path) -> None:
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory) -> Path:
+    if os.environ.get("LUNGSEG_UI_SCREENSHOT_MODELS"):
+        return Path(os.environ["LUNGSEG_UI_SCREENSHOT_MODELS"]).resolve()
     # the README screenshot shows a trained infection model; the plain test does not need one
     return tiny_models_dir(tmp_path_factory, trained_infection=bool(os.environ.get("LUNGSEG_UI_SCREENSHOT")))
 
@@ -80,8 +85,17 @@ def server(models_dir, tmp_path):
     }
     env.pop("LUNGSEG_MAX_UPLOAD_MB", None)
     cmd = [
-        sys.executable, "-m", "streamlit", "run", str(APP_SCRIPT),
-        "--server.address", "127.0.0.1", "--server.port", str(port), "--server.headless", "true",
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        str(APP_SCRIPT),
+        "--server.address",
+        "127.0.0.1",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
     ]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -131,8 +145,6 @@ def test_upload_slice_and_mask_in_a_browser(server, models_dir, tmp_path):
     ct_path, gt_path = tmp_path / "slice.png", tmp_path / "slice_gt.png"
     ct_path.write_bytes(png_bytes(img))
     gt_path.write_bytes(png_bytes(labels * 85))  # the "labels x 85" PNG the CLI writes
-    shot = tmp_path / "ui.png"
-
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
@@ -145,10 +157,11 @@ def test_upload_slice_and_mask_in_a_browser(server, models_dir, tmp_path):
             images = page.locator("[data-testid=stImage] img")
             images.nth(2).wait_for()  # Streamlit renders progressively: wait, then count
             assert images.count() == 3
-            page.get_by_text("Severity grade").wait_for()
+            page.get_by_text("Lung area involved", exact=True).wait_for()  # a 2D slice: areas, not ml
+            assert page.get_by_text("Severity grade").count() == 0
             download = page.locator("[data-testid=stDownloadButton]")
             download.first.wait_for()
-            assert download.count() == 1
+            assert download.count() == 2  # the mask and the report
 
             page.locator("input[type=file]").nth(1).set_input_files(str(gt_path))
             dice = page.locator("[data-testid=stMetric]", has_text="Dice (lung)")
@@ -157,14 +170,119 @@ def test_upload_slice_and_mask_in_a_browser(server, models_dir, tmp_path):
             assert shown is not None, dice.inner_text()
             assert page.locator("[data-testid=stAlertContentError]").count() == 0
             assert page.locator("[data-testid=stException]").count() == 0
-            page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")  # the run is over
-            page.wait_for_timeout(500)  # let the images finish painting
-            page.screenshot(path=str(shot), full_page=True)
         finally:
             browser.close()
 
-    assert shot.stat().st_size > 10_000
     assert float(shown.group()) == pytest.approx(_expected_dice(models_dir, png_bytes(img), labels), abs=1e-4)
+
+
+# ------------------------------------------------------------------------------- the NiiVue viewer
+
+
+def _phantom(tmp_path: Path, large: bool) -> tuple[Path, Path]:
+    """A synthetic chest CT phantom (HU) and its label map, as NIfTI files."""
+    import gzip
+
+    from lungseg.synthetic import case_images, generate_case
+
+    case = generate_case(0, "demo" if large else "tiny", seed=0)
+    images = case_images(case)
+    ct, gt = tmp_path / "phantom_ct.nii.gz", tmp_path / "phantom_labels.nii.gz"
+    ct.write_bytes(gzip.compress(images["ct_scans"].to_bytes()))
+    gt.write_bytes(gzip.compress(images["lung_and_infection_mask"].to_bytes()))
+    return ct, gt
+
+
+def _canvas_rgb(canvas):
+    import cv2
+    import numpy as np
+
+    png = np.frombuffer(canvas.screenshot(), np.uint8)
+    return cv2.imdecode(png, cv2.IMREAD_COLOR)[..., ::-1].astype(np.int16)
+
+
+def _crosshair_centres(rgb, min_run: int = 40) -> int:
+    """How many crosshair centres the canvas holds: NiiVue draws its crosshair in red, one
+    horizontal and one vertical line in each 2D view (axial, coronal, sagittal) and none in the 3D
+    rendering. A centre is where a red run at least ``min_run`` long across meets one along."""
+    import cv2
+    import numpy as np
+
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    red = (r > 200) & (g < 90) & (b < 90) & (np.abs(g - b) < 20)  # anti-aliased lines are (252, 44, 44)
+
+    def long_runs(mask):
+        out = np.zeros_like(mask)
+        for i, line in enumerate(mask):
+            idx = np.flatnonzero(line)
+            if idx.size < min_run:
+                continue
+            breaks = np.flatnonzero(np.diff(idx) > 1)
+            for start, end in zip(np.r_[idx[0], idx[breaks + 1]], np.r_[idx[breaks], idx[-1]]):
+                if end - start + 1 >= min_run:
+                    out[i, start : end + 1] = True
+        return out
+
+    centres = long_runs(red) & long_runs(red.T).T
+    n, _ = cv2.connectedComponents(centres.astype(np.uint8), connectivity=8)
+    return n - 1
+
+
+def _wait_idle(page) -> None:
+    page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")  # the run is over
+    page.wait_for_timeout(4000)  # NiiVue (re)loads the images and draws
+
+
+def test_volume_in_the_niivue_viewer(server, models_dir, tmp_path):
+    """The multiplanar viewer draws the CT (three 2D views), follows the opacity slider, and a ground
+    truth brings the error map's legend and the per-slice Dice."""
+    import numpy as np
+    from playwright.sync_api import expect, sync_playwright
+
     target = os.environ.get("LUNGSEG_UI_SCREENSHOT")
+    ct_path, gt_path = _phantom(tmp_path, large=bool(target))
+    shot = tmp_path / "ui.png"
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": 1280, "height": 1500})
+            page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.goto(server)
+            page.get_by_text("Upload a CT image to segment it.").wait_for()
+            page.locator("input[type=file]").first.set_input_files(str(ct_path))
+            page.get_by_text("View in use: Multiplanar viewer (NiiVue, WebGL).").wait_for()
+            canvas = page.frame_locator("iframe[title='niivue_component.niivue_viewer']").locator("canvas")
+            canvas.wait_for()
+            _wait_idle(page)
+            before = _canvas_rgb(canvas)
+            # not blank: the CT is drawn (many grey levels over a large part of the canvas)
+            assert before.std() > 20 and np.mean(before.sum(axis=2) > 60) > 0.15, before.std()
+            assert len(np.unique(before[..., 0])) > 50
+            assert _crosshair_centres(before) == 3  # axial, coronal and sagittal views
+            assert page.get_by_text("Lung volume").count() == 1
+
+            slider = page.locator("[data-testid=stSlider]", has_text="Lungs opacity").get_by_role("slider")
+            slider.focus()
+            slider.press("End")  # opacity 0.2 -> 1.0
+            expect(slider).to_have_attribute("aria-valuetext", "1.00")
+            _wait_idle(page)
+            after = _canvas_rgb(canvas)
+            changed = np.mean(np.abs(after - before).sum(axis=2) > 30)
+            assert changed > 0.01, changed  # the lungs are drawn opaque now
+
+            page.locator("input[type=file]").nth(1).set_input_files(str(gt_path))
+            page.get_by_text("Per-slice Dice").wait_for()
+            for words in ("true positive", "false positive", "false negative"):
+                page.get_by_text(words).first.wait_for()
+            page.locator("[data-testid=stVegaLiteChart]").first.wait_for()
+            assert page.locator("[data-testid=stMetric]", has_text="Dice (infection)").count() == 1
+            _wait_idle(page)
+            with_errors = _canvas_rgb(canvas)
+            assert np.mean(np.abs(with_errors - after).sum(axis=2) > 30) > 0.005  # the error map is drawn
+            assert page.locator("[data-testid=stAlertContentError]").count() == 0
+            assert page.locator("[data-testid=stException]").count() == 0
+            page.screenshot(path=str(shot), full_page=True)
+        finally:
+            browser.close()
     if target:
         _save_docs_screenshot(shot, Path(target))

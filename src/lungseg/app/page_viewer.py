@@ -149,7 +149,7 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
         ),
     )
     overlays = []
-    if controls["lung_opacity"] > 0:
+    if controls["lung_opacity"] > 0 and not controls["error_task"]:  # the error map's green is its true positives
         lungs = _cache("nv_lungs", seg_key, lambda: viewer.nifti_gz(volume, np.asarray(seg.lung_labels) > 0, 1))
         overlays.append(
             {
@@ -206,8 +206,8 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
             f"z {mm[2]:.1f} mm (scanner RAS, as in the viewer's footer)."
         )
     st.caption(
-        "Coronal (top left), sagittal (top right), axial (bottom left) and 3D, with a linked crosshair: click "
-        "or drag to move it; the footer shows its position in mm. Radiological convention (R on the left). "
+        "Axial, coronal and sagittal views and a 3D rendering, with a linked crosshair: click or drag to move "
+        "it; the footer shows its position in mm. Radiological convention (R on the left). "
         "NiiVue opens in the middle of the volume." + where + " The slice images step from lesion to lesion."
     )
 

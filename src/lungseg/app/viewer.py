@@ -22,12 +22,13 @@ WINDOW_PRESETS: dict[str, tuple[float, float]] = {
     "Mediastinum (40/400)": (40.0, 400.0),
     "Model input (-500/1500)": (-500.0, 1500.0),
 }
-#: NiiVue colormaps of the overlays (their lowest value is transparent).
-OVERLAY_COLORMAPS = {"lungs": "green", "infection": "red", "tp": "green", "fp": "red", "fn": "blue"}
+#: NiiVue colormaps of the overlays (their lowest value is transparent). NiiVue's crosshair is red:
+#: the error map uses no red, so its false positives are not mistaken for the crosshair.
+OVERLAY_COLORMAPS = {"lungs": "green", "infection": "red", "tp": "green", "fp": "violet", "fn": "blue"}
 #: Error-map codes and their legend (colour names as NiiVue and Streamlit markdown know them).
-ERROR_CODES = {1: ("true positive", "green"), 2: ("false positive", "red"), 3: ("false negative", "blue")}
+ERROR_CODES = {1: ("true positive", "green"), 2: ("false positive", "violet"), 3: ("false negative", "blue")}
 #: RGB of the error-map codes in the PNG views.
-ERROR_RGB = {1: (40, 200, 60), 2: (230, 40, 40), 3: (50, 110, 255)}
+ERROR_RGB = {1: (40, 200, 60), 2: (190, 70, 235), 3: (50, 110, 255)}
 
 
 def window_bounds(level: float, width: float) -> tuple[float, float]:
