@@ -16,8 +16,8 @@ import numpy as np
 DENSE_HU = -300.0
 #: Bites out of the predicted lungs up to this size are closed when looking for left-out tissue
 #: (mm for a volume; a share of the image width for a 2D slice, whose pixel size is unknown).
-CLOSING_MM = 12.0
-CLOSING_2D_FRACTION = 0.03
+CLOSING_MM = 20.0
+CLOSING_2D_FRACTION = 0.05
 #: Warn when left-out dense tissue is at least this share of the predicted lung.
 LEFT_OUT_WARN_FRACTION = 0.05
 
