@@ -77,6 +77,7 @@ class LungsegMlflowHook(MlflowHook):
 
     @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self.run_id = None  # the instance lives in settings.py: a previous session's run must not leak in
         super().before_pipeline_run(run_params, pipeline, catalog)
         self._children = {}
         variants = sorted({v for node in pipeline.nodes if (v := variant_of(node.namespace))})

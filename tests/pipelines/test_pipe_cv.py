@@ -1,8 +1,8 @@
 """``kedro run --pipeline=infection_unet_cv`` end to end on tiny synthetic cases, 2 folds.
 
 Checks the out-of-fold tables (every patient scored once, by the fold that never saw it), the
-combined system's table, the nested MLflow runs (one per fold, the same keys in each) and that the
-saved fold models predict as an ensemble.
+combined system's table, the nested MLflow runs (one per variant, one per fold under it, the same keys
+in each) and that the saved fold models predict as an ensemble.
 """
 
 from __future__ import annotations
@@ -75,20 +75,35 @@ def test_the_combined_system_is_scored_with_predicted_lungs_and_by_band(cv_proje
     assert (cv_project / "data/08_reporting/infection_unet_cv/combined_infection_dice.png").stat().st_size > 5000
 
 
-def test_each_fold_is_a_nested_mlflow_run_with_the_same_keys(cv_project):
+def test_each_variant_and_each_fold_is_a_nested_mlflow_run_with_the_same_keys(cv_project):
     mlflow.set_tracking_uri(f"sqlite:///{cv_project / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    mlflow.set_tracking_uri(None)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
-    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
-    assert len(parents) == 1 and len(children) == 4  # 2 folds x (lung_unet, infection_unet)
-    assert {r.data.tags["mlflow.parentRunId"] for r in children} == {parents[0].info.run_id}
-    assert {r.data.tags["fold"] for r in children} == {"0", "1"}
-    assert len({frozenset(r.data.metrics) for r in children}) == 1
-    assert len({frozenset(r.data.params) for r in children}) == 1
-    assert "eval_case_dice" in children[0].data.metrics and "val_loss" in children[0].data.metrics
-    assert "infection_unet.combined_infection_dice_oof_mean" in parents[0].data.metrics
-    assert "lung_unet.cv_case_dice_oof_mean" in parents[0].data.metrics
-    assert parents[0].data.tags["task"] == "infection" and parents[0].data.tags["architecture"] == "unet"
+    assert len(parents) == 1
+    parent = parents[0]
+    variants = {r.info.run_name: r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id}
+    assert set(variants) == {"lung_unet_cv", "infection_unet_cv"}
+    ids = {r.info.run_id: name for name, r in variants.items()}
+    folds = [r for r in runs if r.data.tags.get("mlflow.parentRunId") in ids]
+    assert len(folds) == 4 and len(runs) == 7  # 2 folds under each variant run
+    assert sorted(ids[r.data.tags["mlflow.parentRunId"]] for r in folds) == ["infection_unet_cv"] * 2 + ["lung_unet_cv"] * 2
+    assert {r.data.tags["fold"] for r in folds} == {"0", "1"}
+    assert len({frozenset(r.data.metrics) for r in folds}) == 1  # every fold has the same keys
+    assert len({frozenset(r.data.params) for r in folds}) == 1
+    assert {"eval_case_dice", "val_loss", "val_dice"} <= set(folds[0].data.metrics)
+    for fold in folds:  # each fold's own training and validation cases (mlflow.log_input)
+        contexts = {t.value for d in fold.inputs.dataset_inputs for t in d.tags if t.key == "mlflow.data.context"}
+        assert contexts == {"training", "validation"}
+    # the variant runs: the same parameters, the out-of-fold means under a trained variant's names
+    assert set(variants["lung_unet_cv"].data.params) == set(variants["infection_unet_cv"].data.params)
+    for name, run in variants.items():
+        assert {"eval_case_dice", "cv_case_dice_oof_mean", "cv_case_dice_fold_std"} <= set(run.data.metrics)
+        assert run.data.metrics["eval_case_dice"] == pytest.approx(run.data.metrics["cv_case_dice_oof_mean"])
+        assert run.data.tags["variant"] == name[: -len("_cv")] and run.data.tags["cross_validation"] == "true"
+        assert not [k for k in (*run.data.params, *run.data.metrics) if k.startswith(("lung_unet", "infection_unet"))]
+    assert "combined_infection_dice_oof_mean" in variants["infection_unet_cv"].data.metrics
+    assert parent.data.tags["task"] == "infection" and parent.data.tags["architecture"] == "unet"
 
 
 def test_the_fold_models_predict_as_an_ensemble(cv_project):
