@@ -54,7 +54,9 @@ def run_predict(case: dict[str, Path], out: str, *flags: str) -> subprocess.Comp
          str(case["models"]), "--tasks", "lung", "--no-progress"],
         capture_output=True, text=True, timeout=300, env=env, cwd=case["root"],
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # 3: the plausibility guard (#14) refuses this untrained model's lungs over the whole field of view;
+    # the outputs are written all the same, and these tests are about the log lines
+    assert proc.returncode in (0, 3), proc.stdout + proc.stderr
     assert (case["root"] / out / "lung_mask.nii.gz").is_file()
     return proc
 
