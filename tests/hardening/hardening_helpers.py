@@ -73,16 +73,25 @@ def band_model(size: int, lo: float, hi: float):
     model.get_layer("ramps").set_weights(
         [np.full((1, 1, 1, 4), a, np.float32), np.array([-a * lo, -a * lo - 1, -a * hi, -a * hi - 1], np.float32)]
     )
-    model.get_layer("band").set_weights([np.array([1, -1, -1, 1], np.float32).reshape(1, 1, 4, 1), np.zeros(1, np.float32)])
+    model.get_layer("band").set_weights(
+        [np.array([1, -1, -1, 1], np.float32).reshape(1, 1, 4, 1), np.zeros(1, np.float32)]
+    )
     model.get_layer("vote").set_weights([np.full((3, 3, 1, 1), c, np.float32), np.array([-5.5 * c], np.float32)])
     return model
 
 
 def model_config(task: str, image_size: int, **extra) -> dict:
     return {
-        "task": task, "architecture": "unet", "image_size": image_size,
-        "crop_mode": "body" if task == "lung" else "lung_mask", "window": list(WINDOW),
-        "clahe_clip_limit": 0.0, "clahe_tile_grid": 4, "crop_margin": 2, "threshold": 0.5, **extra,
+        "task": task,
+        "architecture": "unet",
+        "image_size": image_size,
+        "crop_mode": "body" if task == "lung" else "lung_mask",
+        "window": list(WINDOW),
+        "clahe_clip_limit": 0.0,
+        "clahe_tile_grid": 4,
+        "crop_margin": 2,
+        "threshold": 0.5,
+        **extra,
     }
 
 
@@ -98,7 +107,10 @@ def save_versioned(root: Path, task: str, model, config: dict) -> Path:
 
 
 def make_rule_models(root: Path) -> Path:
-    bands = {"lung": (unit(LUNG_HU) - 0.05, unit(LUNG_HU) + 0.06), "infection": (unit(LESION_HU) - 0.08, unit(LESION_HU) + 0.08)}
+    bands = {
+        "lung": (unit(LUNG_HU) - 0.05, unit(LUNG_HU) + 0.06),
+        "infection": (unit(LESION_HU) - 0.08, unit(LESION_HU) + 0.08),
+    }
     for task, (lo, hi) in bands.items():
         save_versioned(root, task, band_model(64, lo, hi), model_config(task, 64))
     return root
@@ -146,13 +158,15 @@ def leftovers(folder: Path) -> list[str]:
 def spawn_predict(args: list[str], tmpdir: Path, patch: str = "") -> subprocess.Popen:
     """``lungseg predict`` in a child process with TMPDIR=``tmpdir``; ``patch`` is Python run first (a hook
     that makes the run wait at a known point, so that a signal lands there)."""
-    code = (
-        "import sys\n" + patch + "\nfrom lungseg import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
-    )
+    code = "import sys\n" + patch + "\nfrom lungseg import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
     env = {**os.environ, "TMPDIR": str(tmpdir), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-c", code, "predict", *args], env=env, cwd=PROJECT_ROOT,
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-c", code, "predict", *args],
+        env=env,
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
 
 

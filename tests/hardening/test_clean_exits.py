@@ -59,8 +59,11 @@ def _signal_and_wait(proc, signum):
     return proc.returncode, err, time.perf_counter() - sent
 
 
-@pytest.mark.parametrize("signum, code, word", [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
-                         ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    "signum, code, word",
+    [(signal.SIGTERM, 143, "terminated"), (signal.SIGINT, 130, "interrupted")],
+    ids=["SIGTERM", "SIGINT"],
+)
 def test_a_signal_while_a_zip_is_read_removes_the_extraction_folder(tmp_path, rule_models, signum, code, word):
     src = _zip_series(tmp_path)
     systmp, flag, out = tmp_path / "systmp", tmp_path / "flag", tmp_path / "out"

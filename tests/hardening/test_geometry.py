@@ -73,7 +73,9 @@ def test_a_mask_transposed_in_plane_is_refused_on_a_non_square_case(tmp_path):
     data = np.asarray(img.dataobj)
     swapped = img.affine[:, [1, 0, 2, 3]]
     nib.save(nib.Nifti1Image(data, swapped), str(root / rel["infection_mask"]))
-    with pytest.raises(DataValidationError, match=r"case 'wide'.*infection_mask/wide.nii.gz.*orientation PLS differs from LPS"):
+    with pytest.raises(
+        DataValidationError, match=r"case 'wide'.*infection_mask/wide.nii.gz.*orientation PLS differs from LPS"
+    ):
         _ingest(root)
 
 
@@ -95,13 +97,16 @@ def test_a_mask_shifted_or_rescaled_beyond_the_tolerance_is_refused(tmp_path):
         _ingest(root)
 
 
-@pytest.mark.parametrize("srow", [[0.0] * 12, [np.nan] + [0.0] * 11, [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]],
-                         ids=["zero", "nan", "singular"])
+@pytest.mark.parametrize(
+    "srow", [[0.0] * 12, [np.nan] + [0.0] * 11, [1, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0]], ids=["zero", "nan", "singular"]
+)
 def test_a_degenerate_ct_affine_is_a_clear_skippable_error(tmp_path, srow):
     root = _dataset(tmp_path / "raw")
     ct = root / "ct_scans/case_a_org.nii.gz"
     patch_nifti_header(ct, ct, srow=srow, sform_code=1, qform_code=0)
-    with pytest.raises(DataValidationError, match=r"case 'case_a', file 'ct_scans/case_a_org.nii.gz': degenerate affine"):
+    with pytest.raises(
+        DataValidationError, match=r"case 'case_a', file 'ct_scans/case_a_org.nii.gz': degenerate affine"
+    ):
         _ingest(root)
     table, _, skipped = _ingest(root, skip_invalid_cases=True)
     assert list(table["case_id"]) == ["case_b"] and "degenerate affine" in skipped.loc[0, "problem"]

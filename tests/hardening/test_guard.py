@@ -57,7 +57,9 @@ def _implausible(tmp_path, capsys, src, models, *words):
 def test_all_air_volume_is_implausible_not_188_ml_of_lung(tmp_path, gullible_models, capsys):
     air = np.random.default_rng(0).normal(-1000, 10, (20, 64, 64)).round().astype(np.int16)
     save_nifti(tmp_path / "air.nii.gz", air)
-    report, seconds = _implausible(tmp_path, capsys, tmp_path / "air.nii.gz", gullible_models, "air.nii.gz", "no body found")
+    report, seconds = _implausible(
+        tmp_path, capsys, tmp_path / "air.nii.gz", gullible_models, "air.nii.gz", "no body found"
+    )
     assert report["voxels"]["lung"] > 0.5 * air.size  # the model did label the air: the guard caught it
     assert report["no_lungs_found"] is False and seconds < 10 * FAST
 
@@ -70,8 +72,9 @@ def test_a_grayscale_photo_is_implausible(tmp_path, rule_models, capsys):
     photo[ground] = 140 + 20 * np.sin(xx[ground] / 5) * np.cos(yy[ground] / 7)  # a field
     photo += rng.normal(0, 6, photo.shape)
     cv2.imwrite(str(tmp_path / "holiday.png"), np.clip(photo, 0, 255).astype(np.uint8))
-    report, _ = _implausible(tmp_path, capsys, tmp_path / "holiday.png", rule_models, "holiday.png",
-                             "do not look like a CT")
+    report, _ = _implausible(
+        tmp_path, capsys, tmp_path / "holiday.png", rule_models, "holiday.png", "do not look like a CT"
+    )
     assert report["spacing_assumed"] is True  # a picture has no voxel size either
 
 
@@ -136,5 +139,7 @@ def test_the_segmenter_sets_implausible_input_for_the_ui(rule_models):
     air = from_canonical_array(np.full((4, 64, 64), -1000, np.int16), (2.5, 0.8, 0.8))
     result = seg.segment(air, "hu", tasks=("lung",), progress=False)
     assert result.implausible_input.startswith("no body found")
-    chest = seg.segment(from_canonical_array(phantom(seed=7)[0], (2.5, 0.8, 0.8)), "hu", tasks=("lung",), progress=False)
+    chest = seg.segment(
+        from_canonical_array(phantom(seed=7)[0], (2.5, 0.8, 0.8)), "hu", tasks=("lung",), progress=False
+    )
     assert chest.implausible_input is None

@@ -40,8 +40,9 @@ def evil(tmp_path):
 def test_a_lambda_model_file_is_refused_by_the_cli_and_its_code_never_runs(tmp_path, evil, capsys):
     _, path, marker = evil
     save_nifti(tmp_path / "ct.nii.gz", phantom(seed=1)[0])
-    code, _ = predict(tmp_path / "ct.nii.gz", tmp_path / "out", tmp_path / "no_models", "--lung-model", str(path),
-                      "--tasks", "lung")
+    code, _ = predict(
+        tmp_path / "ct.nii.gz", tmp_path / "out", tmp_path / "no_models", "--lung-model", str(path), "--tasks", "lung"
+    )
     (line,) = error_lines(capsys.readouterr().err)
     assert code == 2 and "evil.keras" in line and "lambda" in line.lower() and "internal error" not in line
     assert not marker.exists() and not (tmp_path / "out").exists()

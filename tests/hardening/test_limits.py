@@ -90,7 +90,9 @@ def _refused(tmp_path, capsys, src, models, *words, limit=FAST):
 def test_header_bomb_is_refused_before_any_allocation(tmp_path, rule_models, capsys):
     src = header_bomb(tmp_path / "bomb.nii.gz")
     assert src.stat().st_size < 100
-    _refused(tmp_path, capsys, src, rule_models, "bomb.nii.gz", "1500x1500x1500", "max_voxels", "refused before reading")
+    _refused(
+        tmp_path, capsys, src, rule_models, "bomb.nii.gz", "1500x1500x1500", "max_voxels", "refused before reading"
+    )
 
 
 def test_header_within_the_voxel_limit_but_beyond_what_the_file_can_hold(tmp_path, rule_models, capsys):
@@ -108,8 +110,16 @@ def test_header_within_the_voxel_limit_but_beyond_what_the_file_can_hold(tmp_pat
 
 def test_zip_bomb_is_refused_before_extracting(tmp_path, rule_models, capsys, bomb_zip, private_tmp):
     start = time.perf_counter()
-    line = _refused(tmp_path, capsys, bomb_zip, rule_models, "scan.zip", "compression ratio", "max_zip_ratio",
-                    "nothing was extracted")
+    line = _refused(
+        tmp_path,
+        capsys,
+        bomb_zip,
+        rule_models,
+        "scan.zip",
+        "compression ratio",
+        "max_zip_ratio",
+        "nothing was extracted",
+    )
     assert time.perf_counter() - start < FAST, line
     assert list(private_tmp.iterdir()) == []  # no extraction folder
 
@@ -122,8 +132,14 @@ def test_zip_total_size_and_member_count_caps(tmp_path, rule_models, capsys, mon
     with zipfile.ZipFile(many, "w") as zf:
         for i in range(12):
             zf.writestr(f"IM{i:05d}.dcm", b"x")
-    limits = Limits.from_params({**yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "parameters_inference.yml")
-                                                  .read_text())["inference"]["limits"], "max_zip_members": 10})
+    limits = Limits.from_params(
+        {
+            **yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "parameters_inference.yml").read_text())["inference"][
+                "limits"
+            ],
+            "max_zip_members": 10,
+        }
+    )
     with zipfile.ZipFile(many) as zf, pytest.raises(InputError, match=r"holds 12 files, over the limit of 10"):
         check_zip(zf, "file 'many.zip'", limits)
     assert list(private_tmp.iterdir()) == []
@@ -152,7 +168,9 @@ def _huge_dicom(path: Path, rows: int, cols: int) -> Path:
 
 def test_huge_dicom_dimensions_are_refused_from_the_tags(tmp_path, rule_models, capsys):
     src = _huge_dicom(tmp_path / "huge.dcm", 60000, 60000)
-    _refused(tmp_path, capsys, src, rule_models, "huge.dcm", "60,000x60,000", "max_inplane", "before reading the pixels")
+    _refused(
+        tmp_path, capsys, src, rule_models, "huge.dcm", "60,000x60,000", "max_inplane", "before reading the pixels"
+    )
 
 
 def test_dicom_frames_times_pixels_limit(tmp_path):

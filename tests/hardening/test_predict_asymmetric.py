@@ -44,7 +44,9 @@ def asymmetric_phantom(seed: int):
         ct[k][marker] = MARKER_HU
         scale = np.sqrt(max(0.0, 1 - (((k + 0.5) / z - 0.5) / 0.5) ** 2))
         for label, x0 in ((1, cx + 0.2 * w), (2, cx - 0.2 * w)):  # left lung at the larger column
-            m = ((yy - (cy + 0.06 * h)) / (0.26 * h * scale + 1e-6)) ** 2 + ((xx - x0) / (0.13 * w * scale + 1e-6)) ** 2 < 1
+            m = ((yy - (cy + 0.06 * h)) / (0.26 * h * scale + 1e-6)) ** 2 + (
+                (xx - x0) / (0.13 * w * scale + 1e-6)
+            ) ** 2 < 1
             ct[k][m] = LUNG_HU
             lung[k][m] = label
         if k >= UPPER:
@@ -58,8 +60,9 @@ def asymmetric_phantom(seed: int):
 def stored(arr_zyx: np.ndarray) -> nib.Nifti1Image:
     """The canonical array as a NIfTI on the stored (permuted, z-flipped) grid, by nibabel alone."""
     img = from_canonical_array(arr_zyx, SPACING).to_nifti(arr_zyx, arr_zyx.dtype)
-    ornt = nib.orientations.ornt_transform(nib.orientations.io_orientation(img.affine),
-                                           nib.orientations.axcodes2ornt(STORED))
+    ornt = nib.orientations.ornt_transform(
+        nib.orientations.io_orientation(img.affine), nib.orientations.axcodes2ornt(STORED)
+    )
     return img.as_reoriented(ornt)
 
 
@@ -82,17 +85,22 @@ def trained_models(tmp_path_factory):
     x = to_unit_float(np.concatenate(xs))[..., None]
     y = np.concatenate(ys)[..., None].astype(np.float32)
     # BatchNorm momentum 0.9: with 0.99 the moving statistics lag behind in a run this short (docs/architecture.md)
-    model = compile_model(build_model("unet", 32, {"base_filters": 4, "depth": 2, "bn_momentum": 0.9}), "bce_dice", 1e-2)
+    model = compile_model(
+        build_model("unet", 32, {"base_filters": 4, "depth": 2, "bn_momentum": 0.9}), "bce_dice", 1e-2
+    )
     model.fit(x, y, batch_size=8, epochs=40, verbose=0)
     root = tmp_path_factory.mktemp("asym_models")
     save_versioned(root, "lung", model, config)
-    save_versioned(root, "infection", band_model(64, unit(LESION_HU) - 0.08, unit(LESION_HU) + 0.08),
-                   model_config("infection", 64))
+    save_versioned(
+        root, "infection", band_model(64, unit(LESION_HU) - 0.08, unit(LESION_HU) + 0.08), model_config("infection", 64)
+    )
     assert (root / "lung_unet" / "model.keras" / VERSION / "model.keras").is_file()
     return root
 
 
-def test_predict_writes_labels_on_the_stored_grid_of_an_asymmetric_permuted_flipped_input(tmp_path, trained_models, capsys):
+def test_predict_writes_labels_on_the_stored_grid_of_an_asymmetric_permuted_flipped_input(
+    tmp_path, trained_models, capsys
+):
     ct, lung, inf = asymmetric_phantom(seed=100)
     src_img = stored(ct)
     assert nib.aff2axcodes(src_img.affine) == STORED and src_img.shape == (56, 12, 80)
