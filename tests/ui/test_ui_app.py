@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import re
 import shutil
+import tempfile
 from pathlib import Path
 
 import cv2
@@ -249,6 +251,9 @@ def test_bad_inputs_show_an_error_and_the_app_keeps_working(monkeypatch, models_
         errors = _errors(at)
         assert len(errors) == 1 and phrase in errors[0], (name, errors)
         assert not at.image
+        # the file by its own name: no server path, no exception class name
+        assert name in errors[0] and "lungseg-upload" not in errors[0] and tempfile.gettempdir() not in errors[0]
+        assert not re.search(r"\b[A-Z]\w*(Error|Exception)\b", errors[0]), errors[0]
 
     # then a good image works, and a ground truth of another size is refused
     at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
@@ -316,6 +321,13 @@ def test_nifti_volume_flow_views_download_and_dice(monkeypatch, models_dir):
     start = viewer.start_point(seg.lung_labels, seg.infection)
     assert at.slider(key=f"z_point_{at.session_state['_input'].digest[:12]}").value == start[0]
     assert any("scanner x" in c.value and "mm" in c.value for c in at.caption)
+    found = viewer.lesions(seg.infection)
+    assert found  # the tiny infection model finds something
+    at.button(key="next_lesion").click().run()
+    _assert_no_exception(at)
+    key = f"point_{at.session_state['_input'].digest[:12]}"
+    assert at.session_state[key] == found[0].centre and at.slider(key=f"z_{key}").value == found[0].centre[0]
+    assert any(f"lesion 1 of {len(found)}" in c.value for c in at.caption)
 
     at = _upload(at, "gt_upload", "gt.nii.gz", _nii(labels))
     _assert_no_exception(at)

@@ -9,12 +9,14 @@ from lungseg.app import logic
 from lungseg.app.page_common import guarded, remember_upload_name, session_memo
 
 
-def _per_slice_chart(seg, gt, tasks, binary_task) -> None:
+def _per_slice_chart(seg, gt, tasks, binary_task, key) -> None:
     import pandas as pd
 
     curves = {}
     for task in tasks:
-        values = guarded(f"Dice per slice ({task})", logic.per_slice_dice, seg, gt, task, binary_task)
+        values = session_memo(
+            f"_per_slice_{task}", key, f"Dice per slice ({task})", logic.per_slice_dice, seg, gt, task, binary_task
+        )
         if values is not None:
             curves[task] = values
     if not curves:
@@ -82,8 +84,11 @@ def evaluation_section(loaded: logic.LoadedInput, choice: str, seg_key, seg) -> 
             col.metric(f"{logic.METRIC_LABELS[name]} ({task})", f"{value:.4f}")
     st.caption("F1 is not shown: on binary masks it equals the Dice coefficient.")
     tasks = list(scores)
-    per_lung = guarded("Dice per lung", logic.per_lung_dice, seg, gt, tasks)
-    rows = guarded("Volumes", logic.volume_rows, seg, gt, tasks, binary_task, loaded.volume.spacing, loaded.is_2d)
+    key = (seg_key, gt_key, binary_task)  # the figures below are kept while it stays the same
+    per_lung = session_memo("_per_lung", key, "Dice per lung", logic.per_lung_dice, seg, gt, tasks)
+    rows = session_memo(
+        "_volumes", key, "Volumes", logic.volume_rows, seg, gt, tasks, binary_task, loaded.volume.spacing, loaded.is_2d
+    )
     left, right = st.columns(2)
     if per_lung:
         left.markdown("**Dice per lung** (against the ground truth's left and right lung)")
@@ -102,5 +107,5 @@ def evaluation_section(loaded: logic.LoadedInput, choice: str, seg_key, seg) -> 
             [{k: (f"{v:.1f}" if isinstance(v, float) else v) for k, v in r.items()} for r in rows], hide_index=True
         )
     if not loaded.is_2d:
-        _per_slice_chart(seg, gt, tasks, binary_task)
-    return {"gt": gt, "binary_task": binary_task, "tasks": tasks, "key": (seg_key, gt_key, binary_task)}
+        _per_slice_chart(seg, gt, tasks, binary_task, key)
+    return {"gt": gt, "binary_task": binary_task, "tasks": tasks, "key": key}

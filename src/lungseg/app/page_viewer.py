@@ -70,7 +70,7 @@ def _error_codes(seg, evaluation: dict, task: str) -> np.ndarray | None:
     )
 
 
-def _png_views(loaded, seg, choice: str, controls: dict, evaluation: dict | None) -> None:
+def _png_views(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict | None) -> None:
     """Axial, coronal and sagittal PNG views through a point; "next lesion" steps through lesions."""
     gray = _cache(
         "display",
@@ -80,7 +80,7 @@ def _png_views(loaded, seg, choice: str, controls: dict, evaluation: dict | None
         loaded.source_kind,
         controls["preset"],
     )
-    found = _cache("lesions", id(seg), viewer.lesions, seg.infection)
+    found = _cache("lesions", seg_key, viewer.lesions, seg.infection)
     key = f"point_{loaded.digest[:12]}"
     if key not in st.session_state:
         st.session_state[key] = viewer.start_point(seg.lung_labels, seg.infection)
@@ -197,7 +197,7 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
         key=f"niivue_{loaded.digest[:12]}",
         settings={"crosshair": True, "radiological": True, "colorbar": False, "interpolation": False},
     )
-    found = _cache("lesions", id(seg), viewer.lesions, seg.infection)
+    found = _cache("lesions", seg_key, viewer.lesions, seg.infection)
     where = ""
     if found:
         mm = viewer.position_mm(volume, found[0].centre)
@@ -232,7 +232,7 @@ def viewer_section(loaded, seg, seg_key, choice: str, evaluation: dict | None) -
     if mode == NIIVUE:
         guarded("Showing the viewer", _niivue, loaded, seg, seg_key, choice, controls, evaluation)
     else:
-        guarded("Showing the slice images", _png_views, loaded, seg, choice, controls, evaluation)
+        guarded("Showing the slice images", _png_views, loaded, seg, seg_key, choice, controls, evaluation)
 
 
 def _slice_panels(loaded, seg, choice: str, evaluation: dict | None) -> None:

@@ -125,11 +125,15 @@ def left_out_dense(ct: np.ndarray, source_kind: str, lungs: np.ndarray, spacing,
     disk = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * radius + 1, 2 * radius + 1))
     left_out = 0
     for z in np.flatnonzero(lungs.reshape(lungs.shape[0], -1).any(axis=1)):
-        dense = np.asarray(window_to_uint8(ct[z], source_kind)) >= threshold
         for label in (1, 2):
-            lung = (lungs[z] == label).astype(np.uint8)
-            if not lung.any():
+            where = np.nonzero(lungs[z] == label)
+            if not where[0].size:
                 continue
+            # the lung's bounding box and the closing's reach: the rest of the slice cannot count
+            y0, y1 = max(0, where[0].min() - radius), where[0].max() + radius + 1
+            x0, x1 = max(0, where[1].min() - radius), where[1].max() + radius + 1
+            lung = np.pad((lungs[z, y0:y1, x0:x1] == label).astype(np.uint8), radius)
+            dense = np.pad(np.asarray(window_to_uint8(ct[z, y0:y1, x0:x1], source_kind)) >= threshold, radius)
             closed = ndimage.binary_fill_holes(cv2.morphologyEx(lung, cv2.MORPH_CLOSE, disk))
             left_out += int(np.count_nonzero(closed & (lung == 0) & dense))
     return left_out / total

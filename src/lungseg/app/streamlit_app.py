@@ -189,6 +189,10 @@ def main() -> None:
             "_gt",
             "_scores",
             "_viewer_cache",
+            "_per_lung",
+            "_volumes",
+            "_per_slice_lung",
+            "_per_slice_infection",
         ):  # free the last image and its masks
             st.session_state.pop(slot, None)
         st.info("Upload a CT image to segment it.")

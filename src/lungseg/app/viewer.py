@@ -113,11 +113,11 @@ def start_point(lungs: np.ndarray, infection: np.ndarray) -> tuple[int, int, int
 
 def position_mm(volume, point_zyx: tuple[int, int, int]) -> tuple[float, float, float]:
     """Scanner (x, y, z) mm, as in the NIfTI's RAS+ world, of a canonical voxel (z, y, x)."""
+    import nibabel.orientations as nio
+
     z, y, x = point_zyx
-    orig = np.zeros(tuple(volume.array.shape), np.uint8)
-    orig[z, y, x] = 1
-    ijk = np.argwhere(volume.to_original(orig))[0]
-    world = np.asarray(volume.affine, float) @ np.r_[ijk.astype(float), 1.0]
+    to_file = nio.inv_ornt_aff(np.asarray(volume.ornt), tuple(volume.shape[:3]))  # canonical (x, y, z) -> file ijk
+    world = np.asarray(volume.affine, float) @ to_file @ np.array([x, y, z, 1.0])
     return float(world[0]), float(world[1]), float(world[2])
 
 
