@@ -74,7 +74,10 @@ def run_inference(params: dict) -> pd.DataFrame:
     infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
     segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]),
                           flip_tta=bool(p["flip_tta"]), guard=p["guard"])
-    summary = run_batch(segmenter, cases, p["output_dir"], tasks, bool(p["progress"]), limits=p["limits"])
+    from lungseg.inference.output_lock import output_lock
+
+    with output_lock(p["output_dir"]):  # one run per output folder, as `lungseg predict`
+        summary = run_batch(segmenter, cases, p["output_dir"], tasks, bool(p["progress"]), limits=p["limits"])
     n_ok = int((summary["status"] == "ok").sum())
     logger.info("inference: %d of %d cases segmented into %s", n_ok, len(summary), p["output_dir"])
     if n_ok < len(summary):
