@@ -73,14 +73,14 @@ def log_combined_model(lung: Any, infection: Any, settings: dict[str, Any], regi
     import pandas as pd
 
     from lungseg.serving.bundle import BUNDLE_ARTIFACT, write_bundle
-    from lungseg.serving.pyfunc import INPUT_COLUMN, CombinedSegmentationModel, encode_nifti
+    from lungseg.serving.pyfunc import INPUT_COLUMN, encode_nifti
 
     with tempfile.TemporaryDirectory(prefix="lungseg-bundle-") as tmp:
         bundle = write_bundle(Path(tmp) / BUNDLE_ARTIFACT, lung, infection, settings)
         example = pd.DataFrame({INPUT_COLUMN: [encode_nifti(example_ct())]})
         info = mlflow.pyfunc.log_model(
             name=ARTIFACT_NAME,
-            python_model=CombinedSegmentationModel(),
+            python_model=str(Path(__file__).with_name("model_code.py")),  # models from code: no pickle
             artifacts={BUNDLE_ARTIFACT: str(bundle)},
             signature=signature(),
             input_example=example,
