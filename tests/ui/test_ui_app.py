@@ -342,6 +342,19 @@ def test_nifti_volume_flow_views_download_and_dice(monkeypatch, models_dir):
     assert "unsupported ground-truth mask type (.png)" in _errors(at)[0]
 
 
+def test_implausible_input_shows_the_warning_instead_of_numbers(monkeypatch, models_dir):
+    at = _app(monkeypatch, models_dir)
+    air = np.full((4, 64, 64), -1000, np.int16)  # nothing but air: no chest, no lungs
+    at = _upload(at, "ct_upload", "air.nii.gz", _nii(air))
+    _assert_no_exception(at)
+    seg = at.session_state["_seg"][1]
+    assert seg.implausible_input
+    assert not _metrics(at)  # no volume, involvement or severity
+    report = at.session_state["_seg"][2]
+    assert report["implausible_input"] == seg.implausible_input
+    assert report["message"] in [w.value for w in at.warning]  # the guard's words, in place of the figures
+
+
 def test_binary_ground_truth_needs_a_task_choice(monkeypatch, models_dir):
     at = _app(monkeypatch, models_dir)
     img, labels = synthetic_case(seed=31)
