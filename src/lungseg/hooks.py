@@ -59,7 +59,7 @@ class LungsegMlflowHook(MlflowHook):
     * Parameters are logged without their variant: ``model.base_filters``, not
       ``infection_unet.model.base_filters``; metrics datasets have no prefix either.
     * A ``kedro run`` of one variant is one MLflow run. A run that covers several variants
-      (``__default__``, an infection variant's cross-validation) is a parent run with one nested child
+      (``__default__``, ``system``, an infection variant's cross-validation) is a parent run with one nested child
       run per variant (kedro-mlflow has none per namespace; its maintainer suggests
       ``mlflow.start_run(nested=True)`` around a namespace's nodes, kedro-mlflow#448). The child of a
       node's variant is made active in ``before_node_run`` and stays active until a node of another

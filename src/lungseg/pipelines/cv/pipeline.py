@@ -4,7 +4,8 @@
 out by fold, every patient exactly once), scores each case with the fold model that never saw it,
 and, for an infection variant, scores the combined system (lung U-Net folds, then the infection
 folds inside the predicted lungs) exactly as ``lungseg predict`` runs it. Each fold is a nested
-MLflow run under the run of the ``kedro run``; the fold models are saved together
+MLflow run under its variant's run (itself nested under the ``kedro run``'s run when the pipeline
+trains two variants, see :class:`lungseg.hooks.LungsegMlflowHook`); the fold models are saved together
 (``data/06_models/<variant>_cv/``) and ``lungseg predict --models`` uses them as an ensemble.
 """
 
