@@ -99,7 +99,8 @@ def _png_views(loaded, seg, seg_key, choice: str, controls: dict, evaluation: di
         key="next_lesion",
         help="Step through the predicted infection regions, largest first.",
     )
-    z = right.slider("Axial slice", 0, loaded.shape[0] - 1, int(st.session_state[key][0]), key=f"z_{key}")
+    st.session_state.setdefault(f"z_{key}", int(st.session_state[key][0]))  # the slider's value lives there
+    z = right.slider("Axial slice", 0, loaded.shape[0] - 1, key=f"z_{key}")
     point = (int(z), *st.session_state[key][1:])
     st.session_state[key] = point
     layers = []
