@@ -118,6 +118,30 @@ def test_display_windows_and_nifti_on_the_input_grid(tmp_path):
     np.testing.assert_allclose(viewer.position_mm(volume, point), (5 * 0.7, 0.0, 3 * 2.5))
 
 
+def test_large_volumes_go_to_niivue_at_half_resolution_in_plane(monkeypatch):
+    affine = np.array([[0.0, 0.0, -2.5, 10.0], [0.8, 0.0, 0.0, -5.0], [0.0, -0.8, 0.0, 3.0], [0, 0, 0, 1.0]])
+    data = np.zeros((4, 8, 6), np.int16)  # an oblique-free but permuted file grid
+    volume = load_canonical(nib.Nifti1Image(data, affine))
+    arr = np.zeros(volume.array.shape, np.uint8)
+    arr[1, 2:4, 4:6] = [[10, 20], [30, 41]]  # one 2 x 2 block
+    mask = np.zeros_like(arr)
+    mask[2, 3, 1] = 1  # a one-voxel lesion
+    assert viewer.viewer_factor(arr.shape) == 1
+    monkeypatch.setattr(viewer, "MAX_VIEWER_VOXELS", arr.size - 1)
+    assert viewer.viewer_factor(arr.shape) == 2
+    img = nib.Nifti1Image.from_bytes(gzip.decompress(viewer.viewer_nifti(volume, arr, 255, 2)))
+    small = np.asarray(img.dataobj)  # canonical (x, y, z)
+    assert small.shape == (arr.shape[2] // 2, arr.shape[1] // 2, arr.shape[0])
+    assert small[2, 1, 1] == 25  # the block's mean, rounded
+    # the block's centre in scanner space: the mean of its four voxels' positions
+    corners = [viewer.position_mm(volume, (1, y, x)) for y in (2, 3) for x in (4, 5)]
+    np.testing.assert_allclose((img.affine @ [2, 1, 1, 1])[:3], np.mean(corners, axis=0), atol=1e-5)
+    lesion = np.asarray(
+        nib.Nifti1Image.from_bytes(gzip.decompress(viewer.viewer_nifti(volume, mask, 1, 2, True))).dataobj
+    )
+    assert lesion.sum() == 1 and lesion[0, 1, 2] == 1  # kept by the block maximum
+
+
 def test_orthogonal_views_radiological_with_markers():
     gray = np.zeros((10, 20, 30), np.uint8)
     codes = np.zeros_like(gray)

@@ -142,16 +142,21 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
     from niivue_component import niivue_viewer
 
     volume = loaded.volume
+    factor = viewer.viewer_factor(volume.array.shape)
     ct = _cache(
         "nv_ct",
         (loaded.digest, controls["preset"]),
-        lambda: viewer.nifti_gz(
-            volume, viewer.display_volume(volume.array, loaded.source_kind, controls["preset"]), 255
+        lambda: viewer.viewer_nifti(
+            volume, viewer.display_volume(volume.array, loaded.source_kind, controls["preset"]), 255, factor
         ),
     )
     overlays = []
     if controls["lung_opacity"] > 0 and not controls["error_task"]:  # the error map's green is its true positives
-        lungs = _cache("nv_lungs", seg_key, lambda: viewer.nifti_gz(volume, np.asarray(seg.lung_labels) > 0, 1))
+        lungs = _cache(
+            "nv_lungs",
+            seg_key,
+            lambda: viewer.viewer_nifti(volume, np.asarray(seg.lung_labels) > 0, 1, factor, masks=True),
+        )
         overlays.append(
             {
                 "data": lungs,
@@ -167,7 +172,7 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
                 data = _cache(
                     f"nv_{slot}",
                     (evaluation["key"], controls["error_task"]),
-                    lambda c=code: viewer.nifti_gz(volume, codes == c, 1),
+                    lambda c=code: viewer.viewer_nifti(volume, codes == c, 1, factor, masks=True),
                 )
                 overlays.append(
                     {
@@ -178,7 +183,11 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
                     }
                 )
     elif "infection" in logic.TASK_CHOICES[choice]:
-        infection = _cache("nv_infection", seg_key, lambda: viewer.nifti_gz(volume, np.asarray(seg.infection) > 0, 1))
+        infection = _cache(
+            "nv_infection",
+            seg_key,
+            lambda: viewer.viewer_nifti(volume, np.asarray(seg.infection) > 0, 1, factor, masks=True),
+        )
         overlays.append(
             {
                 "data": infection,
@@ -205,6 +214,11 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
         where = (
             f" The largest of {len(found)} predicted lesions is at x {mm[0]:.1f}, y {mm[1]:.1f}, "
             f"z {mm[2]:.1f} mm (scanner RAS, as in the viewer's footer)."
+        )
+    if factor > 1:
+        where += (
+            f" This large volume is shown here at 1/{factor} of its resolution in-plane (the data go to the "
+            "browser on every change); the slice images, the masks and all figures use the full grid."
         )
     st.caption(
         "Axial, coronal and sagittal views and a 3D rendering, with a linked crosshair: click or drag to move "
