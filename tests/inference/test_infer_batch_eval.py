@@ -18,6 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, phantom
+from rule_models import WINDOW, band_model, unit
 
 from lungseg import cli
 from lungseg.errors import ConfigError, InputError
@@ -33,7 +34,6 @@ from lungseg.volume import from_canonical_array, load_canonical
 
 SHAPE = (10, 64, 64)
 SPACING = (2.0, 0.8, 0.8)
-WINDOW = (-1250.0, 250.0)
 LUNG_HU, LESION_HU = -850, -450  # the conftest phantom's intensities
 VERSION = "2025-06-01T12.00.00.000Z"
 #: RAS with the x and y axes swapped: a grid far from canonical LPS.
@@ -41,27 +41,6 @@ PERMUTED = [[1, 1], [0, 1], [2, -1]]
 
 
 # ------------------------------------------------------------------------------------------ helpers
-
-
-def unit(hu: float) -> float:
-    return (hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
-
-
-def band_model(size: int, lo: float, hi: float):
-    """~1 where at least 6 pixels of the 3x3 neighbourhood have a unit intensity in [lo, hi]."""
-    import keras
-
-    a, c = 200.0, 10.0
-    inp = keras.Input((size, size, 1))
-    ramps = keras.layers.Conv2D(4, 1, activation="relu", name="ramps")(inp)
-    band = keras.layers.Conv2D(1, 1, name="band")(ramps)
-    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="vote")(band)
-    model = keras.Model(inp, out)
-    model.get_layer("ramps").set_weights([np.full((1, 1, 1, 4), a, np.float32),
-                                          np.array([-a * lo, -a * lo - 1, -a * hi, -a * hi - 1], np.float32)])
-    model.get_layer("band").set_weights([np.array([1, -1, -1, 1], np.float32).reshape(1, 1, 4, 1), np.zeros(1, np.float32)])
-    model.get_layer("vote").set_weights([np.full((3, 3, 1, 1), c, np.float32), np.array([-5.5 * c], np.float32)])
-    return model
 
 
 @pytest.fixture(scope="module")

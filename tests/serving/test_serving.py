@@ -21,6 +21,7 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+from rule_models import WINDOW, band_model, unit
 
 from lungseg import cli
 from lungseg.volume import from_canonical_array
@@ -28,30 +29,7 @@ from lungseg.volume import from_canonical_array
 BIN = Path(sys.executable).parent
 NAME = "lungseg-combined"
 SPACING = (2.5, 0.8, 0.8)
-WINDOW = (-1250.0, 250.0)
 LUNG_HU, LESION_HU, BODY_HU, AIR_HU = -850, -300, 40, -1000
-
-
-def unit(hu: float) -> float:
-    return (hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
-
-
-def band_model(size: int, lo: float, hi: float):
-    """~1 where at least 6 of a pixel's 3x3 neighbours lie in [lo, hi] (unit intensities)."""
-    import keras
-
-    a, c = 200.0, 10.0
-    inp = keras.Input((size, size, 1))
-    ramps = keras.layers.Conv2D(4, 1, activation="relu", name="ramps")(inp)
-    band = keras.layers.Conv2D(1, 1, name="band")(ramps)
-    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="erode")(band)
-    model = keras.Model(inp, out)
-    model.get_layer("ramps").set_weights([np.full((1, 1, 1, 4), a, np.float32),
-                                          np.array([-a * lo, -a * lo - 1, -a * hi, -a * hi - 1], np.float32)])
-    model.get_layer("band").set_weights([np.array([1, -1, -1, 1], np.float32).reshape(1, 1, 4, 1),
-                                         np.zeros(1, np.float32)])
-    model.get_layer("erode").set_weights([np.full((3, 3, 1, 1), c, np.float32), np.array([-5.5 * c], np.float32)])
-    return model
 
 
 def chest(shape=(12, 64, 64), seed=0) -> np.ndarray:
