@@ -226,6 +226,7 @@ def save_fold_folder(folder: Path, spec: dict, task: str, k: int) -> Path:
     out = folder / f"{task}_unet_cv"
     out.mkdir(parents=True, exist_ok=True)
     for fold in range(k):
+        (folder / f"fold{fold}").mkdir(parents=True, exist_ok=True)
         paths = save_models(folder / f"fold{fold}", spec)
         shutil.copyfile(paths[task], out / f"fold_{fold}.keras")
         config = json.loads(paths[task].with_suffix(".json").read_text())
