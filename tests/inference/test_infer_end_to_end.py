@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import yaml
+from rule_models import WINDOW, band_model, unit
 
 from lungseg import cli
 from lungseg.evaluation.metrics import dice
@@ -31,7 +32,6 @@ from lungseg.inference.segment import Segmenter
 from lungseg.volume import from_canonical_array, load_canonical
 
 SPACING = (2.5, 0.8, 0.8)  # (sz, sy, sx) mm
-WINDOW = (-1250.0, 250.0)
 LUNG_HU, LESION_HU, BODY_HU, AIR_HU = -850, -300, 40, -1000
 #: Lung Dice of the tiny U-Net trained in the test on unseen phantoms (0.92-0.94 when written).
 TRAINED_LUNG_DICE_BOUND = 0.85
@@ -73,10 +73,6 @@ def phantom(shape=(12, 64, 64), seed=0, lungs=True):
     return np.clip(np.round(ct), -1024, 3000).astype(np.int16), lung, inf
 
 
-def unit(hu: float) -> float:
-    return (hu - WINDOW[0]) / (WINDOW[1] - WINDOW[0])
-
-
 def save_nifti(path, ct_zyx, reorient=False):
     """Save a canonical array as NIfTI; ``reorient`` stores it RAS with axes permuted (a non-LPS grid)."""
     img = from_canonical_array(ct_zyx, SPACING).to_nifti(ct_zyx, ct_zyx.dtype)
@@ -97,26 +93,6 @@ def model_config(task, image_size, **extra):
         "crop_mode": "body" if task == "lung" else "lung_mask", "window": list(WINDOW),
         "clahe_clip_limit": 0.0, "clahe_tile_grid": 4, "crop_margin": 2, "threshold": 0.5, **extra,
     }
-
-
-def band_model(size: int, lo: float, hi: float):
-    """A Keras model giving ~1 where at least 6 of a pixel's 3x3 neighbourhood lie in [lo, hi] (unit intensities).
-
-    The 3x3 vote drops the thin rings of partial-volume pixels that fall in the band at tissue borders.
-    """
-    import keras
-
-    a, c = 200.0, 10.0
-    inp = keras.Input((size, size, 1))
-    ramps = keras.layers.Conv2D(4, 1, activation="relu", name="ramps")(inp)
-    band = keras.layers.Conv2D(1, 1, name="band")(ramps)
-    out = keras.layers.Conv2D(1, 3, padding="same", activation="sigmoid", name="erode")(band)
-    model = keras.Model(inp, out)
-    model.get_layer("ramps").set_weights([np.full((1, 1, 1, 4), a, np.float32),
-                                          np.array([-a * lo, -a * lo - 1, -a * hi, -a * hi - 1], np.float32)])
-    model.get_layer("band").set_weights([np.array([1, -1, -1, 1], np.float32).reshape(1, 1, 4, 1), np.zeros(1, np.float32)])
-    model.get_layer("erode").set_weights([np.full((3, 3, 1, 1), c, np.float32), np.array([-5.5 * c], np.float32)])
-    return model
 
 
 @pytest.fixture(scope="module")
