@@ -146,6 +146,7 @@ def save_models(folder: Path, spec: dict) -> dict[str, Path]:
     """Build untrained lung and infection U-Nets of ``spec`` and save them with their configs."""
     from lungseg.models import build_model
 
+    folder.mkdir(parents=True, exist_ok=True)
     paths = {}
     for task in ("lung", "infection"):
         model = build_model("unet", spec["image_size"], {"base_filters": spec["base_filters"], "depth": spec["depth"]})
@@ -226,7 +227,6 @@ def save_fold_folder(folder: Path, spec: dict, task: str, k: int) -> Path:
     out = folder / f"{task}_unet_cv"
     out.mkdir(parents=True, exist_ok=True)
     for fold in range(k):
-        (folder / f"fold{fold}").mkdir(parents=True, exist_ok=True)
         paths = save_models(folder / f"fold{fold}", spec)
         shutil.copyfile(paths[task], out / f"fold_{fold}.keras")
         config = json.loads(paths[task].with_suffix(".json").read_text())

@@ -18,7 +18,10 @@ def unit(hu: float) -> float:
 
 
 def band_model(size: int, lo: float, hi: float):
-    """~1 where at least 6 pixels of the 3x3 neighbourhood have a unit intensity in [lo, hi]."""
+    """~1 where at least 6 pixels of the 3x3 neighbourhood have a unit intensity in [lo, hi].
+
+    The 3x3 vote drops the thin rings of partial-volume pixels that fall in the band at tissue borders.
+    """
     import keras
 
     a, c = 200.0, 10.0
