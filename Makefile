@@ -7,6 +7,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 DEMO_RAW := data/01_raw/synthetic_demo
+TEST_WORKERS ?= 2
 RESULTS  := data/08_reporting/comparison.csv
 
 # No telemetry prompts or network calls, in a terminal or in CI.
@@ -68,9 +69,11 @@ chromium:
 	fi
 
 # ruff first (pyproject's [tool.ruff]); then pytest, where "no tests collected" (exit 5) is a failure too.
+# pytest-xdist runs the tests on TEST_WORKERS processes (the 2 cores); a module's tests that share a
+# module-scoped fixture stay on one worker (tests/conftest.py). `make test TEST_WORKERS=0` runs them in one.
 test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q --durations=15; rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15; rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 ui: $(STAMP)

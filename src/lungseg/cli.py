@@ -110,6 +110,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation: also predict the mirrored "
                    "slices and average (twice the model calls)")
+    p.add_argument("--fill-lung-holes", action="store_true",
+                   help="count every hole of the predicted lungs as lung (default: a hole is lung only where "
+                   "infection is found in it, as the dataset's lung masks leave vessels out)")
     p.add_argument("--cases", type=_parse_cases, default=None, metavar="A,B,C",
                    help="batch mode: segment only these case ids (e.g. the held-out patients)")
     p.set_defaults(func=cmd_predict)

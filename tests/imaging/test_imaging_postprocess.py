@@ -75,6 +75,10 @@ def test_clean_lung_mask():
     assert np.array_equal(lab > 0, m > 0)
     # 2D input is treated as one slice
     assert clean_lung_mask(m[2]).shape == m[2].shape
+    # fill_holes=False: the speck still goes, the hole stays
+    open_ = clean_lung_mask(noisy, fill_holes=False)
+    assert open_[0, 38, 2] == 0 and open_[3, 15, 15] == 0
+    assert np.array_equal(open_ > 0, noisy * (lab > 0) > 0)
 
 
 def test_clean_lung_mask_min_ratio():

@@ -253,10 +253,12 @@ def test_batch_size_does_not_change_the_result_and_lung_only_task(rule_segmenter
     assert chunked.lung_prob.shape == ct.shape and chunked.lung_prob.dtype == np.float32
     from lungseg.imaging import clean_lung_mask
 
-    np.testing.assert_array_equal(clean_lung_mask(chunked.lung_prob >= 0.5), batched.lung_labels)
     assert chunked.infection_prob.shape == ct.shape
     lung_only = Segmenter(rule_segmenter.lung, None).segment(volume, "hu", tasks=("lung",), progress=False)
-    np.testing.assert_array_equal(lung_only.lung_labels, batched.lung_labels)
+    # the lungs alone: the clean-up of the lung model's mask (holes left open) ...
+    np.testing.assert_array_equal(clean_lung_mask(chunked.lung_prob >= 0.5, fill_holes=False), lung_only.lung_labels)
+    # ... and with the infection task, the infection found in its holes is lung too
+    np.testing.assert_array_equal((lung_only.lung_labels > 0) | (batched.infection > 0), batched.lung_labels > 0)
     assert not lung_only.infection.any() and make_report(lung_only, SPACING)["infection_volume_ml"] is None
 
 
@@ -316,3 +318,28 @@ def test_kedro_inference_pipeline_on_a_metadata_csv(tmp_path, models_dir):
     for case in summary["case"]:
         report = json.loads((tmp_path / "inference" / case / "report.json").read_text())
         assert report["voxels"]["lung"] > 0
+
+
+def test_lung_holes_left_open_but_infection_in_a_hole_is_lung(rule_segmenter):
+    """``lung_fill_holes=False`` (the default): a hole of the lung mask that holds no infection stays out
+    of the lungs (a vessel, as the dataset's lung masks leave them out), while the infection model still
+    looks inside the lungs' filled outline, and infection found in a hole is lung too. With
+    ``lung_fill_holes=True`` every hole is lung. The infection is the same either way."""
+    ct, _, inf = phantom(seed=2)
+    yy, xx = np.mgrid[0:64, 0:64]
+    vessel = (yy - 32) ** 2 + (xx - 19) ** 2 < 9  # soft tissue inside the right lung: neither model labels it
+    mid = slice(4, 8)
+    ct[mid][:, vessel] = BODY_HU
+    volume = from_canonical_array(ct, SPACING)
+    lung, infection = rule_segmenter.lung, rule_segmenter.infection
+    open_ = Segmenter(lung, infection).segment(volume, "hu", progress=False)
+    filled = Segmenter(lung, infection, lung_fill_holes=True).segment(volume, "hu", progress=False)
+    assert Segmenter(lung, infection).lung_fill_holes is False
+    np.testing.assert_array_equal(open_.infection, filled.infection)
+    assert dice(open_.infection, inf) > 0.6  # the lesion is found (as in the CLI test above) ...
+    lungs_alone = Segmenter(lung, None).segment(volume, "hu", tasks=("lung",), progress=False).lung_labels
+    assert np.any((open_.infection > 0) & (lungs_alone == 0))  # ... also where it is a hole of the lung model's mask
+    assert np.all(open_.lung_labels[open_.infection > 0] > 0)  # and counted as lung
+    assert not open_.lung_labels[mid][:, vessel].any()  # the vessel's hole stays open
+    assert filled.lung_labels[mid][:, vessel].all()  # filled when asked
+    assert set(np.unique(open_.lung_labels)) == {0, 1, 2}

@@ -15,7 +15,7 @@ from lungseg.evaluation import evaluate as ev
 from lungseg.pipelines.evaluation.nodes import eval_metrics, evaluate_model
 
 SPACING = (5.0, 1.0, 1.0)  # z, y, x in mm: one slice is 5 mm, more than the 3 mm NSD tolerance of lesions
-PARAMS = {"batch_size": 4, "baseline_lung": {}, "baseline_infection": {}, "flip_tta": False}
+PARAMS = {"batch_size": 4, "baseline_lung": {}, "baseline_infection": {}, "flip_tta": False, "lung_fill_holes": False}
 
 
 class ReplayModel:

@@ -27,7 +27,7 @@ TRAINING = {
     "lr_schedule": "plateau", "weights": "best",
 }
 MODEL = {"architecture": "unet", "base_filters": 4, "depth": 2}
-EVALUATION = {"batch_size": 8, "baseline_lung": {}, "baseline_infection": {}, "flip_tta": False}
+EVALUATION = {"batch_size": 8, "baseline_lung": {}, "baseline_infection": {}, "flip_tta": False, "lung_fill_holes": False}
 SPLIT = {"method": "grouped", "val_fraction": 0.34, "n_folds": 5, "fold": 0, "seed": 0}
 
 

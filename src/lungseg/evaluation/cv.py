@@ -65,14 +65,17 @@ def oof_case_metrics(models: Mapping[str, Any], configs: Mapping[str, dict], fol
 def combined_case_row(case: str, rec: Mapping[str, np.ndarray], lung_labels: np.ndarray,
                       infection: np.ndarray, infection_prob: np.ndarray | None = None) -> dict[str, Any]:
     """Lung and infection metrics of one case of the combined system, on the case's own grid; with
-    the infection probability, also the infection Dice at each of :data:`THRESHOLDS`."""
+    the infection probability, also the infection Dice at each of :data:`THRESHOLDS` (the infection
+    searched, as the Segmenter does, inside the lungs' outline: their holes filled)."""
     from lungseg.evaluation.metrics import dice
+    from lungseg.imaging import fill_holes_2d
 
     spacing = tuple(float(s) for s in rec["spacing"])
     lung_gt, inf_gt = rec["lung"] > 0, rec["infection"] > 0
     lung_m = volume_metrics(lung_labels > 0, lung_gt | inf_gt, spacing, NSD_TOLERANCE_MM["lung"])
     inf_m = volume_metrics(infection > 0, inf_gt, spacing, NSD_TOLERANCE_MM["infection"])
     true_pct = involvement_percent(rec["lung"], rec["infection"])
+    outline = None if infection_prob is None else fill_holes_2d(lung_labels > 0).view(bool)
     return {
         "case_id": case,
         **{f"lung_{k}": lung_m[k] for k in ("dice", "nsd", "hd95")},
@@ -81,7 +84,7 @@ def combined_case_row(case: str, rec: Mapping[str, np.ndarray], lung_labels: np.
         "pred_involvement_percent": involvement_percent(lung_labels, infection),
         "band": involvement_band(true_pct),
         **({} if infection_prob is None else {
-            f"infection_dice_t{t:.1f}": dice((infection_prob >= t) & (lung_labels > 0), inf_gt) for t in THRESHOLDS}),
+            f"infection_dice_t{t:.1f}": dice((infection_prob >= t) & outline, inf_gt) for t in THRESHOLDS}),
     }
 
 
@@ -125,7 +128,7 @@ def summarize_cv(table: pd.DataFrame, metric: str, prefix: str = "") -> dict[str
 
 def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str, dict],
                    source_kinds: Mapping[str, str], batch_size: int, input_equalised: bool = False,
-                   flip_tta: bool = False):
+                   flip_tta: bool = False, lung_fill_holes: bool = False):
     """``segment(case, record, fold)`` for :func:`combined_oof_metrics`: the fold's lung and
     infection models in a :class:`lungseg.inference.segment.Segmenter`, as ``lungseg predict`` runs them
     (``input_equalised``: the dataset's images already carry CLAHE; see ``source_clahe_clip_limit``)."""
@@ -142,7 +145,8 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
             lung, inf = lung_folds[name], infection_folds[name]
             segmenters[name] = Segmenter(LoadedModel(lung["model"], lung["config"], f"lung {name}"),
                                          LoadedModel(inf["model"], inf["config"], f"infection {name}"), batch_size,
-                                         input_equalised=input_equalised, flip_tta=flip_tta)
+                                         input_equalised=input_equalised, flip_tta=flip_tta,
+                                         lung_fill_holes=lung_fill_holes)
         volume = from_canonical_array(rec["ct"], tuple(float(s) for s in rec["spacing"]), source=case)
         seg = segmenters[name].segment(volume, source_kinds[case], progress=False, keep_probabilities=True)
         return seg.lung_labels, seg.infection, seg.infection_prob

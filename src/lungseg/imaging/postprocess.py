@@ -122,11 +122,12 @@ def _split_block(fg: np.ndarray, min_ratio: float) -> np.ndarray:
     return np.where(fg, side[None, None, :], np.uint8(0)).astype(np.uint8)
 
 
-def clean_lung_mask(binary3d: np.ndarray, *, min_ratio: float = 0.1) -> np.ndarray:
+def clean_lung_mask(binary3d: np.ndarray, *, min_ratio: float = 0.1, fill_holes: bool = True) -> np.ndarray:
     """Clean a predicted lung mask: keep the 2 largest 3D components (dropping the second if it is
-    below ``min_ratio`` of the largest, i.e. a speck next to touching lungs), fill holes per slice,
-    split into left (1) / right (2) (with the same ``min_ratio``, see :func:`split_left_right`).
-    Returns ``uint8`` labels, same shape."""
+    below ``min_ratio`` of the largest, i.e. a speck next to touching lungs), fill holes per slice
+    (unless ``fill_holes`` is False: the dataset's lung masks leave vessels out, so a filled hole is
+    often not lung), split into left (1) / right (2) (with the same ``min_ratio``, see
+    :func:`split_left_right`). Returns ``uint8`` labels, same shape."""
     m, squeezed = _as_3d(binary3d, "clean_lung_mask")
     fg = m > 0
     out = np.zeros(m.shape, dtype=np.uint8)
@@ -134,5 +135,5 @@ def clean_lung_mask(binary3d: np.ndarray, *, min_ratio: float = 0.1) -> np.ndarr
     if box is None:
         return out[0] if squeezed else out
     kept = largest_components(fg[box], 2, min_ratio=min_ratio, connectivity=1)
-    out[box] = split_left_right(fill_holes_2d(kept), min_ratio=min_ratio)
+    out[box] = split_left_right(fill_holes_2d(kept) if fill_holes else kept, min_ratio=min_ratio)
     return out[0] if squeezed else out

@@ -95,6 +95,10 @@ class Segmenter:
         lung_min_ratio: the 3D lung clean-up keeps the second largest component (the other lung) when it
             holds at least this share of the largest one's voxels (:func:`lungseg.imaging.clean_lung_mask`).
         flip_tta: average each model's output with its output on the mirrored slices (twice the model calls).
+        lung_fill_holes: fill every hole of the lung model's mask, slice by slice. Off by default: the
+            dataset's lung masks leave vessels and airways out, so a hole is lung only where it holds
+            infection (the infection model still looks inside the lungs' filled outline, and the
+            infection it finds in a hole joins the lungs).
         input_equalised: the input already carries CLAHE (its source applied it, as the
             covid20-dev slices do), so the models' own CLAHE step is skipped instead of applied twice.
         guard: the plausibility guard's bounds (:class:`lungseg.limits.GuardParams` or the
@@ -111,6 +115,7 @@ class Segmenter:
         lung_min_ratio: float = 0.1,
         flip_tta: bool = False,
         guard=None,
+        lung_fill_holes: bool = False,
     ):
         if int(batch_size) < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -122,6 +127,7 @@ class Segmenter:
         self._overrides = {"clahe_clip_limit": 0.0} if input_equalised else {}
         self.lung_min_ratio = float(lung_min_ratio)
         self.flip_tta = bool(flip_tta)
+        self.lung_fill_holes = bool(lung_fill_holes)
         from lungseg.limits import GuardParams, load_guard
 
         self.guard = load_guard() if guard is None else guard if isinstance(guard, GuardParams) else GuardParams.from_params(guard)
@@ -187,10 +193,11 @@ class Segmenter:
         """Segment the lungs (and the infection) of a canonical volume.
 
         Steps: 1. lung model on body-cropped slices (the lung model's own config), mapped back and
-        thresholded at its ``threshold``; 2. 3D postprocess (two largest components, holes filled,
-        left/right split); 3. infection model on lung-cropped slices (its own config with
-        ``crop_mode='lung_mask'`` and the predicted lungs), only on slices that hold lung; 4. infection
-        kept inside the lungs. Everything is on the canonical grid of ``volume``.
+        thresholded at its ``threshold``; 2. 3D postprocess (two largest components, holes filled when
+        ``lung_fill_holes``, left/right split); 3. infection model on lung-cropped slices (its own config
+        with ``crop_mode='lung_mask'`` and the predicted lungs), only on slices that hold lung; 4. infection
+        kept inside the lungs' filled outline, and infection in a hole of the lungs made lung too.
+        Everything is on the canonical grid of ``volume``.
 
         Args:
             volume: the input, canonical (z, y, x).
@@ -202,7 +209,7 @@ class Segmenter:
         Returns:
             a :class:`Segmentation`; a volume without lungs gives empty masks (not an error).
         """
-        from lungseg.imaging import clean_lung_mask
+        from lungseg.imaging import clean_lung_mask, fill_holes_2d, split_left_right
 
         tasks = tuple(dict.fromkeys(tasks))
         unknown = [t for t in tasks if t not in TASKS]
@@ -223,8 +230,9 @@ class Segmenter:
             self.lung, _config_for(self.lung, **self._overrides), ct, source_kind, all_slices, None, progress, "lung model",
             keep_probabilities,
         )
-        # 2. 3D postprocess: two largest components, holes filled, split into left / right.
-        lung_labels = np.asarray(clean_lung_mask(binary, min_ratio=self.lung_min_ratio), dtype=np.uint8)
+        # 2. 3D postprocess: two largest components, holes filled (if asked), split into left / right.
+        lung_labels = np.asarray(clean_lung_mask(binary, min_ratio=self.lung_min_ratio, fill_holes=self.lung_fill_holes),
+                                 dtype=np.uint8)
         del binary
 
         infection = np.zeros(ct.shape, dtype=np.uint8)
@@ -238,8 +246,14 @@ class Segmenter:
                 self.infection, _config_for(self.infection, crop_mode="lung_mask", **self._overrides), ct, source_kind, lung_slices,
                 lung_labels, progress, "infection model", keep_probabilities,
             )
-            # 4. infection only inside the lungs.
-            infection[lung_slices] = inf_binary & (lung_labels[lung_slices] > 0)
+            # 4. infection only inside the lungs' outline (their holes filled: a lesion the lung model left
+            # out as a hole is still searched), and infection in a hole is lung too.
+            lung_in = lung_labels[lung_slices] > 0
+            outline = lung_in if self.lung_fill_holes else fill_holes_2d(lung_in).view(bool)
+            infection[lung_slices] = inf_binary & outline
+            del inf_binary
+            if not self.lung_fill_holes and np.any(infection[lung_slices].view(bool) & ~lung_in):
+                lung_labels = split_left_right(lung_labels | infection, min_ratio=self.lung_min_ratio)
             if infection_prob is not None:
                 infection_prob[lung_slices] = inf_prob
         logger.info(

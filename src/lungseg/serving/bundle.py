@@ -3,7 +3,7 @@
 Layout (the pyfunc model's ``bundle`` artifact)::
 
     bundle/
-      settings.json               batch_size, lung_min_ratio, flip_tta, guard, limits, sources
+      settings.json               batch_size, lung_min_ratio, lung_fill_holes, flip_tta, guard, limits, sources
       lung/model.keras            a single model and its model_config.json,
       lung/model_config.json      or fold_<k>.keras + fold_<k>.json: a fold ensemble
       infection/...               the same for the infection model
@@ -28,7 +28,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_ARTIFACT = "bundle"
 SETTINGS_FILE = "settings.json"
 #: The settings a bundle holds (the ``inference`` parameters that change what the Segmenter returns).
-SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "flip_tta", "guard", "limits")
+SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits")
 
 
 @dataclass
@@ -52,6 +52,8 @@ class CombinedModels:
             lung_min_ratio=float(s["lung_min_ratio"]),
             flip_tta=bool(s["flip_tta"]),
             guard=s["guard"],
+            # a bundle written before the setting existed filled every hole of the lungs
+            lung_fill_holes=bool(s.get("lung_fill_holes", True)),
         )
 
 
@@ -90,7 +92,7 @@ def write_bundle(dest: str | Path, lung: Any, infection: Any, settings: dict[str
     Args:
         lung, infection: each a ``LoadedModel``, a ``(keras_model, config)`` pair or a dict of folds
             (``infection`` may be None).
-        settings: ``batch_size``, ``lung_min_ratio``, ``flip_tta``, ``guard`` and ``limits`` (the
+        settings: ``batch_size``, ``lung_min_ratio``, ``lung_fill_holes``, ``flip_tta``, ``guard`` and ``limits`` (the
             ``inference`` parameters), stored so that the served model needs no project checkout.
     """
     missing = [k for k in SETTINGS_KEYS if k not in settings]

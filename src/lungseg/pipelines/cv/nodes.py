@@ -55,7 +55,8 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     params = check_section(params, "evaluation", EVALUATION_KEYS)
     kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
     segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
-                             input_equalised=source_equalised(preprocessing), flip_tta=bool(params["flip_tta"]))
+                             input_equalised=source_equalised(preprocessing), flip_tta=bool(params["flip_tta"]),
+                             lung_fill_holes=bool(params["lung_fill_holes"]))
     table = combined_oof_metrics(segment, folds, canonical_cases)
     summary = {"n_folds": int(folds["fold"].nunique()),
                "involvement_abs_error_mean": float((table["pred_involvement_percent"]

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 #: Keys of the ``inference`` parameters (conf/base/parameters_inference.yml); all are required.
 INFERENCE_KEYS = (
     "input", "output_dir", "lung_model", "infection_model", "models_dir", "batch_size", "tasks", "progress", "cases",
-    "lung_min_ratio", "flip_tta", "limits", "guard",
+    "lung_min_ratio", "lung_fill_holes", "flip_tta", "limits", "guard",
 )
 
 
@@ -73,7 +73,7 @@ def run_inference(params: dict) -> pd.DataFrame:
     lung = load_model_spec(p["lung_model"], "lung", p["models_dir"])
     infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
     segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]),
-                          flip_tta=bool(p["flip_tta"]), guard=p["guard"])
+                          lung_fill_holes=bool(p["lung_fill_holes"]), flip_tta=bool(p["flip_tta"]), guard=p["guard"])
     from lungseg.inference.output_lock import output_lock
 
     with output_lock(p["output_dir"]):  # one run per output folder, as `lungseg predict`
