@@ -69,11 +69,11 @@ chromium:
 	fi
 
 # ruff first (pyproject's [tool.ruff]); then pytest, where "no tests collected" (exit 5) is a failure too.
-# pytest-xdist runs the tests on TEST_WORKERS processes (the 2 cores); a module's tests that share a
-# module-scoped fixture stay on one worker (tests/conftest.py). `make test TEST_WORKERS=0` runs them in one.
+# pytest-xdist runs the tests on TEST_WORKERS processes (the 2 cores), one test file at a time per worker
+# (--dist loadfile), so a module-scoped fixture is built once. `make test TEST_WORKERS=0` runs them in one.
 test: $(STAMP) chromium
 	$(BIN)/ruff check src tests benchmarks
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=15; rc=$$?; \
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadfile --durations=15; rc=$$?; \
 		if [ $$rc -eq 5 ]; then echo "error: pytest collected no tests" >&2; fi; exit $$rc
 
 ui: $(STAMP)

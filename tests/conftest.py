@@ -42,17 +42,6 @@ def pytest_runtest_setup(item):
     pytest.skip(reason)
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    """Under ``pytest -n N --dist loadgroup`` (what `make test` runs), the tests of a module that use one
-    of its module-scoped fixtures (a trained tiny model, a Kedro run) go to one worker, so the fixture is
-    built once; every other test is spread over the workers one by one. Runs before xdist reads the marks."""
-    for item in items:
-        defs = getattr(getattr(item, "_fixtureinfo", None), "name2fixturedefs", {})
-        if any(d.scope in ("module", "package") for fixturedefs in defs.values() for d in fixturedefs):
-            item.add_marker(pytest.mark.xdist_group(item.nodeid.split("::")[0]))
-
-
 def phantom(shape=(8, 48, 48), kind="hu", seed=0):
     """A crude chest phantom in canonical (z, y, x): body, two lungs, an infection blob.
 

@@ -134,7 +134,10 @@ def leftovers(folder: Path) -> list[str]:
 def spawn_predict(args: list[str], tmpdir: Path, patch: str = "") -> subprocess.Popen:
     """``lungseg predict`` in a child process with TMPDIR=``tmpdir``; ``patch`` is Python run first (a hook
     that makes the run wait at a known point, so that a signal lands there)."""
-    code = "import sys\n" + patch + "\nfrom lungseg import cli\nsys.exit(cli.main(sys.argv[1:]))\n"
+    # a test run started in the background (`make test &`, nohup) ignores SIGINT, the child inherits that
+    # and Python then installs no KeyboardInterrupt handler: the child gets the one of a terminal program
+    code = ("import signal, sys\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n" + patch
+            + "\nfrom lungseg import cli\nsys.exit(cli.main(sys.argv[1:]))\n")
     env = {**os.environ, "TMPDIR": str(tmpdir), "TF_CPP_MIN_LOG_LEVEL": "2", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
         [sys.executable, "-c", code, "predict", *args],
