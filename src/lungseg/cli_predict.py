@@ -48,7 +48,7 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
         from lungseg.inference.segment import Segmenter
 
         segmenter = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta, guard=guard,
-                              lung_fill_holes=getattr(args, "fill_lung_holes", False))
+                              lung_fill_holes=args.fill_lung_holes)
         seg = segmenter.segment(volume, kind, tasks=args.tasks, progress=not args.no_progress)
         report = make_report(seg, volume.spacing)
         report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
@@ -82,7 +82,7 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
     with output_lock(outdir):
         lung, infection = load_models(args)
         segmenter = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta, guard=guard,
-                              lung_fill_holes=getattr(args, "fill_lung_holes", False))
+                              lung_fill_holes=args.fill_lung_holes)
         summary = run_batch(segmenter, cases, outdir, args.tasks, not args.no_progress, limits=limits)
         path = write_summary(summary, outdir)
     failed = summary[summary["status"] != "ok"]

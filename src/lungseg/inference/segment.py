@@ -250,9 +250,10 @@ class Segmenter:
             # out as a hole is still searched), and infection in a hole is lung too.
             lung_in = lung_labels[lung_slices] > 0
             outline = lung_in if self.lung_fill_holes else fill_holes_2d(lung_in).view(bool)
-            infection[lung_slices] = inf_binary & outline
+            found = inf_binary & outline
+            infection[lung_slices] = found
             del inf_binary
-            if not self.lung_fill_holes and np.any(infection[lung_slices].view(bool) & ~lung_in):
+            if not self.lung_fill_holes and np.any(found & ~lung_in):
                 lung_labels = split_left_right(lung_labels | infection, min_ratio=self.lung_min_ratio)
             if infection_prob is not None:
                 infection_prob[lung_slices] = inf_prob
