@@ -14,8 +14,12 @@ MetricHistory = dict[str, list[dict[str, float]]]
 
 
 def history_to_steps(history: Mapping[str, list[float]]) -> MetricHistory:
-    """A Keras history (``{metric: [value per epoch]}``) as one MLflow point per epoch (step = epoch index)."""
-    return {k: [{"value": float(v), "step": i} for i, v in enumerate(vals)] for k, vals in history.items()}
+    """A Keras history (``{metric: [value per epoch]}``) as one MLflow point per epoch (step = epoch index).
+
+    A NaN (a ``val_*`` quantity on an epoch that was not validated, see ``validation_freq``) is left
+    out, so its curve joins the epochs that were."""
+    return {k: [{"value": float(v), "step": i} for i, v in enumerate(vals) if math.isfinite(float(v))]
+            for k, vals in history.items()}
 
 
 def summary_to_metrics(summary: Mapping[str, Any], prefix: str = "eval_") -> MetricHistory:

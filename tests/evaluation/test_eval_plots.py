@@ -34,6 +34,19 @@ def test_training_curves_one_panel_per_quantity(tmp_path):
     assert (tmp_path / "curves.png").stat().st_size > 0
     empty = plot_training_curves({}, "nothing")
     assert len(empty.axes) == 1
+    # epochs that were not validated (validation_freq) are NaN: the curve joins the validated ones
+    sparse = plot_training_curves({"loss": [1.0, 0.6, 0.4], "val_loss": [float("nan"), 0.8, 0.6]}, "sparse")
+    val_line = sparse.axes[0].get_lines()[1]
+    np.testing.assert_allclose(val_line.get_xdata(), [2, 3])
+    np.testing.assert_allclose(val_line.get_ydata(), [0.8, 0.6])
+
+
+def test_history_to_steps_leaves_out_the_epochs_that_were_not_validated():
+    from lungseg.tracking import history_to_steps
+
+    steps = history_to_steps({"loss": [1.0, 0.5], "val_loss": [float("nan"), 0.7]})
+    assert steps["loss"] == [{"value": 1.0, "step": 0}, {"value": 0.5, "step": 1}]
+    assert steps["val_loss"] == [{"value": 0.7, "step": 1}]
 
 
 def test_overlays_three_axes_per_slice(tmp_path):

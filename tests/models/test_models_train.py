@@ -318,10 +318,37 @@ def test_training_params_refuse_a_bad_schedule_or_weights_by_name():
     base = {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "loss": "bce", "seed": 0, "threshold": 0.5,
             "reduce_lr": None, "early_stopping": None, "augment": None, "distribution_strategy": "none",
             "verbose": 0, "backup_dir": None, "max_train_slices": None, "repeats": 1,
-            "lr_schedule": "cosine", "weights": "last"}
+            "lr_schedule": "cosine", "weights": "last", "validation_freq": 1}
     model = {"architecture": "unet"}
     assert check_training_params(model, base)["lr_schedule"] == "cosine"
     with pytest.raises(ConfigError, match=r"training.reduce_lr must be null with training.lr_schedule: cosine"):
         check_training_params(model, {**base, "reduce_lr": {"patience": 2}})
     with pytest.raises(ConfigError, match=r"training.weights must be one of best, last, got 'final'"):
         check_training_params(model, {**base, "weights": "final"})
+    with pytest.raises(ConfigError, match=r"training.validation_freq 2 needs training.weights: last"):
+        check_training_params(model, {**base, "validation_freq": 2, "weights": "best"})
+    with pytest.raises(ConfigError, match=r"'training.validation_freq' must be a positive number"):
+        check_training_params(model, {**base, "validation_freq": 0})
+
+
+def test_validation_freq_validates_every_nth_and_the_last_epoch_and_keeps_one_value_per_epoch(tmp_path):
+    from lungseg.models.train import validation_epochs
+
+    assert validation_epochs(5, 1) == [1, 2, 3, 4, 5]
+    assert validation_epochs(5, 2) == [2, 4, 5]
+    assert validation_epochs(5, 10) == [5]
+    train = SliceSequence(*blobs(16, 0), batch_size=8, augment=None, shuffle=True, seed=0)
+    val = SliceSequence(*blobs(8, 1), batch_size=8, augment=None, shuffle=False, seed=0)
+    set_seeds(0)
+    model, history = fit(_model(), train, val, epochs=3, verbose=0, weights="last", validation_freq=2,
+                         backup_dir=tmp_path / "backup")
+    assert len(history["loss"]) == len(history["val_loss"]) == len(history["val_dice"]) == 3
+    assert np.isnan(history["val_loss"][0]) and np.isnan(history["val_dice"][0])
+    assert np.isfinite(history["val_loss"][1:]).all() and np.isfinite(history["loss"]).all()
+    # the last epoch was validated on the weights that are returned
+    assert model.evaluate(val, verbose=0, return_dict=True)["loss"] == pytest.approx(history["val_loss"][-1], rel=1e-4)
+    # skipped validations cannot choose an epoch or drive a callback on a val_ quantity
+    with pytest.raises(ConfigError, match="validation_freq 2 needs weights: last"):
+        fit(_model(), train, val, epochs=2, verbose=0, weights="best", validation_freq=2)
+    with pytest.raises(ConfigError, match=r"skips validations that reduce_lr watches \(val_loss\)"):
+        fit(_model(), train, val, epochs=2, verbose=0, weights="last", validation_freq=2, reduce_lr={"patience": 1})

@@ -24,7 +24,7 @@ TRAINING = {
     "epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0, "threshold": 0.5,
     "reduce_lr": None, "early_stopping": None, "augment": None, "distribution_strategy": "none", "verbose": 0,
     "backup_dir": None, "max_train_slices": None, "repeats": 1,
-    "lr_schedule": "plateau", "weights": "best",
+    "lr_schedule": "plateau", "weights": "best", "validation_freq": 1,
 }
 MODEL = {"architecture": "unet", "base_filters": 4, "depth": 2}
 EVALUATION = {"batch_size": 8, "baseline_lung": {}, "baseline_infection": {}, "flip_tta": False, "lung_fill_holes": False}

@@ -53,9 +53,10 @@ def plot_training_curves(history: Mapping[str, Sequence[float]], title: str) -> 
     for ax, name in zip(axes, names):
         for key, label, style in ((name, "train", "-"), (f"val_{name}", "validation", "--")):
             values = np.asarray(history.get(key, []), dtype=float)
-            if values.size:
-                epochs = np.arange(1, values.size + 1)
-                ax.plot(epochs, values, style, marker="o", markersize=3, label=label)
+            epochs = np.arange(1, values.size + 1)
+            shown = np.isfinite(values)  # NaN: an epoch that was not validated (validation_freq)
+            if shown.any():
+                ax.plot(epochs[shown], values[shown], style, marker="o", markersize=3, label=label)
         ax.set_title(name)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))

@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 TRAINING_KEYS = (
     "epochs", "batch_size", "learning_rate", "loss", "seed", "threshold", "reduce_lr", "early_stopping",
     "augment", "distribution_strategy", "verbose", "backup_dir", "max_train_slices", "repeats",
-    "lr_schedule", "weights",
+    "lr_schedule", "weights", "validation_freq",
 )
 
 
@@ -63,6 +63,10 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
     for key, allowed in (("lr_schedule", LR_SCHEDULES), ("weights", WEIGHTS)):
         if params[key] not in allowed:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}, got {params[key]!r}")
+    positive_number(params, "validation_freq", section, integer=True)
+    if params["validation_freq"] > 1 and params["weights"] != "last":
+        raise ConfigError(f"{section}.validation_freq {params['validation_freq']} needs {section}.weights: last "
+                          f"(weights: {params['weights']} picks the epoch by its validation loss)")
     if params["lr_schedule"] == "cosine" and params["reduce_lr"] is not None:
         raise ConfigError(f"{section}.reduce_lr must be null with {section}.lr_schedule: cosine "
                           "(the schedule sets the learning rate at every step)")
@@ -72,11 +76,12 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
 def run_fingerprint(arch: str, arch_params: dict[str, Any], training_params: dict[str, Any],
                     prep: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> str:
     """A short hash of what determines a training run: the model, the training settings (all but
-    ``verbose`` and ``backup_dir``), the preprocessing config and the training / validation data.
+    ``verbose``, ``backup_dir`` and ``validation_freq``, which change no weight), the preprocessing
+    config and the training / validation data.
 
     A backup is resumed only by a run with the same fingerprint (see :func:`lungseg.models.fit`).
     """
-    settings = {k: v for k, v in training_params.items() if k not in ("verbose", "backup_dir")}
+    settings = {k: v for k, v in training_params.items() if k not in ("verbose", "backup_dir", "validation_freq")}
     h = hashlib.sha256(json.dumps([arch, arch_params, settings, prep], sort_keys=True, default=str).encode())
     for arr in (x_train, y_train, x_val):
         h.update(str(arr.shape).encode())
@@ -147,6 +152,7 @@ def train_variant(
             verbose=int(params["verbose"]),
             fingerprint=fingerprint,
             weights=params["weights"],
+            validation_freq=int(params["validation_freq"]),
         )
     config = {
         **prep,

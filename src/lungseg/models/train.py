@@ -140,6 +140,35 @@ class _EpochSync(keras.callbacks.Callback):
             self.sequence.set_epoch(epoch)
 
 
+def validation_epochs(epochs: int, validation_freq: int) -> list[int]:
+    """The 1-based epochs that are validated: every ``validation_freq``-th, and always the last."""
+    if isinstance(validation_freq, bool) or not isinstance(validation_freq, (int, np.integer)) or validation_freq < 1:
+        raise ConfigError(f"validation_freq must be a positive integer, got {validation_freq!r}")
+    return sorted({*range(int(validation_freq), int(epochs) + 1, int(validation_freq)), int(epochs)})
+
+
+def _record_epoch(history: dict[str, list[float]], logs: dict[str, Any] | None, epoch: int) -> None:
+    """Append epoch ``epoch``'s (0-based) logs to ``history``, keeping every list one value per epoch:
+    a quantity an epoch did not log (``val_*`` on an epoch that was not validated) is NaN there."""
+    logs = logs or {}
+    for key in set(history) | set(logs):
+        values = history.setdefault(key, [])
+        values.extend([math.nan] * (epoch - len(values)))
+        del values[epoch:]
+        values.append(float(logs[key]) if key in logs else math.nan)
+
+
+class _HistoryRecorder(keras.callbacks.Callback):
+    """The run's history, one value per epoch for every quantity (see :func:`_record_epoch`)."""
+
+    def __init__(self, history: dict[str, list[float]]):
+        super().__init__()
+        self.history = history
+
+    def on_epoch_end(self, epoch, logs=None):
+        _record_epoch(self.history, logs, epoch)
+
+
 class _StateSaver(keras.callbacks.Callback):
     """After each epoch, writes the history so far and the best value to ``state.json`` (atomically)."""
 
@@ -152,8 +181,7 @@ class _StateSaver(keras.callbacks.Callback):
         self.fingerprint = fingerprint
 
     def on_epoch_end(self, epoch, logs=None):
-        for key, value in (logs or {}).items():
-            self.history.setdefault(key, []).append(float(value))
+        _record_epoch(self.history, logs, epoch)
         best = self.checkpoint.best
         state = {"epochs_done": epoch + 1, "monitor": self.checkpoint.monitor,
                  "best": None if best is None or not math.isfinite(float(best)) else float(best),
@@ -195,6 +223,7 @@ def fit(
     callbacks: list[keras.callbacks.Callback] | None = None,
     fingerprint: str | None = None,
     weights: str = "best",
+    validation_freq: int = 1,
 ) -> tuple[keras.Model, dict[str, list[float]]]:
     """Train a compiled model and return it with the weights of its best (or last) epoch, and the history.
 
@@ -220,6 +249,10 @@ def fit(
         weights: ``"best"``: the weights of the epoch with the lowest monitored loss (ModelCheckpoint,
             the paper); ``"last"``: the final epoch's, so that the validation patients choose nothing
             (a cross-validation fold's held-out patients then only measure).
+        validation_freq: validate every ``validation_freq``-th epoch and the last one
+            (:func:`validation_epochs`); the history holds NaN for the ``val_*`` quantities of the other
+            epochs. Above 1 only with ``weights="last"`` and no callback that watches a ``val_``
+            quantity: nothing then depends on the skipped validations, which only cost time.
 
     Returns:
         ``(model, history)``: the same model object holding the chosen epoch's weights, and
@@ -234,10 +267,21 @@ def fit(
         raise ConfigError(f"weights must be one of {', '.join(WEIGHTS)}, got {weights!r}")
     if getattr(model, "optimizer", None) is None or not getattr(model, "compiled", True):
         raise ConfigError("fit needs a compiled model; call lungseg.models.compile_model first")
+    val_epochs = validation_epochs(int(epochs), validation_freq)
+    sparse = val is not None and validation_freq > 1
+    if sparse and weights != "last":
+        raise ConfigError(f"validation_freq {validation_freq} needs weights: last (weights: {weights} picks "
+                          "the epoch by the validation loss, so every epoch must be validated)")
     monitor = "val_loss" if val is not None else "loss"
     lr_params = _callback_params(reduce_lr, REDUCE_LR_DEFAULTS, _REDUCE_LR_KEYS, "reduce_lr", monitor)
     es_params = _callback_params(early_stopping, EARLY_STOPPING_DEFAULTS, _EARLY_STOPPING_KEYS,
                                  "early_stopping", monitor)
+    if sparse:
+        for what, cb in (("reduce_lr", lr_params), ("early_stopping", es_params)):
+            if cb is not None and str(cb["monitor"]).startswith("val_"):
+                raise ConfigError(f"validation_freq {validation_freq} skips validations that {what} watches "
+                                  f"({cb['monitor']}): set validation_freq: 1, or {what}: null")
+        monitor = "loss"  # the checkpoint's choice is not used (weights: last) and val_loss is not always there
 
     with contextlib.ExitStack() as stack:
         if backup_dir is not None:
@@ -287,6 +331,7 @@ def fit(
             initial_value_threshold=best_so_far, verbose=0,
         )
         sync = _EpochSync(train)
+        history: dict[str, list[float]] = {k: list(v) for k, v in prior_history.items()}
         cbs: list[keras.callbacks.Callback] = [sync, keras.callbacks.TerminateOnNaN(), checkpoint]
         run_history: dict[str, list[float]] = {k: list(v) for k, v in prior_history.items()}
         if lr_params is not None:
@@ -300,13 +345,15 @@ def fit(
             cbs.append(keras.callbacks.BackupAndRestore(str(backup_dir / KERAS_BACKUP), delete_checkpoint=True))
             cbs.append(_StateSaver(state_dir / STATE_FILE, run_history, checkpoint, fingerprint))
         cbs.extend(callbacks or [])
+        cbs.append(_HistoryRecorder(history))  # last, as Keras' own History: it sees what the others log
 
-        logger.info("Training %s for %d epochs: %d train slices in %d batches, %s val slices",
+        logger.info("Training %s for %d epochs: %d train slices in %d batches, %s val slices%s",
                     model.name, epochs, train.n_slices if hasattr(train, "n_slices") else -1, len(train),
-                    val.n_slices if val is not None and hasattr(val, "n_slices") else 0)
+                    val.n_slices if val is not None and hasattr(val, "n_slices") else 0,
+                    f" (validated after epochs {', '.join(map(str, val_epochs))})" if sparse else "")
         try:
-            result = model.fit(train, validation_data=val, epochs=int(epochs), callbacks=cbs,
-                               shuffle=False, verbose=keras_verbosity(verbose))
+            model.fit(train, validation_data=val, epochs=int(epochs), callbacks=cbs, shuffle=False,
+                      verbose=keras_verbosity(verbose), validation_freq=val_epochs if sparse else 1)
         except (ValueError, OSError) as exc:
             if initial_epoch and not sync.started:  # failed while restoring the backup
                 raise ConfigError(
@@ -314,11 +361,6 @@ def fit(
                     f"match the model ({type(exc).__name__}: {exc}); delete the folder to start afresh"
                 ) from exc
             raise
-
-        history = {k: list(v) for k, v in prior_history.items()}
-        for key, values in result.history.items():
-            history.setdefault(key, [])
-            history[key] = history[key][: len(prior_history.get(key, []))] + [float(v) for v in values]
 
         if weights == "last":
             logger.info("Keeping the last epoch's weights (weights: last)")
