@@ -159,3 +159,12 @@ def child_runs_table(parent_run_id: str):
         row.update(sorted(run.data.metrics.items()))
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def log_precision(policy: str) -> None:
+    """Log the dtype policy a training ran under (``training.precision`` resolved, ``auto`` included)
+    as the param ``training.precision_policy`` of the active MLflow run, if there is one."""
+    import mlflow
+
+    if mlflow.active_run() is not None:
+        mlflow.log_param("training.precision_policy", policy)

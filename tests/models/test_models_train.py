@@ -318,7 +318,7 @@ def test_training_params_refuse_a_bad_schedule_or_weights_by_name():
     base = {"epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "loss": "bce", "seed": 0, "threshold": 0.5,
             "reduce_lr": None, "early_stopping": None, "augment": None, "distribution_strategy": "none",
             "verbose": 0, "backup_dir": None, "max_train_slices": None, "repeats": 1,
-            "lr_schedule": "cosine", "weights": "last", "validation_freq": 1}
+            "lr_schedule": "cosine", "weights": "last", "validation_freq": 1, "precision": "float32"}
     model = {"architecture": "unet"}
     assert check_training_params(model, base)["lr_schedule"] == "cosine"
     with pytest.raises(ConfigError, match=r"training.reduce_lr must be null with training.lr_schedule: cosine"):

@@ -24,7 +24,7 @@ TRAINING = {
     "epochs": 2, "batch_size": 4, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0, "threshold": 0.5,
     "reduce_lr": None, "early_stopping": None, "augment": None, "distribution_strategy": "none", "verbose": 0,
     "backup_dir": None, "max_train_slices": None, "repeats": 1,
-    "lr_schedule": "plateau", "weights": "best", "validation_freq": 1,
+    "lr_schedule": "plateau", "weights": "best", "validation_freq": 1, "precision": "float32",
 }
 MODEL = {"architecture": "unet", "base_filters": 4, "depth": 2}
 EVALUATION = {"batch_size": 8, "baseline_lung": {}, "baseline_infection": {}, "flip_tta": False, "lung_fill_holes": False}
@@ -122,3 +122,26 @@ def test_a_typo_in_a_training_key_is_named_before_any_training(inputs):
     missing = {k: v for k, v in TRAINING.items() if k != "repeats"}
     with pytest.raises(ConfigError, match=r"missing parameter training.repeats"):
         SequentialRunner().run(pipe, _catalog(inputs, missing))
+
+
+def test_a_model_trained_in_bf16_is_saved_float32_and_predicts_in_float32_after_loading(inputs, tmp_path):
+    from lungseg.models import load_model
+    from lungseg.models.run import train_variant
+
+    model_input, split, _ = inputs
+    runs = {p: train_variant(model_input, split, MODEL, {**TRAINING, "epochs": 1, "precision": p}, "tiny")
+            for p in ("float32", "mixed_bfloat16")}
+    bf16 = runs["mixed_bfloat16"]
+    assert bf16.config["precision"] == "mixed_bfloat16" and runs["float32"].config["precision"] == "float32"
+    # the precision changes the weights, so it enters the fingerprint (a float32 backup is not resumed in bf16)
+    assert bf16.config["run_fingerprint"] != runs["float32"].config["run_fingerprint"]
+    assert {layer.dtype_policy.name for layer in bf16.model.layers} == {"float32"}
+    path = tmp_path / "bf16.keras"
+    bf16.model.save(path)
+    loaded = load_model(path)
+    assert {layer.dtype_policy.name for layer in loaded.layers} == {"float32"}
+    assert {str(w.dtype) for w in loaded.weights} == {"float32"}
+    x = model_input["images"][:2, ..., None].astype(np.float32)
+    probs = loaded.predict(x, verbose=0)
+    assert probs.dtype == np.float32 and np.isfinite(probs).all()
+    np.testing.assert_allclose(probs, bf16.model.predict(x, verbose=0), atol=1e-6)

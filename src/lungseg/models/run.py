@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 TRAINING_KEYS = (
     "epochs", "batch_size", "learning_rate", "loss", "seed", "threshold", "reduce_lr", "early_stopping",
     "augment", "distribution_strategy", "verbose", "backup_dir", "max_train_slices", "repeats",
-    "lr_schedule", "weights", "validation_freq",
+    "lr_schedule", "weights", "validation_freq", "precision",
 )
 
 
@@ -64,6 +64,9 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
         if params[key] not in allowed:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}, got {params[key]!r}")
     positive_number(params, "validation_freq", section, integer=True)
+    from lungseg.models.precision import check_precision
+
+    check_precision(params["precision"], section)
     if params["validation_freq"] > 1 and params["weights"] != "last":
         raise ConfigError(f"{section}.validation_freq {params['validation_freq']} needs {section}.weights: last "
                           f"(weights: {params['weights']} picks the epoch by its validation loss)")
@@ -116,6 +119,7 @@ def train_variant(
     """Build, compile and fit one variant on the ``train`` cases of ``case_split``, validating on
     its ``val`` cases, and describe the result in a model config."""
     from lungseg.models import SliceSequence, build_model, compile_model, fit, set_seeds
+    from lungseg.models.precision import precision_policy, resolve_and_log, with_precision
     from lungseg.models.train import learning_rate_for, strategy_scope
 
     params = check_training_params(model_params, training_params)
@@ -125,6 +129,8 @@ def train_variant(
     arch_params = {k: v for k, v in model_params.items() if k != "architecture"}
     seed = int(params["seed"])
     set_seeds(seed)
+    # ``auto`` is resolved here, so the fingerprint, the config and MLflow see the policy actually used
+    params["precision"] = resolve_and_log(params["precision"], "Training")
 
     x_train, y_train, x_val, y_val = _training_slices(model_input, case_split, task, params, seed)
     fingerprint = run_fingerprint(arch, arch_params, params, prep, x_train, y_train, x_val)
@@ -136,7 +142,7 @@ def train_variant(
     batch = int(params["batch_size"])
     train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed)
     lr = learning_rate_for(params["lr_schedule"], float(params["learning_rate"]), int(params["epochs"]) * len(train_seq))
-    with strategy_scope(params["distribution_strategy"]):
+    with strategy_scope(params["distribution_strategy"]), precision_policy(params["precision"]):
         model = build_model(arch, size, arch_params)  # fails early on an unsuitable image size
         compile_model(model, loss=params["loss"], learning_rate=lr)
     val_seq = SliceSequence(x_val, y_val, batch, None, shuffle=False, seed=seed)
@@ -154,12 +160,15 @@ def train_variant(
             weights=params["weights"],
             validation_freq=int(params["validation_freq"]),
         )
+    if params["precision"] != "float32":  # saved and served as a float32 model: loads and predicts anywhere
+        model = compile_model(with_precision(model, "float32"), loss=params["loss"], learning_rate=lr)
     config = {
         **prep,
         "architecture": arch,
         "model_params": arch_params,
         "threshold": float(params["threshold"]),
         "loss": params["loss"],
+        "precision": params["precision"],
         "dataset": dataset_name,
         "train_cases": sorted(set(case_split.loc[case_split["subset"] != "val", "case_id"])),
         "val_cases": sorted(set(case_split.loc[case_split["subset"] != "train", "case_id"])),

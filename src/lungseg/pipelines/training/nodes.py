@@ -18,8 +18,10 @@ def train_model(
     """Train one variant. Returns the model config (listed first: the catalog saves it before the
     model, so a model file never exists without its config), the best model and the history."""
     from lungseg.models.run import train_variant
+    from lungseg.tracking import log_precision
 
     result = train_variant(model_input, case_split, model_params, training_params, dataset_name)
+    log_precision(result.config["precision"])
     return result.config, result.model, result.history
 
 
