@@ -96,7 +96,10 @@ def build_parser() -> argparse.ArgumentParser:
         "metadata.csv (writes OUTDIR/<case>/ and OUTDIR/summary.csv).",
     )
     p.add_argument("input", metavar="INPUT", help="CT file, DICOM folder/.zip, NIfTI folder or metadata.csv")
-    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR", help="output folder")
+    p.add_argument("-o", "--output", "--outdir", dest="outdir", required=True, metavar="OUTDIR",
+                   help="output folder: new, empty, or a previous lungseg output (its .lungseg-output.json)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write into a non-empty OUTDIR that is not a lungseg output (only same-named files are replaced)")
     p.add_argument("--lung-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
     p.add_argument("--infection-model", metavar="SPEC", help="a .keras file or an MLflow URI (default: newest in --models-dir)")
     p.add_argument("--model", metavar="URI", help="a registered lungseg-combined model (both tasks): "

@@ -1,7 +1,7 @@
 """``lungseg predict``: the command's body (the parser and the exit codes are in :mod:`lungseg.cli`).
 
 Order of work, so that a bad run fails before the slow parts: the input exists and is not the output;
-the output folder is checked (absent, empty or a previous output), its lock is taken (which also proves
+the output folder is checked (absent, empty or lungseg's own, by its manifest; not a symlink), its lock is taken (which also proves
 that its parent is writable, and stops a second run to the same ``-o``); the input is read within the
 limits of ``inference.limits``; only then are the models loaded and the CT segmented.
 """
@@ -39,7 +39,8 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
     from lungseg.inference.report import check_output_dir
     from lungseg.limits import load_guard, load_limits
 
-    check_output_dir(outdir)
+    overwrite = bool(getattr(args, "overwrite", False))
+    check_output_dir(outdir, "case", overwrite)
     limits, guard = load_limits(), load_guard()
     with output_lock(outdir):
         volume, kind = read_input(src, limits)
@@ -52,7 +53,7 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
         seg = segmenter.segment(volume, kind, tasks=args.tasks, progress=not args.no_progress)
         report = make_report(seg, volume.spacing)
         report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
-        written = write_outputs(volume, seg, report, outdir)
+        written = write_outputs(volume, seg, report, outdir, overwrite=overwrite)
     names = ", ".join(sorted(p.relative_to(outdir).as_posix() for p in written.values()))
     print(f"lungseg: outputs written to {outdir}: {names}")
     if seg.implausible_input:
@@ -76,14 +77,16 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
     from lungseg.inference.segment import Segmenter
     from lungseg.limits import load_guard, load_limits
 
-    check_batch_output_dir(outdir)
+    overwrite = bool(getattr(args, "overwrite", False))
+    check_batch_output_dir(outdir, overwrite)
     cases = select_cases(find_cases(src), getattr(args, "cases", None))
     limits, guard = load_limits(), load_guard()
     with output_lock(outdir):
         lung, infection = load_models(args)
         segmenter = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta, guard=guard,
                               lung_fill_holes=args.fill_lung_holes)
-        summary = run_batch(segmenter, cases, outdir, args.tasks, not args.no_progress, limits=limits)
+        summary = run_batch(segmenter, cases, outdir, args.tasks, not args.no_progress, limits=limits,
+                            overwrite=overwrite)
         path = write_summary(summary, outdir)
     failed = summary[summary["status"] != "ok"]
     print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")

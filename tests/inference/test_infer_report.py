@@ -132,9 +132,11 @@ def test_write_outputs_replaces_a_previous_output_but_not_a_foreign_folder(tmp_p
     rep = make_report(seg, volume.spacing)
     out = tmp_path / "out"
     write_outputs(volume, Segmentation(np.zeros_like(seg.lung_labels), np.zeros_like(seg.infection)), rep, out)
-    (out / "stale.txt").write_text("from an old run")
+    (out / "notes.txt").write_text("the user's, not in the manifest")
+    (out / "overlays" / "slice_999.png").write_bytes(b"an old overlay")
     write_outputs(volume, seg, rep, out)
-    assert not (out / "stale.txt").exists()
+    assert (out / "notes.txt").read_text() == "the user's, not in the manifest"  # only what lungseg wrote is replaced
+    assert not (out / "overlays" / "slice_999.png").exists()  # the listed overlays folder was replaced whole
     np.testing.assert_array_equal(load_canonical(nib.load(str(out / "lung_mask.nii.gz"))).array, seg.lung_labels)
     foreign = tmp_path / "mine"
     foreign.mkdir()

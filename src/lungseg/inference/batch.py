@@ -63,11 +63,21 @@ SUMMARY_COLUMNS = [
 ]
 
 
-def check_batch_output_dir(outdir: str | Path) -> Path:
-    """A batch output folder must be absent, empty, or a previous batch output (holds summary.csv)."""
+def check_batch_output_dir(outdir: str | Path, overwrite: bool = False) -> Path:
+    """A batch output folder must be absent, empty, or a previous lungseg batch output (its
+    ``.lungseg-output.json`` says so), unless ``overwrite`` (see :mod:`lungseg.inference.ownership`)."""
     from lungseg.inference.report import check_output_dir
 
-    return check_output_dir(outdir, SUMMARY_FILE, "lungseg batch output")
+    return check_output_dir(outdir, "batch", overwrite)
+
+
+def _claim(outdir: Path, *added: str) -> None:
+    """Record ``added`` (case folders, summary.csv) in the batch folder's manifest, keeping what it listed."""
+    from lungseg.inference.ownership import read_manifest, write_manifest
+
+    outdir.mkdir(parents=True, exist_ok=True)
+    old = read_manifest(outdir)
+    write_manifest(outdir, "batch", [*(old["entries"] if old and old["kind"] == "batch" else []), *added])
 
 
 # ------------------------------------------------------------------------------------- ground truth
@@ -180,6 +190,7 @@ def run_batch(
     tasks: Sequence[str] = TASKS,
     progress: bool = True,
     limits=None,
+    overwrite: bool = False,
 ) -> pd.DataFrame:
     """Segment every case into ``outdir/<case>/`` and return the summary table (one row per case).
 
@@ -192,6 +203,7 @@ def run_batch(
         progress: show a tqdm bar over the cases.
         limits: the resource limits of :func:`lungseg.inference.readers.read_input` (None: the
             project's parameters).
+        overwrite: write into ``outdir`` even if it is not a lungseg batch output (``--overwrite``).
 
     Failures of one case (any :class:`LungsegError`) are logged and recorded in the ``status`` /
     ``error`` columns; nothing is left in that case's folder. A case the plausibility guard refuses
@@ -204,7 +216,7 @@ def run_batch(
     from lungseg.layout import check_case_id
     from lungseg.limits import limits_or_default
 
-    outdir = check_batch_output_dir(outdir)
+    outdir = check_batch_output_dir(outdir, overwrite)
     limits = limits_or_default(limits)
     items = [_as_case(c) for c in cases]
     for item in items:  # case ids name folders: never a path (find_cases checks them too)
@@ -212,6 +224,7 @@ def run_batch(
             check_case_id(item.case, "batch case")
         except LungsegError as exc:
             raise InputError(str(exc)) from exc
+    _claim(outdir)  # ours from now on: an interrupted batch can be rerun into it
     rows = []
     for item in tqdm(items, desc="cases", unit="case", disable=not progress):
         case = item.case
@@ -221,7 +234,8 @@ def run_batch(
             volume, kind = read_input(item.file, limits)
             seg = segmenter.segment(volume, kind, tasks=tasks, progress=False)
             report = make_report(seg, volume.spacing)
-            write_outputs(volume, seg, report, outdir / case)
+            write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
+            _claim(outdir, case)
         except LungsegError as exc:
             logger.error("case %s failed: %s", case, exc)
             row.update(status="error", error=str(exc))
@@ -277,4 +291,5 @@ def write_summary(summary: pd.DataFrame, outdir: str | Path) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _claim(outdir, SUMMARY_FILE)
     return outdir / SUMMARY_FILE

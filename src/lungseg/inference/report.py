@@ -16,9 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -197,22 +195,11 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 # -------------------------------------------------------------------------------------------- write
 
 
-def check_output_dir(outdir: str | Path, marker: str = REPORT_FILE, what: str = "lungseg output") -> Path:
-    """Check that ``outdir`` can receive outputs: absent, empty, or a previous ``what`` (it holds ``marker``).
+def check_output_dir(outdir: str | Path, kind: str = "case", overwrite: bool = False) -> Path:
+    """See :func:`lungseg.inference.ownership.check_output_dir`: absent, empty, or lungseg's own."""
+    from lungseg.inference.ownership import check_output_dir as check
 
-    Raises:
-        InputError: it is a file, or a non-empty folder that is not a lungseg output (it would be replaced).
-    """
-    outdir = Path(outdir)
-    if outdir.exists() and not outdir.is_dir():
-        raise InputError(f"output {str(outdir)!r} exists and is not a folder")
-    visible = outdir.is_dir() and any(not p.name.startswith(".") for p in outdir.iterdir())  # .gitkeep is fine
-    if visible and not (outdir / marker).is_file():
-        raise InputError(
-            f"output folder {str(outdir)!r} is not empty and holds no previous {what}; "
-            "choose a new or empty folder"
-        )
-    return outdir
+    return check(outdir, kind, overwrite)
 
 
 def _json_default(obj):
@@ -231,6 +218,7 @@ def write_outputs(
     report: dict,
     outdir: str | Path,
     ct_u8_for_overlays: np.ndarray | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Path]:
     """Write the masks, overlay pictures and report of one input into ``outdir``, atomically.
 
@@ -241,14 +229,16 @@ def write_outputs(
     ``infection_mask.png`` (0/255) and ``lung_and_infection_mask.png`` (labels × 85: 85 left lung,
     170 right lung, 255 infection), all of the input's size.
 
-    Everything is written into a temporary sibling folder that is then renamed to ``outdir``, so a
-    failure leaves nothing half-written. A previous lungseg output in ``outdir`` is replaced.
+    Everything is written into a staging folder beside ``outdir`` that is then moved in, so a
+    failure leaves nothing half-written. ``outdir`` must be absent, empty, or a previous lungseg
+    output (its ``.lungseg-output.json`` lists what is replaced; nothing else there is touched);
+    ``overwrite`` lets it be any folder (same-named files replaced). See :mod:`lungseg.inference.ownership`.
 
     Returns:
         name → final path of every file written (names: the mask keys, ``report``, ``overlay_<z>``,
         and ``*_png`` for 2D inputs).
     """
-    outdir = check_output_dir(outdir)
+    outdir = check_output_dir(outdir, "case", overwrite)
     try:
         return _write_outputs(volume, seg, report, outdir, ct_u8_for_overlays)
     except OSError as exc:  # a full disk, a folder made read-only meanwhile...
@@ -260,8 +250,9 @@ def _write_outputs(volume: Volume, seg: Segmentation, report: dict, outdir: Path
     for name, arr in (("lung_labels", seg.lung_labels), ("infection", seg.infection)):
         if tuple(arr.shape) != canonical_shape:
             raise ValueError(f"{name} has shape {arr.shape}, the volume {canonical_shape}")
-    outdir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{outdir.name}.tmp-", dir=outdir.parent))
+    from lungseg.inference.ownership import install_dir, staging_dir
+
+    tmp = staging_dir(outdir)
     written: dict[str, str] = {}
     try:
         combined = seg.combined()
@@ -315,23 +306,9 @@ def _write_outputs(volume: Volume, seg: Segmentation, report: dict, outdir: Path
             }
         (tmp / REPORT_FILE).write_text(json.dumps(full, indent=2, default=_json_default))
         written["report"] = REPORT_FILE
-        _replace_dir(tmp, outdir)
+        install_dir(tmp, outdir, "case")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     logger.info("wrote %d files to %s", len(written), outdir)
     return {k: outdir / v for k, v in written.items()}
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    """Move the finished folder ``src`` to ``dst`` (an absent, empty, or previous output folder)."""
-    old = None
-    if dst.exists():
-        if any(dst.iterdir()):
-            old = Path(tempfile.mkdtemp(prefix=f".{dst.name}.old-", dir=dst.parent))
-            os.replace(dst, old / dst.name)
-        else:
-            dst.rmdir()
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
