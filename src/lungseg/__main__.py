@@ -1,20 +1,13 @@
-"""Run the lungseg Kedro project as ``python -m lungseg``."""
+"""``python -m lungseg ...``: the same command line as the ``lungseg`` script (``predict``, ``ui``, ...).
+
+(Kedro's template ran ``kedro run`` here through ``find_run_command``, which looks for a ``run``
+command in ``lungseg.cli``; lungseg's CLI is its own argparse program, so that crashed with an
+AttributeError. Pipelines run with ``kedro run``.)
+"""
 
 import sys
-from pathlib import Path
-from typing import Any
 
-from kedro.framework.cli.utils import find_run_command
-from kedro.framework.project import configure_project
-
-
-def main(*args, **kwargs) -> Any:
-    package_name = Path(__file__).parent.name
-    configure_project(package_name)
-    kwargs["standalone_mode"] = not hasattr(sys, "ps1")
-    run = find_run_command(package_name)
-    return run(*args, **kwargs)
-
+from lungseg.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
