@@ -133,3 +133,4 @@ def test_staging_folders_of_dead_runs_are_swept_and_live_ones_kept(tmp_path, rul
     save_nifti(src, phantom(seed=5)[0])
     assert predict(src, out, rule_models)[0] == 0, capsys.readouterr().err
     assert not stale.exists() and live.exists()  # a successful rerun cleans up after the killed one
+

@@ -145,3 +145,18 @@ def with_precision(model, policy: str):
     copy = keras.models.clone_model(model, clone_function=clone, recursive=True)
     copy.set_weights(model.get_weights())
     return copy
+
+
+def predict_in(model, policy: str):
+    """A predictor like ``model`` that computes in ``policy``: a Keras model through
+    :func:`with_precision`, and the members of an ensemble (anything with ``members`` or a wrapped
+    ``model``, as :mod:`lungseg.inference.ensemble` builds them) one by one."""
+    if hasattr(model, "members"):
+        model.members = [predict_in(m, policy) for m in model.members]
+        return model
+    if hasattr(model, "get_weights"):
+        return with_precision(model, policy)
+    if hasattr(model, "model"):
+        model.model = predict_in(model.model, policy)
+        return model
+    return model
