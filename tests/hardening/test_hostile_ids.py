@@ -124,3 +124,17 @@ def test_ingestion_refuses_symlinks_leading_outside_raw_root(tiny_dataset, tmp_p
     params = {**_ingestion_params(tiny_dataset), "skip_invalid_cases": True}
     table, _, skipped = ingest_cases(meta, volumes, params)
     assert list(table["case_id"]) == ["case_a", "case_c"] and list(skipped["case_id"]) == ["case_b"]
+
+
+def test_repeated_case_ids_never_collide_with_a_real_one(tmp_path, caplog):
+    """#28 row 2: ids a, a, a_2 used to give two a_2 (one case's masks lost); now a, a_3, a_2."""
+    from lungseg.inference.batch_cases import find_cases
+
+    for name in ("one", "two", "three"):
+        save_nifti(tmp_path / f"{name}.nii.gz", phantom(shape=(4, 32, 32))[0])
+    pd.DataFrame({"case": ["a", "a", "a_2"], "ct_scan": ["one.nii.gz", "two.nii.gz", "three.nii.gz"]}).to_csv(
+        tmp_path / "metadata.csv", index=False)
+    with caplog.at_level("WARNING"):
+        cases = find_cases(tmp_path / "metadata.csv")
+    assert [(c.case, c.file.name) for c in cases] == [("a", "one.nii.gz"), ("a_3", "two.nii.gz"), ("a_2", "three.nii.gz")]
+    assert "case id 'a' is repeated" in caplog.text and "'a_3'" in caplog.text

@@ -72,7 +72,7 @@ def find_cases(path: str | Path) -> list[BatchCase]:
 
     Returns:
         :class:`BatchCase` tuples, in input order (a folder: sorted by file name). A repeated case id
-        gets a ``_2``, ``_3``... suffix.
+        gets the first ``_2``, ``_3``... suffix no other case uses (:func:`unique_case_ids`).
 
     Raises:
         InputError: no cases, no ``ct_scan`` column, unreadable csv, a bad ``ct_scan`` path (one that
@@ -91,12 +91,28 @@ def find_cases(path: str | Path) -> list[BatchCase]:
         raise InputError(f"file {str(path)!r}: not a folder of NIfTI files nor a metadata.csv")
     if not cases:
         raise InputError(f"file {str(path)!r}: no cases found (no NIfTI files)")
-    seen: dict[str, int] = {}
+    return unique_case_ids(cases)
+
+
+def unique_case_ids(cases: list[BatchCase]) -> list[BatchCase]:
+    """Case ids made unique against the whole set (they name the output folders): the first of a
+    repeated id keeps it, the next get the first free ``_2``, ``_3``... that no other case uses
+    (ids ``a, a, a_2`` become ``a, a_3, a_2``). Each renaming is logged."""
+    taken = {item.case for item in cases}
+    first: set[str] = set()
     unique = []
-    for item in cases:  # keep case ids unique: they name the output folders
-        n = seen.get(item.case, 0)
-        seen[item.case] = n + 1
-        unique.append(item if n == 0 else item._replace(case=f"{item.case}_{n + 1}"))
+    for item in cases:
+        if item.case not in first:
+            first.add(item.case)
+            unique.append(item)
+            continue
+        n = 2
+        while f"{item.case}_{n}" in taken:
+            n += 1
+        new = f"{item.case}_{n}"
+        taken.add(new)
+        logger.warning("case id %r is repeated: %s is written as case %r", item.case, item.file, new)
+        unique.append(item._replace(case=new))
     return unique
 
 
