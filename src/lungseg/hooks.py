@@ -169,6 +169,10 @@ class MissingRawDataError(ConfigError, click.ClickException):
     one ``Error: ...`` paragraph and exits with code 1, without a traceback."""
 
 
+class BadParamsError(ConfigError, click.ClickException):
+    """A misspelt or mistyped ``--params``: one ``Error: ...`` line from ``kedro run``, exit code 1."""
+
+
 def missing_data_message(raw_root: str, pipeline_names: str) -> str:
     """The paragraph shown when ``raw_root`` has no ``metadata.csv``."""
     dest = "" if raw_root.rstrip("/") == "data/01_raw/covid19-ct-scans" else f" --dest {raw_root}"
@@ -213,6 +217,32 @@ class RawDataCheckHook:
         names = run_params.get("pipeline_names") or run_params.get("pipeline_name") or ["__default__"]
         names = names if isinstance(names, str) else "+".join(names)
         raise MissingRawDataError(missing_data_message(raw_root, repr(names)))
+
+
+class ParamsCheckHook:
+    """Refuse a misspelt or mistyped ``kedro run --params`` before anything runs (#28 item 3).
+
+    Each runtime parameter must name a key of the environment's own parameters (conf/base merged
+    with ``--env``), and have the type configured there (a number for ``epochs``; null is always
+    accepted). ``tryfirst``: it runs before kedro-mlflow's ``before_pipeline_run``, so no MLflow run
+    opens and no node writes anything for a refused run.
+    """
+
+    @hook_impl(tryfirst=True)
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        runtime = run_params.get("runtime_params") or {}
+        if not runtime or not run_params.get("project_path"):
+            return
+        from pathlib import Path
+
+        from lungseg.config import check_runtime_params
+        from lungseg.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
+
+        loader = CONFIG_LOADER_CLASS(conf_source=str(Path(run_params["project_path"]) / "conf"),
+                                     env=run_params.get("env"), **CONFIG_LOADER_ARGS)
+        problems = check_runtime_params(runtime, loader["parameters"])
+        if problems:
+            raise BadParamsError("--params: " + "; ".join(problems) + " (nothing was run)")
 
 
 def _reads(inference_params: Any, metadata_path: str) -> bool:

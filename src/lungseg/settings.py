@@ -15,9 +15,9 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-from lungseg.hooks import LungsegMlflowHook, RawDataCheckHook  # noqa: E402
+from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook  # noqa: E402
 
 # kedro-mlflow's hook is replaced by its subclass LungsegMlflowHook (unprefixed keys, one nested MLflow run
 # per variant); the plugin's own instance would log every parameter a second time with its variant prefix.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # the name as installed metadata spells it
-HOOKS = (LungsegMlflowHook(), RawDataCheckHook())
+HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook())
