@@ -22,8 +22,12 @@ run's lung and infection models (or fold ensembles) are registered as one MLflow
 
 from __future__ import annotations
 
+import difflib
+
+import click
 from kedro.pipeline import Pipeline
 
+from lungseg.errors import ConfigError
 from lungseg.layout import VARIANTS, variant_task
 from lungseg.pipelines.cv import pipeline as cv
 from lungseg.pipelines.evaluation import pipeline as evaluation
@@ -34,11 +38,29 @@ from lungseg.pipelines.synthetic_data import pipeline as synthetic_data
 from lungseg.pipelines.training import pipeline as training
 from lungseg.pipelines.training.registry import create_registry_pipeline
 
+
+class UnknownPipelineError(ConfigError, click.ClickException):
+    """``kedro run --pipelines=NAME`` with a NAME that is not registered."""
+
+
+class Pipelines(dict):
+    """The registered pipelines; an unknown name is one readable line (#28 row 5), not two tracebacks.
+
+    Kedro catches a ``KeyError`` here and re-raises a ``ValueError`` with a traceback; a
+    ``click.ClickException`` is printed by ``kedro run`` as one ``Error: ...`` line with exit code 1.
+    """
+
+    def __missing__(self, name):
+        close = difflib.get_close_matches(str(name), sorted(self), n=1)
+        hint = f"did you mean '{close[0]}'? " if close else ""
+        raise UnknownPipelineError(f"no pipeline named '{name}'; {hint}the pipelines: {', '.join(sorted(self))}")
+
+
 #: The variants of the ``system`` pipeline (and of the combined model registered by ``__default__``).
 SYSTEM = ("lung_unet", "infection_unet")
 
 
-def register_pipelines() -> dict[str, Pipeline]:
+def register_pipelines() -> Pipelines:
     """Register the project's pipelines."""
     ingest = ingestion.create_pipeline()
     shared = ingest + preprocessing.create_shared_pipeline()
@@ -73,4 +95,4 @@ def register_pipelines() -> dict[str, Pipeline]:
         ingest + preprocessing.create_pipeline() + training.create_pipeline() + evaluation.create_pipeline(VARIANTS)
         + create_registry_pipeline(*SYSTEM)
     )
-    return pipelines
+    return Pipelines(pipelines)

@@ -62,3 +62,18 @@ def test_kedro_run_with_a_misspelt_param_writes_nothing_and_opens_no_mlflow_run(
             with sqlite3.connect(project / "mlflow.db") as db:
                 tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
                 assert "runs" not in tables or db.execute("select count(*) from runs").fetchone()[0] == 0
+
+
+def test_an_unknown_pipeline_name_is_one_line_listing_the_pipelines():
+    """#28 row 5: `kedro run --pipelines=infection_unte` gave two tracebacks (53 lines)."""
+    import click
+
+    from lungseg.pipeline_registry import register_pipelines
+
+    pipelines = register_pipelines()
+    assert "infection_unet" in pipelines and pipelines.get("nope") is None
+    with pytest.raises(click.ClickException) as caught:
+        pipelines["infection_unte"]
+    message = caught.value.format_message()
+    assert message.startswith("no pipeline named 'infection_unte'; did you mean 'infection_unet'? the pipelines: ")
+    assert "\n" not in message and "lung_unet_cv" in message
