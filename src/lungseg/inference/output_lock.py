@@ -27,14 +27,15 @@ def lock_path(outdir: str | Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's live process counts)."""
     if pid <= 0:
         return False
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
-    except PermissionError:  # another user's live process
+    except (PermissionError, OverflowError):  # another user's live process; an absurd pid
         return True
     return True
 
@@ -85,7 +86,7 @@ def output_lock(outdir: str | Path) -> Iterator[Path]:
             break
         except FileExistsError:
             pid = _holder(lock)
-            if _alive(pid) and pid != os.getpid():
+            if pid_alive(pid) and pid != os.getpid():
                 raise InputError(
                     f"output folder {str(outdir)!r} is being written by another lungseg run (pid {pid}; lock file "
                     f"{str(lock)!r}); wait for it to finish or choose another -o"

@@ -26,6 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from lungseg.errors import InputError
+from lungseg.inference.output_lock import pid_alive
 
 MANIFEST_FILE = ".lungseg-output.json"
 KINDS = {"case": "lungseg output", "batch": "lungseg batch output"}
@@ -135,16 +136,6 @@ def install_dir(staged: Path, dst: Path, kind: str) -> None:
     shutil.rmtree(staged, ignore_errors=True)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OverflowError):
-        return True
-    return True
-
-
 def staging_dir(dst: Path) -> Path:
     """A new staging folder beside ``dst``, named with this process id; stale ones are swept first."""
     sweep_stale(dst)
@@ -162,7 +153,7 @@ def sweep_stale(dst: Path) -> list[Path]:
         return removed
     for path in siblings:
         match = pattern.match(path.name)
-        if match and path.is_dir() and not path.is_symlink() and not _alive(int(match.group(1))):
+        if match and path.is_dir() and not path.is_symlink() and not pid_alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
