@@ -110,7 +110,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "sibling of the other task is found too) or a folder holding them, e.g. data/06_models")
     p.add_argument("--precision", choices=("float32", "mixed_bfloat16", "auto"), default="float32",
                    help="compute in float32 (default) or bf16 (mixed_bfloat16; auto: bf16 where the CPU has "
-                   "AMX-BF16 / AVX512-BF16); masks agree with float32 to Dice >= 0.995 in the tests")
+                   "AMX-BF16 / AVX512-BF16); check the masks against float32 on your own models first")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: %(default)s)")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS, help="lung, infection or lung,infection (default)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 #: Keys of the ``inference`` parameters (conf/base/parameters_inference.yml); all are required.
 INFERENCE_KEYS = (
     "input", "output_dir", "lung_model", "infection_model", "models_dir", "batch_size", "tasks", "progress", "cases",
-    "lung_min_ratio", "lung_fill_holes", "flip_tta", "limits", "guard",
+    "lung_min_ratio", "lung_fill_holes", "flip_tta", "limits", "guard", "precision",
 )
 
 
@@ -46,7 +46,8 @@ def run_inference(params: dict) -> pd.DataFrame:
             model in ``models_dir``; a ``.keras`` path or an MLflow URI otherwise), ``models_dir``,
             ``batch_size``, ``tasks``, ``progress``, ``cases`` (None = every case; else a list of
             case ids to segment, e.g. the held-out patients), ``limits`` (resource limits checked
-            before reading each case) and ``guard`` (the plausibility guard's bounds).
+            before reading each case), ``guard`` (the plausibility guard's bounds) and ``precision``
+            (float32 | mixed_bfloat16 | auto, as ``lungseg predict --precision``).
 
     Returns:
         The summary (see :mod:`lungseg.inference.batch`), with Dice/IoU columns for the cases whose
@@ -65,13 +66,19 @@ def run_inference(params: dict) -> pd.DataFrame:
     from lungseg.inference.models import load_model_spec
     from lungseg.inference.segment import Segmenter
     from lungseg.limits import GuardParams, Limits
+    from lungseg.models.precision import check_precision, predict_in, resolve_and_log
 
     Limits.from_params(p["limits"])  # checked before any model is loaded
     GuardParams.from_params(p["guard"])
+    policy = resolve_and_log(check_precision(p["precision"], "inference"), "Prediction")
     ids = _case_ids(p["cases"])
     cases = select_cases(find_cases(Path(p["input"])), ids)
     lung = load_model_spec(p["lung_model"], "lung", p["models_dir"])
     infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
+    if policy != "float32":
+        for loaded in (lung, infection):
+            if loaded is not None:
+                loaded.model = predict_in(loaded.model, policy)
     segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]),
                           lung_fill_holes=bool(p["lung_fill_holes"]), flip_tta=bool(p["flip_tta"]), guard=p["guard"])
     from lungseg.inference.output_lock import output_lock
