@@ -89,6 +89,8 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_preprocess.py
 	$(BIN)/python benchmarks/bench_train.py
 	$(BIN)/python benchmarks/bench_inference.py
+	$(BIN)/python benchmarks/bench_precision.py
+	$(BIN)/python benchmarks/bench_precision_parity.py
 
 clean-demo:
 	rm -rf $(DEMO_RAW)
