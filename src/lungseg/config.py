@@ -111,6 +111,8 @@ def check_runtime_params(runtime: Mapping[str, Any], configured: Mapping[str, An
         node: Any = configured
         walked = []
         for part in path.split("."):
+            if node is None:  # a null setting may be given as a mapping (reduce_lr.patience=2 where reduce_lr: null)
+                break
             if not isinstance(node, Mapping) or part not in node:
                 level = sorted(str(k) for k in node if not str(k).startswith("_")) if isinstance(node, Mapping) else []
                 close = difflib.get_close_matches(part, level, n=1)

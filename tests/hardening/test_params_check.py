@@ -13,7 +13,8 @@ from lungseg.config import check_runtime_params
 
 CONFIGURED = {
     "preprocessing": {"clahe_clip_limit": 2.0, "image_size": {"lung": 128, "infection": 96}, "window": None},
-    "lung_unet": {"training": {"epochs": 30, "augment": {"hflip": True}, "reduce_lr": {"patience": 3}, "loss": "bce"}},
+    "lung_unet": {"training": {"epochs": 30, "augment": {"hflip": True}, "reduce_lr": {"patience": 3}, "loss": "bce",
+                               "early_stopping": None}},
     "infection_unet": {"training": {"epochs": 30}},
     "_training": {"epochs": 30},
 }
@@ -23,6 +24,9 @@ def test_known_keys_with_their_configured_types_pass():
     assert check_runtime_params({"lung_unet": {"training": {"epochs": 3, "loss": "dice", "reduce_lr": None}},
                                  "preprocessing.image_size.lung": 64, "preprocessing.window": [-1000, 400],
                                  "preprocessing.clahe_clip_limit": 3}, CONFIGURED) == []
+    # a null setting may be given as a mapping: the reference run sets reduce_lr.* where dev_cpu has reduce_lr: null
+    assert check_runtime_params({"lung_unet.training.early_stopping.patience": 2,
+                                 "lung_unet.training.early_stopping.monitor": "val_loss"}, CONFIGURED) == []
 
 
 @pytest.mark.parametrize(("runtime", "message"), [
