@@ -213,12 +213,9 @@ def _load_models(args: argparse.Namespace):
 
 def _in_precision(args: argparse.Namespace, loaded):
     """``loaded`` computing in ``--precision`` (resolved and logged once; float32 leaves it as it is)."""
-    from lungseg.models.precision import predict_in, resolve_and_log
+    from lungseg.models.precision import loaded_in, resolve_and_log
 
-    policy = resolve_and_log(getattr(args, "precision", "float32"), "Prediction")
-    if loaded is not None and policy != "float32":
-        loaded.model = predict_in(loaded.model, policy)
-    return loaded
+    return loaded_in(loaded, resolve_and_log(getattr(args, "precision", "float32"), "Prediction"))
 
 
 def cmd_predict(args: argparse.Namespace) -> int:

@@ -160,3 +160,12 @@ def predict_in(model, policy: str):
         model.model = predict_in(model.model, policy)
         return model
     return model
+
+
+def loaded_in(loaded, policy: str):
+    """A loaded model (anything with a ``model``, as :class:`lungseg.inference.models.LoadedModel`)
+    set to predict in ``policy``; None and float32 leave it as it is. The CLI and the inference
+    pipeline both go through here."""
+    if loaded is not None and policy != "float32":
+        loaded.model = predict_in(loaded.model, policy)
+    return loaded

@@ -66,19 +66,15 @@ def run_inference(params: dict) -> pd.DataFrame:
     from lungseg.inference.models import load_model_spec
     from lungseg.inference.segment import Segmenter
     from lungseg.limits import GuardParams, Limits
-    from lungseg.models.precision import check_precision, predict_in, resolve_and_log
+    from lungseg.models.precision import check_precision, loaded_in, resolve_and_log
 
     Limits.from_params(p["limits"])  # checked before any model is loaded
     GuardParams.from_params(p["guard"])
     policy = resolve_and_log(check_precision(p["precision"], "inference"), "Prediction")
     ids = _case_ids(p["cases"])
     cases = select_cases(find_cases(Path(p["input"])), ids)
-    lung = load_model_spec(p["lung_model"], "lung", p["models_dir"])
-    infection = load_model_spec(p["infection_model"], "infection", p["models_dir"]) if "infection" in tasks else None
-    if policy != "float32":
-        for loaded in (lung, infection):
-            if loaded is not None:
-                loaded.model = predict_in(loaded.model, policy)
+    lung = loaded_in(load_model_spec(p["lung_model"], "lung", p["models_dir"]), policy)
+    infection = loaded_in(load_model_spec(p["infection_model"], "infection", p["models_dir"]), policy) if "infection" in tasks else None
     segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]),
                           lung_fill_holes=bool(p["lung_fill_holes"]), flip_tta=bool(p["flip_tta"]), guard=p["guard"])
     from lungseg.inference.output_lock import output_lock
