@@ -53,6 +53,7 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
         seg = segmenter.segment(volume, kind, tasks=args.tasks, progress=not args.no_progress)
         report = make_report(seg, volume.spacing)
         report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
+        report["precision"] = getattr(lung, "precision", "float32")  # the prediction precision (--precision)
         written = write_outputs(volume, seg, report, outdir, overwrite=overwrite)
     names = ", ".join(sorted(p.relative_to(outdir).as_posix() for p in written.values()))
     print(f"lungseg: outputs written to {outdir}: {names}")

@@ -12,6 +12,8 @@ from hardening_helpers import (
 
 def test_predict_in_bf16_gives_nearly_the_float32_masks(tmp_path, rule_models, capsys):
     """#24 item 3, on a synthetic volume: the same float32 models, predicting in bf16 (--precision)."""
+    import json
+
     import nibabel as nib
     import numpy as np
 
@@ -24,6 +26,7 @@ def test_predict_in_bf16_gives_nearly_the_float32_masks(tmp_path, rule_models, c
         out = tmp_path / precision
         assert predict(src, out, rule_models, "--precision", precision)[0] == 0, capsys.readouterr().err
         masks[precision] = np.asarray(nib.load(str(out / "lung_and_infection_mask.nii.gz")).dataobj)
+        assert json.loads((out / "report.json").read_text())["precision"] == precision
     assert masks["float32"].any()
     for label, name in ((1, "left lung"), (2, "right lung"), (3, "infection")):
         a, b = masks["float32"] == label, masks["mixed_bfloat16"] == label

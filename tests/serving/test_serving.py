@@ -246,3 +246,30 @@ def test_a_folder_that_is_no_combined_model_is_named(tmp_path):
 
     with pytest.raises(ModelNotFoundError, match=r"not a lungseg combined model .*settings.json"):
         load_combined_models(tmp_path)
+
+
+def test_the_loader_chooses_the_precision_and_the_report_names_it(store):
+    """``model_config={"precision": ...}`` at load time: the models compute in bf16 (weights float32),
+    the masks stay close to float32's, the report says which; the default is the bundle's (float32)."""
+    from lungseg.errors import ConfigError
+    from lungseg.serving.pyfunc import decode_label_map, encode_nifti
+
+    import pandas as pd
+
+    frame = pd.DataFrame({"ct_nifti_base64": [encode_nifti(store["ct"])]})
+    with tracking(store["uri"]) as mlflow:
+        default = mlflow.pyfunc.load_model(model_uri(store))
+        bf16 = mlflow.pyfunc.load_model(model_uri(store), model_config={"precision": "mixed_bfloat16"})
+        with pytest.raises(ConfigError, match="precision must be one of float32, mixed_bfloat16, auto, got 'half'"):
+            mlflow.pyfunc.load_model(model_uri(store), model_config={"precision": "half"})
+    inner = bf16.unwrap_python_model()._models
+    conv = [layer for layer in inner.lung.model.layers if layer.weights][0]
+    assert conv.dtype_policy.compute_dtype == "bfloat16" and conv.weights[0].dtype == "float32"
+    assert json.loads(default.predict(frame)["report_json"][0])["precision"] == "float32"
+    row = bf16.predict(frame).iloc[0]
+    assert json.loads(row["report_json"])["precision"] == "mixed_bfloat16"
+    got = np.asarray(decode_label_map(row["label_map_nifti_base64"]).dataobj)
+    want = np.asarray(store["expected"].dataobj)
+    for label in (1, 2, 3):
+        a, b = got == label, want == label
+        assert 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.97, label

@@ -431,3 +431,32 @@ def test_model_selector_when_several_versions(monkeypatch, models_dir, tmp_path)
     assert not _errors(at) and len(at.image) == 3
     key = at.session_state["_seg"][0]
     assert VERSION in dict(key[2])["lung"]
+
+
+def test_the_sidebar_precision_reloads_the_models_in_bf16_and_the_report_says_so(monkeypatch, models_dir):
+    at = _app(monkeypatch, models_dir)
+    img, _ = synthetic_case(seed=103)
+    at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
+    _assert_no_exception(at)
+    assert at.sidebar.selectbox(key="precision").value == "float32"
+    float32_seg, float32_report = at.session_state["_seg"][1:]
+    assert float32_report["precision"] == "float32"
+    at = at.sidebar.selectbox(key="precision").set_value("mixed_bfloat16").run()
+    _assert_no_exception(at)
+    assert not _errors(at)
+    seg, report = at.session_state["_seg"][1:]
+    assert report["precision"] == "mixed_bfloat16"
+    a, b = seg.lung_labels > 0, float32_seg.lung_labels > 0
+    assert a.any() and 2 * (a & b).sum() / (a.sum() + b.sum()) > 0.9  # the same tiny model, in bf16
+
+
+def test_load_model_sets_the_prediction_precision(models_dir):
+    choices = logic.model_choices(models_dir)
+    loaded = logic.load_model(choices["lung"][0].path, "lung", models_dir, "mixed_bfloat16")
+    conv = [layer for layer in loaded.model.layers if layer.weights][0]
+    assert loaded.precision == "mixed_bfloat16" and conv.dtype_policy.compute_dtype == "bfloat16"
+    assert conv.weights[0].dtype == "float32"
+    from lungseg.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="precision must be one of"):
+        logic.load_model(choices["lung"][0].path, "lung", models_dir, "fp16")

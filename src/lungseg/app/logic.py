@@ -126,11 +126,18 @@ def missing_model_message(tasks: Sequence[str], models_dir: str | Path) -> str:
     )
 
 
-def load_model(path: str | Path, task: str, models_dir: str | Path):
-    """Load one trained model (its ``model.keras`` path) with :func:`lungseg.inference.models.load_model_spec`."""
-    from lungseg.inference.models import load_model_spec
+#: The sidebar's prediction precisions (as ``lungseg predict --precision``); float32 is the default.
+PRECISION_CHOICES = ("float32", "mixed_bfloat16", "auto")
 
-    return load_model_spec(str(path), task, models_dir)
+
+def load_model(path: str | Path, task: str, models_dir: str | Path, precision: str = "float32"):
+    """Load one trained model (its ``model.keras`` path) with :func:`lungseg.inference.models.load_model_spec`,
+    set to predict in ``precision`` (:func:`lungseg.models.precision.loaded_in`; the weights stay float32)."""
+    from lungseg.inference.models import load_model_spec
+    from lungseg.models.precision import check_precision, loaded_in, resolve_and_log
+
+    policy = resolve_and_log(check_precision(precision, "the UI's"), "Prediction")
+    return loaded_in(load_model_spec(str(path), task, models_dir), policy)
 
 
 # --------------------------------------------------------------------------------------------

@@ -22,10 +22,10 @@ from lungseg.app.report_view import models_line
 
 
 @st.cache_resource(show_spinner="Loading the model...", max_entries=8)
-def _cached_model(path: str, task: str, models_dir: str, mtime: float):
-    """Load a trained model once per (path, modification time) for all sessions."""
+def _cached_model(path: str, task: str, models_dir: str, mtime: float, precision: str = "float32"):
+    """Load a trained model once per (path, modification time, precision) for all sessions."""
     del mtime  # only part of the cache key: a model rewritten in place is loaded again
-    return logic.load_model(path, task, models_dir)
+    return logic.load_model(path, task, models_dir, precision)
 
 
 def _model_mtime(path: str) -> float:
@@ -73,6 +73,15 @@ def _sidebar() -> tuple[str, str, dict[str, logic.ModelChoice], list[str]]:
         elif options:
             selected[task] = options[0]
             st.sidebar.caption(f"{task.capitalize()} model: {options[0].label}")
+    st.sidebar.selectbox(
+        "Precision",
+        list(logic.PRECISION_CHOICES),
+        index=0,
+        key="precision",
+        help="float32 (default), or compute in bfloat16 (mixed_bfloat16; auto: where the CPU has AMX-BF16 / "
+        "AVX512-BF16), as lungseg predict --precision. The weights stay float32; docs/results.md gives the "
+        "speed and how close the masks stay.",
+    )
     return models_dir, choice, selected, missing
 
 
@@ -101,7 +110,8 @@ def _read_input(uploaded) -> logic.LoadedInput | None:
 
 def _segment(loaded: logic.LoadedInput, choice: str, models_dir: str, selected: dict[str, logic.ModelChoice]):
     """Segment once per (image, choice, models); returns (key, segmentation, report) or None."""
-    key = (loaded.digest, choice, tuple(sorted((t, c.path) for t, c in selected.items())))
+    precision = st.session_state.get("precision", "float32")
+    key = (loaded.digest, choice, tuple(sorted((t, c.path) for t, c in selected.items())), precision)
     cached = st.session_state.get("_seg")
     if cached is not None and cached[0] == key:
         return cached
@@ -114,6 +124,7 @@ def _segment(loaded: logic.LoadedInput, choice: str, models_dir: str, selected: 
             task,
             models_dir,
             _model_mtime(model_choice.path),
+            precision,
         )
         if model is None:
             return None
@@ -124,6 +135,8 @@ def _segment(loaded: logic.LoadedInput, choice: str, models_dir: str, selected: 
         return None
     models_used = {task: c.describe() for task, c in selected.items()}
     report = guarded("Making the report", logic.make_report, seg, loaded, models_used) or {}
+    if report:
+        report["precision"] = getattr(models.get("lung"), "precision", precision)
     st.session_state["_seg"] = (key, seg, report)
     return key, seg, report
 

@@ -165,7 +165,9 @@ def predict_in(model, policy: str):
 def loaded_in(loaded, policy: str):
     """A loaded model (anything with a ``model``, as :class:`lungseg.inference.models.LoadedModel`)
     set to predict in ``policy``; None and float32 leave it as it is. The CLI and the inference
-    pipeline both go through here."""
+    pipeline both go through here. The policy is kept as ``loaded.precision``, for the reports."""
     if loaded is not None and policy != "float32":
         loaded.model = predict_in(loaded.model, policy)
+    if loaded is not None:
+        loaded.precision = policy
     return loaded

@@ -28,7 +28,9 @@ logger = logging.getLogger(__name__)
 BUNDLE_ARTIFACT = "bundle"
 SETTINGS_FILE = "settings.json"
 #: The settings a bundle holds (the ``inference`` parameters that change what the Segmenter returns).
-SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits")
+#: ``precision`` is the served model's default prediction precision (the pyfunc model applies it; a
+#: bundle written before it existed predicts in float32); ``lungseg predict --model`` uses ``--precision``.
+SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits", "precision")
 
 
 @dataclass
@@ -92,8 +94,8 @@ def write_bundle(dest: str | Path, lung: Any, infection: Any, settings: dict[str
     Args:
         lung, infection: each a ``LoadedModel``, a ``(keras_model, config)`` pair or a dict of folds
             (``infection`` may be None).
-        settings: ``batch_size``, ``lung_min_ratio``, ``lung_fill_holes``, ``flip_tta``, ``guard`` and ``limits`` (the
-            ``inference`` parameters), stored so that the served model needs no project checkout.
+        settings: ``batch_size``, ``lung_min_ratio``, ``lung_fill_holes``, ``flip_tta``, ``guard``, ``limits`` and
+            ``precision`` (the ``inference`` parameters), stored so that the served model needs no project checkout.
     """
     missing = [k for k in SETTINGS_KEYS if k not in settings]
     if missing:

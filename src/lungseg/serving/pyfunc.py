@@ -13,7 +13,9 @@ involvement % and severity per lung).
 
 Each CT is read by :func:`lungseg.inference.readers.read_input` and segmented by
 :class:`lungseg.inference.segment.Segmenter`, the code of ``lungseg predict``, with the inference
-settings stored in the model (batch size, lung clean-up, flip TTA, plausibility guard, limits).
+settings stored in the model (batch size, lung clean-up, flip TTA, plausibility guard, limits, and
+the prediction precision, which the loader may override:
+``mlflow.pyfunc.load_model(uri, model_config={"precision": "mixed_bfloat16"})``).
 """
 
 from __future__ import annotations
@@ -59,7 +61,24 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
         from lungseg.serving.bundle import BUNDLE_ARTIFACT, load_bundle
 
         self._models = load_bundle(context.artifacts[BUNDLE_ARTIFACT], "lungseg-combined")
+        self.precision = self._apply_precision(getattr(context, "model_config", None) or {})
         self._segmenter = self._models.segmenter()
+
+    def _apply_precision(self, model_config: dict) -> str:
+        """Set the models to compute in the precision the loader asked for
+        (``mlflow.pyfunc.load_model(uri, model_config={"precision": "auto"})``), else in the bundle's
+        ``precision`` setting (the ``inference.precision`` the model was registered with; float32 for a
+        bundle written before the setting existed). Returns the policy in use."""
+        from lungseg.models.precision import check_precision, loaded_in, resolve_and_log
+
+        unknown = sorted(set(model_config) - {"precision"})
+        if unknown:
+            raise _bad_request(f"lungseg-combined: unknown model_config keys {unknown} (known: ['precision'])")
+        name = model_config.get("precision", self._models.settings.get("precision", "float32"))
+        policy = resolve_and_log(check_precision(name, "lungseg-combined model_config"), "Prediction")
+        self._models.lung = loaded_in(self._models.lung, policy)
+        self._models.infection = loaded_in(self._models.infection, policy)
+        return policy
 
     def predict(self, context, model_input, params: dict[str, Any] | None = None):
         import pandas as pd
@@ -94,6 +113,7 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
             "lung": self._models.lung.source,
             "infection": self._models.infection.source if self._models.infection else None,
         }
+        report["precision"] = self.precision
         labels = volume.to_nifti(seg.combined().astype("uint8"), "uint8")  # as lungseg predict writes it
         return {
             "label_map_nifti_base64": base64.b64encode(gzip.compress(labels.to_bytes(), mtime=0)).decode("ascii"),

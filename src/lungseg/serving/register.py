@@ -64,7 +64,7 @@ def log_combined_model(lung: Any, infection: Any, settings: dict[str, Any], regi
     Args:
         lung, infection: ``LoadedModel`` or ``(keras_model, config)`` (see :func:`lungseg.serving.bundle.write_bundle`).
         settings: the ``inference`` settings the served model uses (batch_size, lung_min_ratio, flip_tta,
-            guard, limits).
+            guard, limits, precision: the prediction precision unless the loader's ``model_config`` says otherwise).
 
     Returns:
         MLflow's ``ModelInfo`` (``registered_model_version`` is the new version, when registered).
@@ -87,6 +87,8 @@ def log_combined_model(lung: Any, infection: Any, settings: dict[str, Any], regi
             pip_requirements=PIP_REQUIREMENTS,
             registered_model_name=registered_name,
             metadata={"lungseg_sources": (bundle / "settings.json").read_text()},
+            # the default the loader may override: load_model(uri, model_config={"precision": "auto"})
+            model_config={"precision": settings["precision"]},
         )
     if registered_name:
         logger.info(

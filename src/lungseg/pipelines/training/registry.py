@@ -21,7 +21,7 @@ logger = logging.getLogger(__name__)
 
 REGISTRY_KEYS = ("register", "model_name", "models_dir")
 #: The ``inference`` parameters the served model keeps (the rest concern batch runs of the pipeline).
-SERVING_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits")
+SERVING_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits", "precision")
 
 
 def combined_model(registry: dict[str, Any], inference: dict[str, Any], lung_model=None, lung_config=None,
