@@ -111,6 +111,20 @@ def check_affine(affine, *, case: str | None = None, file: str | Path | None = N
     return aff
 
 
+#: The largest deviation from 90 degrees between two voxel axes that is taken for rounding in the header
+#: (a sheared grid beyond it is refused: its voxels are not boxes, so spacing and volumes would be wrong).
+MAX_SHEAR_DEG = 0.5
+
+
+def shear_degrees(affine) -> float:
+    """How far the voxel axes of ``affine`` are from orthogonal: the largest deviation from 90 degrees
+    between two of its columns (0 for any rotation or flip; a gantry tilt of t degrees gives t)."""
+    cols = np.asarray(affine, dtype=float)[:3, :3]
+    unit = cols / np.linalg.norm(cols, axis=0)
+    cos = [abs(float(unit[:, i] @ unit[:, j])) for i, j in ((0, 1), (0, 2), (1, 2))]
+    return float(np.degrees(np.arcsin(min(1.0, max(cos)))))
+
+
 def geometry_mismatch(
     affine_a, shape_a, affine_b, shape_b, *, spacing_rel: float, direction: float, origin_mm: float
 ) -> str | None:

@@ -27,7 +27,7 @@ from hardening_helpers import (
 )
 
 from lungseg import cli
-from lungseg.inference.dicom import write_dicom_series
+from lungseg.inference.dicom_write import write_dicom_series
 from lungseg.inference.output_lock import lock_path
 
 #: Seconds from the signal to the child's exit: clean-up is immediate, but a loaded TensorFlow takes a

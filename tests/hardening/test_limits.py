@@ -24,7 +24,7 @@ from hardening_helpers import (
 )
 
 from lungseg.errors import InputError
-from lungseg.inference.dicom import write_dicom_series
+from lungseg.inference.dicom_write import write_dicom_series
 from lungseg.inference.readers import read_input
 from lungseg.limits import Limits, check_zip, load_limits
 

@@ -24,7 +24,7 @@ from rule_models import WINDOW, band_model, unit
 
 from lungseg import cli
 from lungseg.evaluation.metrics import dice
-from lungseg.inference.dicom import write_dicom_series
+from lungseg.inference.dicom_write import write_dicom_series
 from lungseg.inference.models import LoadedModel, load_model_spec
 from lungseg.inference.readers import read_input
 from lungseg.inference.report import make_report

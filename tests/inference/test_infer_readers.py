@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from lungseg.errors import InputError
-from lungseg.inference.dicom import write_dicom_series
+from lungseg.inference.dicom_write import write_dicom_series
 from lungseg.inference.readers import read_input
 from lungseg.volume import from_canonical_array
 

@@ -251,10 +251,10 @@ def test_a_folder_that_is_no_combined_model_is_named(tmp_path):
 def test_the_loader_chooses_the_precision_and_the_report_names_it(store):
     """``model_config={"precision": ...}`` at load time: the models compute in bf16 (weights float32),
     the masks stay close to float32's, the report says which; the default is the bundle's (float32)."""
+    import pandas as pd
+
     from lungseg.errors import ConfigError
     from lungseg.serving.pyfunc import decode_label_map, encode_nifti
-
-    import pandas as pd
 
     frame = pd.DataFrame({"ct_nifti_base64": [encode_nifti(store["ct"])]})
     with tracking(store["uri"]) as mlflow:

@@ -100,7 +100,7 @@ def test_read_upload_png_and_nifti_and_errors():
 
 
 def test_read_upload_zipped_dicom_series(tmp_path):
-    from lungseg.inference.dicom import write_dicom_series
+    from lungseg.inference.dicom_write import write_dicom_series
 
     hu = np.random.default_rng(2).integers(-1000, 300, (3, 40, 36)).astype(np.int16)
     files = write_dicom_series(hu, (2.0, 0.7, 0.7), tmp_path / "series")

@@ -10,7 +10,8 @@ Public API (imported lazily, so that reading an input does not import Keras)::
 * :mod:`lungseg.inference.segment`  ``Segmentation``, ``Segmenter``
 * :mod:`lungseg.inference.report`   ``severity_grade``, ``make_report``, ``write_outputs``
 * :mod:`lungseg.inference.batch`    ``find_cases``, ``run_batch`` (folders of NIfTI, metadata.csv)
-* :mod:`lungseg.inference.dicom`    ``read_series_folder``, ``write_dicom_series``
+* :mod:`lungseg.inference.dicom`    ``read_series_folder``
+* :mod:`lungseg.inference.dicom_write` ``write_dicom_series``
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ _EXPORTS = {
     "write_outputs": "report",
     "find_cases": "batch",
     "run_batch": "batch",
-    "write_dicom_series": "dicom",
+    "write_dicom_series": "dicom_write",
 }
 
 __all__ = sorted(_EXPORTS)

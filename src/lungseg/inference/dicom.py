@@ -1,4 +1,4 @@
-"""DICOM CT series: read one into a voxel array with its affine, and write one (for tests and demos).
+"""DICOM CT series: read one into a voxel array with its affine (:mod:`lungseg.inference.dicom_write` writes one).
 
 Geometry follows the DICOM standard (patient coordinates are LPS):
 
@@ -218,7 +218,9 @@ def _assemble(members: Sequence[tuple[Path, object]], origin: str | Path, limits
     proj = pos @ normal
     keep = np.concatenate([[True], np.diff(proj) > 1e-3])
     if not keep.all():
-        logger.warning("%s: %d slice(s) share a position with another; keeping the first of each", where, int((~keep).sum()))
+        _check_duplicates_identical(members, keep, origin, where)
+        logger.warning("%s: %d slice(s) repeat another at the same position with the same pixels; keeping one of each",
+                       where, int((~keep).sum()))
         members = [m for m, k in zip(members, keep) if k]
         pos, proj = pos[keep], proj[keep]
     iop, spacing = _check_consistent(members, origin, limits)
@@ -234,10 +236,11 @@ def _assemble(members: Sequence[tuple[Path, object]], origin: str | Path, limits
         if int(ds.get("NumberOfFrames", 1) or 1) > 1:
             raise InputError(f"{where}: {_name(f, origin)!r} is a multi-frame DICOM, which is not supported; export single slices")
         slices.append(ds)
-    data = _stack_hu(slices, where)
+    data = _stack_hu(slices, where, [_name(f, origin) for f, _ in members])
 
     n = len(slices)
     if n > 1:
+        _check_no_tilt(pos, normal, where)
         data, step, pos0 = _uniform_grid(data, pos, proj, normal, [_name(f, origin) for f, _ in members], where, limits)
     else:
         thickness = float(slices[0].get("SliceThickness", 0) or 0) or 1.0
@@ -248,6 +251,50 @@ def _assemble(members: Sequence[tuple[Path, object]], origin: str | Path, limits
     affine_lps[:3, 2] = step
     affine_lps[:3, 3] = pos0
     return data, _LPS_TO_RAS @ affine_lps
+
+
+def _check_duplicates_identical(members: Sequence[tuple[Path, object]], keep: np.ndarray, origin, where: str) -> None:
+    """Two files at one slice position are one slice stored twice only if their pixels agree; two
+    different images at one position (two reconstructions mixed into one series UID) are refused by name."""
+    import pydicom
+
+    def pixels(f):
+        try:
+            return pydicom.dcmread(f, force=True).pixel_array
+        except Exception as exc:  # noqa: BLE001 - reported with the file's name
+            raise InputError(f"{where}: cannot decode DICOM file {_name(f, origin)!r} ({type(exc).__name__}: {exc})") from exc
+
+    kept = 0
+    for k in range(1, len(members)):
+        if keep[k]:
+            kept = k
+            continue
+        first, other = members[kept][0], members[k][0]
+        a, b = pixels(first), pixels(other)
+        if a.shape != b.shape or not np.array_equal(a, b):
+            raise InputError(
+                f"{where}: {_name(first, origin)!r} and {_name(other, origin)!r} lie at the same slice position but "
+                "hold different images (two reconstructions or acquisitions in one series?); give one series "
+                "with one image per position"
+            )
+
+
+def _check_no_tilt(pos: np.ndarray, normal: np.ndarray, where: str) -> None:
+    """Refuse a series whose slices are offset along the slice plane from one to the next (a gantry or
+    detector tilt): its voxel grid is sheared, so lungseg's volumes in ml and its masks' geometry would be off."""
+    from lungseg.volume import MAX_SHEAR_DEG
+
+    step = pos[-1] - pos[0]
+    length = float(np.linalg.norm(step))
+    if length <= 0:
+        return
+    tilt = float(np.degrees(np.arccos(min(1.0, abs(float(step @ normal)) / length))))
+    if tilt > MAX_SHEAR_DEG:
+        raise InputError(
+            f"{where}: the slices are tilted by {tilt:.1f} degrees against the slice normal (a gantry tilt: "
+            "ImagePositionPatient moves along the slice plane); volumes in ml would be wrong. Correct the tilt "
+            "first (dcm2niix does, or SimpleITK's Resample onto an orthogonal grid)"
+        )
 
 
 def _uniform_grid(data, pos, proj, normal, names, where: str, limits: Limits):
@@ -279,8 +326,9 @@ def _uniform_grid(data, pos, proj, normal, names, where: str, limits: Limits):
     return out, step, pos[0]
 
 
-def _stack_hu(slices: Sequence, where: str) -> np.ndarray:
-    """(columns, rows, slices) array in HU; int16 when the rescale keeps integers in range."""
+def _stack_hu(slices: Sequence, where: str, names: Sequence[str] | None = None) -> np.ndarray:
+    """(columns, rows, slices) array in HU; int16 when the rescale keeps integers in range. A slice
+    whose RescaleSlope / Intercept give non-finite values (an overflow) is refused by name."""
     rows, cols = int(slices[0].Rows), int(slices[0].Columns)
     slopes = np.array([float(ds.get("RescaleSlope", 1) or 1) for ds in slices])
     inters = np.array([float(ds.get("RescaleIntercept", 0) or 0) for ds in slices])
@@ -297,79 +345,14 @@ def _stack_hu(slices: Sequence, where: str) -> np.ndarray:
             ) from exc
         if px.shape != (rows, cols):
             raise InputError(f"{where}: a slice has pixel data of shape {px.shape}, expected {(rows, cols)}")
-        out[:, :, k] = (px.astype(np.float32) * slopes[k] + inters[k]).T
+        with np.errstate(over="ignore", invalid="ignore"):
+            out[:, :, k] = (px.astype(np.float32) * slopes[k] + inters[k]).T
+        if not np.isfinite(out[:, :, k]).all() or not (np.isfinite(slopes[k]) and np.isfinite(inters[k])):
+            name = names[k] if names is not None else f"slice {k}"
+            raise InputError(
+                f"{where}: {name!r} has RescaleSlope {slopes[k]:g} and RescaleIntercept {inters[k]:g}, which give "
+                "non-finite values (an overflow or a corrupt header); not a CT in HU"
+            )
     if integral and out.size and out.min() >= -32768 and out.max() <= 32767:
         return out.astype(np.int16)
     return out
-
-
-def write_dicom_series(
-    hu_zyx: np.ndarray,
-    spacing: Sequence[float],
-    outdir: str | Path,
-    *,
-    series_uid: str | None = None,
-    study_uid: str | None = None,
-    description: str = "lungseg synthetic CT",
-    origin_lps: Sequence[float] = (0.0, 0.0, 0.0),
-    patient_id: str = "LUNGSEG",
-    shuffle_names: bool = True,
-) -> list[Path]:
-    """Write a canonical (z, y, x) HU volume as an uncompressed axial CT series, one file per slice.
-
-    The standard axial orientation ``[1, 0, 0, 0, 1, 0]`` makes each stored slice exactly the canonical
-    slice (columns towards the patient's left, rows towards posterior) and slices go towards superior.
-    Values are stored as unsigned 16-bit with ``RescaleIntercept = -1024``. With ``shuffle_names`` the
-    file names do not follow the slice order, so readers must sort by position.
-
-    Returns:
-        the paths written, in slice order.
-    """
-    from pydicom.dataset import Dataset, FileMetaDataset
-    from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
-
-    hu = np.asarray(hu_zyx)
-    if hu.ndim != 3:
-        raise ValueError(f"expected a (z, y, x) volume, got shape {hu.shape}")
-    sz, sy, sx = (float(s) for s in spacing)
-    outdir = Path(outdir)
-    outdir.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or generate_uid()
-    study_uid = study_uid or generate_uid()
-    stored = np.clip(np.round(hu.astype(np.float32) + 1024.0), 0, 65535).astype("<u2")
-    names = np.random.default_rng(0).permutation(hu.shape[0]) if shuffle_names else np.arange(hu.shape[0])
-    paths = []
-    for k in range(hu.shape[0]):
-        sop_uid = generate_uid()
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID = CTImageStorage
-        meta.MediaStorageSOPInstanceUID = sop_uid
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID = CTImageStorage
-        ds.SOPInstanceUID = sop_uid
-        ds.StudyInstanceUID = study_uid
-        ds.SeriesInstanceUID = series_uid
-        ds.SeriesDescription = description
-        ds.PatientID = patient_id
-        ds.Modality = "CT"
-        ds.InstanceNumber = k + 1
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [float(origin_lps[0]), float(origin_lps[1]), float(origin_lps[2]) + k * sz]
-        ds.PixelSpacing = [sy, sx]
-        ds.SliceThickness = sz
-        ds.Rows, ds.Columns = int(hu.shape[1]), int(hu.shape[2])
-        ds.SamplesPerPixel = 1
-        ds.PhotometricInterpretation = "MONOCHROME2"
-        ds.BitsAllocated = 16
-        ds.BitsStored = 16
-        ds.HighBit = 15
-        ds.PixelRepresentation = 0
-        ds.RescaleIntercept = -1024
-        ds.RescaleSlope = 1
-        ds.PixelData = stored[k].tobytes()
-        path = outdir / f"IM{int(names[k]):05d}.dcm"
-        ds.save_as(path, enforce_file_format=True)
-        paths.append(path)
-    return paths

@@ -159,6 +159,7 @@ def _read_nifti(path: Path, limits: Limits) -> tuple[Volume, str]:
         raise InputError(f"file {str(path)!r}: expected a 3D CT volume, got {len(shape)}D data of shape {shape}")
     if len(shape) == 2:  # a single slice stored as 2D NIfTI: give it a z axis of one slice
         img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, header=img.header)
+    _check_orthogonal(img.affine, f"file {str(path)!r}")
     try:
         volume = load_canonical(img, file=path)
     except DataValidationError as exc:
@@ -179,6 +180,23 @@ def _read_nifti(path: Path, limits: Limits) -> tuple[Volume, str]:
     logger.info("read %s: NIfTI %s, canonical shape %s, spacing %s mm, intensities %s",
                 path.name, volume.shape, arr.shape, volume.spacing, kind)
     return volume, kind
+
+
+def _check_orthogonal(affine, where: str) -> None:
+    """Refuse a sheared voxel grid (a gantry tilt stored in the affine, for example): lungseg reads the
+    voxel size from the axes' lengths, which a shear makes wrong, so every volume in ml would be off."""
+    from lungseg.volume import MAX_SHEAR_DEG, check_affine, shear_degrees
+
+    try:
+        shear = shear_degrees(check_affine(affine))
+    except DataValidationError:
+        return  # a degenerate affine is refused by load_canonical, with its own message
+    if shear > MAX_SHEAR_DEG:
+        raise InputError(
+            f"{where}: the voxel grid is sheared by {shear:.1f} degrees (its axes are not perpendicular: a "
+            "gantry tilt, or a resampled oblique scan); volumes in ml would be wrong. Resample it onto an "
+            "orthogonal grid first (for example dcm2niix, which corrects gantry tilt, or SimpleITK's Resample)"
+        )
 
 
 def _warn_if_mask(arr: np.ndarray, path: Path) -> None:
