@@ -33,7 +33,7 @@ from lungseg.inference.segment import Segmentation
 from lungseg.volume import from_canonical_array, load_canonical
 
 SHAPE = (10, 64, 64)
-SPACING = (2.0, 0.8, 0.8)
+SPACING = (3.0, 0.8, 0.8)  # 10 slices span 30 mm: whole lungs for the report (inference.guard.partial_scan)
 LUNG_HU, LESION_HU = -850, -450  # the conftest phantom's intensities
 VERSION = "2025-06-01T12.00.00.000Z"
 #: RAS with the x and y axes swapped: a grid far from canonical LPS.

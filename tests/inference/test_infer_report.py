@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import cv2
 import nibabel as nib
@@ -31,10 +32,11 @@ def test_severity_grade_rejects_bad_percentages():
             severity_grade(bad)
 
 
-def _segmentation(shape=(4, 10, 12)) -> Segmentation:
+def _segmentation(shape=(8, 10, 12)) -> Segmentation:
+    """8 slices (at 4 mm: 32 mm, long enough for volumes, see inference.guard.partial_scan), lungs on 4."""
     lungs = np.zeros(shape, np.uint8)
-    lungs[:, 2:8, 7:11] = 1  # left lung: 4*6*4 = 96 voxels (larger column index)
-    lungs[:, 2:8, 1:4] = 2  # right lung: 4*6*3 = 72 voxels
+    lungs[:4, 2:8, 7:11] = 1  # left lung: 4*6*4 = 96 voxels (larger column index)
+    lungs[:4, 2:8, 1:4] = 2  # right lung: 4*6*3 = 72 voxels
     inf = np.zeros(shape, np.uint8)
     inf[1:3, 3:5, 8:10] = 1  # 8 voxels in the left lung
     inf[0, 2:8, 1:4] = 1  # 18 voxels: the right lung's first slice
@@ -43,9 +45,9 @@ def _segmentation(shape=(4, 10, 12)) -> Segmentation:
 
 def test_report_volumes_are_voxel_counts_times_voxel_volume():
     seg = _segmentation()
-    spacing = (2.5, 0.7, 0.8)
+    spacing = (4.0, 0.7, 0.8)
     rep = make_report(seg, spacing)
-    voxel_ml = 2.5 * 0.7 * 0.8 / 1000
+    voxel_ml = 4.0 * 0.7 * 0.8 / 1000
     assert rep["voxel_volume_ml"] == pytest.approx(voxel_ml)
     assert rep["voxels"] == {
         "left_lung": 96, "right_lung": 72, "lung": 168,
@@ -60,8 +62,8 @@ def test_report_volumes_are_voxel_counts_times_voxel_volume():
 
 
 def test_report_of_empty_masks_says_no_lungs():
-    empty = Segmentation(np.zeros((3, 8, 8), np.uint8), np.zeros((3, 8, 8), np.uint8))
-    rep = make_report(empty, (1, 1, 1))
+    empty = Segmentation(np.zeros((8, 8, 8), np.uint8), np.zeros((8, 8, 8), np.uint8))
+    rep = make_report(empty, (4, 1, 1))
     assert rep["no_lungs_found"] is True and "No lungs" in rep["message"]
     assert rep["lung_volume_ml"]["total"] == 0 and rep["severity"]["total"] == 0
 
@@ -69,12 +71,30 @@ def test_report_of_empty_masks_says_no_lungs():
 def test_report_without_the_infection_task():
     seg = _segmentation()
     seg.tasks = ("lung",)
-    rep = make_report(seg, (1, 1, 1))
+    rep = make_report(seg, (4, 1, 1))
     assert rep["infection_volume_ml"] is None and rep["severity"] is None
-    assert rep["lung_volume_ml"]["total"] == pytest.approx(0.168)  # 168 voxels of 1 mm3
+    assert rep["lung_volume_ml"]["total"] == pytest.approx(0.672)  # 168 voxels of 4 mm3
 
 
-def _reoriented_volume(tmp_path, shape=(4, 10, 12)):
+@pytest.mark.parametrize(("slices", "spacing_z", "what"), [(1, 1.0, "a single slice"), (2, 2.5, "a slab of 2 slices"),
+                                                           (12, 2.0, "a slab of 12 slices (24.0 mm")])
+def test_a_slab_or_a_single_slice_gets_no_volumes_and_no_severity_and_says_so(slices, spacing_z, what):
+    """#28 item 6: under 8 slices or 30 mm, no ml and no grade (statements about whole lungs)."""
+    seg = _segmentation((slices, 10, 12))
+    seg.lung_labels[:] = seg.lung_labels[0]
+    seg.infection[:] = 0
+    seg.infection[:, 3:5, 8:10] = 1  # 4 of the left lung's 24 pixels on every slice
+    rep = make_report(seg, (spacing_z, 0.7, 0.8))
+    assert rep["partial_scan"].startswith(what) and "no volumes in ml and no severity grade" in rep["partial_scan"]
+    assert rep["lung_volume_ml"] is None and rep["infection_volume_ml"] is None
+    assert rep["severity"] is None and rep["severity_label"] is None
+    assert rep["infection_percent"]["left"] == pytest.approx(100 * 4 / 24)
+    assert not re.search(r"\d ml", rep["message"]) and not re.search(r"severity \d", rep["message"])
+    assert rep["message"].startswith(f"Lungs found in {what}")
+    assert make_report(_segmentation(), (4.0, 0.7, 0.8))["partial_scan"] is None
+
+
+def _reoriented_volume(tmp_path, shape=(8, 10, 12)):
     """A volume read from a RAS file (non-LPS affine), so the canonical and file grids differ."""
     ct = np.random.default_rng(0).integers(-1000, 400, size=shape).astype(np.int16)
     lps = from_canonical_array(ct, (2.0, 0.9, 0.8)).to_nifti(ct, np.int16)

@@ -54,7 +54,7 @@ SUMMARY_FILE = "summary.csv"
 METRIC_COLUMNS = ["lung_dice", "lung_iou", "infection_dice", "infection_iou"]
 SUMMARY_COLUMNS = [
     "case", "input", "status", "error", "output_dir", "seconds", "no_lungs_found", "implausible_input",
-    "spacing_assumed",
+    "spacing_assumed", "partial_scan",
     "lung_ml_left", "lung_ml_right", "lung_ml_total",
     "infection_ml_left", "infection_ml_right", "infection_ml_total",
     "infection_percent_left", "infection_percent_right", "infection_percent_total",
@@ -248,13 +248,16 @@ def run_batch(
         else:
             row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"],
                        implausible_input=report.get("implausible_input") or "",
-                       spacing_assumed=bool(volume.meta.get("spacing_assumed", False)))
+                       spacing_assumed=bool(volume.meta.get("spacing_assumed", False)),
+                       partial_scan=report.get("partial_scan") or "")
             for side in ("left", "right", "total"):
-                row[f"lung_ml_{side}"] = report["lung_volume_ml"][side]
+                if report["lung_volume_ml"] is not None:  # None for a slab or a 2D slice (partial_scan)
+                    row[f"lung_ml_{side}"] = report["lung_volume_ml"][side]
                 if report["infection_volume_ml"] is not None:
                     row[f"infection_ml_{side}"] = report["infection_volume_ml"][side]
-                if report["severity"] is not None:
+                if report["infection_percent"] is not None:
                     row[f"infection_percent_{side}"] = report["infection_percent"][side]
+                if report["severity"] is not None:
                     row[f"severity_{side}"] = report["severity"][side]
             if item.has_ground_truth:
                 try:

@@ -29,6 +29,23 @@ from lungseg.limits import GuardParams
 #: Hounsfield units a CT voxel can hold (air -1000, dense bone and metal up to a few thousand).
 HU_RANGE = (-1100.0, 4000.0)
 NO_LUNGS = "no lungs found in this image; is it a chest CT?"
+#: A scan with fewer slices, or shorter along z, cannot hold whole lungs: it gets no volumes in ml and
+#: no severity grade (both are statements about whole lungs), like a single 2D slice.
+MIN_SLICES_FOR_VOLUMES = 8
+MIN_EXTENT_MM_FOR_VOLUMES = 30.0
+
+
+def partial_scan(slices: int, slice_spacing_mm: float) -> str | None:
+    """Why a scan of ``slices`` slices at ``slice_spacing_mm`` is too short for lung volumes and a
+    severity grade, or None when it is long enough. A 2D image (one slice) is always too short."""
+    extent = float(slices) * float(slice_spacing_mm)
+    if slices == 1:
+        return "a single slice: areas only, no volumes in ml and no severity grade"
+    if slices < MIN_SLICES_FOR_VOLUMES or extent < MIN_EXTENT_MM_FOR_VOLUMES:
+        return (f"a slab of {slices} slices ({extent:.1f} mm along z; whole lungs need at least "
+                f"{MIN_SLICES_FOR_VOLUMES} slices and {MIN_EXTENT_MM_FOR_VOLUMES:.0f} mm): no volumes in ml "
+                "and no severity grade")
+    return None
 _CHUNK = 32
 
 

@@ -165,6 +165,7 @@ def _read_nifti(path: Path, limits: Limits) -> tuple[Volume, str]:
     except DataValidationError as exc:
         raise InputError(str(exc)) from exc
     _check_not_tiny(volume.array.shape[1:], path)
+    _check_spacing(volume.spacing, f"file {str(path)!r}")
     arr = volume.array
     if np.issubdtype(arr.dtype, np.floating) and not np.isfinite(arr).all():
         raise InputError(f"file {str(path)!r}: the image contains NaN or infinite values")
@@ -180,6 +181,23 @@ def _read_nifti(path: Path, limits: Limits) -> tuple[Volume, str]:
     logger.info("read %s: NIfTI %s, canonical shape %s, spacing %s mm, intensities %s",
                 path.name, volume.shape, arr.shape, volume.spacing, kind)
     return volume, kind
+
+
+#: Voxel sizes a CT can have, in mm: below, a header in metres or microns; above, not a volume of slices.
+SPACING_RANGE_MM = (0.1, 20.0)
+
+
+def _check_spacing(spacing, where: str) -> None:
+    """Refuse a voxel size no CT has (a header in the wrong unit): every volume in ml would be off by
+    orders of magnitude."""
+    lo, hi = SPACING_RANGE_MM
+    bad = [float(s) for s in spacing if not lo <= float(s) <= hi]
+    if bad:
+        sz, sy, sx = (float(s) for s in spacing)
+        raise InputError(
+            f"{where}: a voxel size of {sz:g} x {sy:g} x {sx:g} mm (z, y, x), outside the {lo:g}-{hi:g} mm a CT "
+            "can have (a header written in another unit?); fix the header's pixdim / PixelSpacing"
+        )
 
 
 def _check_orthogonal(affine, where: str) -> None:
@@ -289,6 +307,7 @@ def _read_dicom(path: Path, series: dicom.DicomSeries) -> tuple[Volume, str]:
     img = nib.Nifti1Image(series.data_xyz, series.affine_ras)
     volume = load_canonical(img, file=path)
     _check_not_tiny(volume.array.shape[1:], path)
+    _check_spacing(volume.spacing, f"file {str(path)!r}")
     volume.meta.update(
         {
             "input_kind": "dicom",

@@ -26,7 +26,7 @@ import numpy as np
 
 from lungseg.errors import InputError
 from lungseg.imaging.intensity import HU_WINDOW, window_to_uint8
-from lungseg.inference.guard import NO_LUNGS
+from lungseg.inference.guard import NO_LUNGS, partial_scan
 from lungseg.inference.segment import Segmentation
 from lungseg.volume import Volume
 
@@ -95,6 +95,7 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
     ran_infection = "infection" in tuple(seg.tasks)
     no_lungs = counts["lung"] == 0
     implausible = getattr(seg, "implausible_input", None)
+    partial = partial_scan(int(lungs.shape[0]), float(spacing[0]))
 
     def pct(side: str) -> float:
         return 100.0 * inf_n[side] / lung_n[side] if lung_n[side] else 0.0
@@ -113,6 +114,7 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
         "severity_scale": SEVERITY_SCALE,
         "no_lungs_found": no_lungs,
         "implausible_input": implausible,
+        "partial_scan": partial,
         "plausibility": getattr(seg, "guard_figures", None),
     }
     if ran_infection and implausible:
@@ -126,10 +128,16 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
             severity=grades,
             severity_label={side: SEVERITY_LABELS[g] for side, g in grades.items()},
         )
+    if partial:  # no whole lungs: the percentages of the lung in view only, no ml and no grade
+        report.update(lung_volume_ml=None, infection_volume_ml=None, severity=None, severity_label=None)
     if implausible and implausible != NO_LUNGS:
         report["message"] = f"Implausible input: {implausible}. No involvement or severity is given."
     elif no_lungs:
         report["message"] = "No lungs were found in this image; the masks are empty. Is it a chest CT?"
+    elif partial:
+        shown = (f"; infection {report['infection_percent']['total']:.1f}% of the lung in view"
+                 if report["infection_percent"] else "")
+        report["message"] = f"Lungs found in {partial}{shown}."
     elif ran_infection:
         report["message"] = (
             f"Lungs {report['lung_volume_ml']['total']:.1f} ml; infection {report['infection_volume_ml']['total']:.1f} ml "
