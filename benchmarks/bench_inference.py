@@ -72,6 +72,7 @@ STAGES = (
     ("lungseg.imaging.pipeline", "enhance", "window + CLAHE"),
     ("lungseg.imaging.pipeline", "crop_and_resize", "crop + resize"),
     ("lungseg.imaging", "restore_slices", "map back (restore_slices)"),
+    ("lungseg.imaging", "restore_masks", "map back + threshold (restore_masks)"),
     ("lungseg.imaging", "clean_lung_mask", "3D lung clean-up"),
     ("lungseg.imaging", "fill_holes_2d", "lung outline (fill_holes_2d)"),
     ("lungseg.imaging", "split_left_right", "left/right split"),

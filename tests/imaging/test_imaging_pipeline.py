@@ -150,3 +150,21 @@ def test_two_stage_api_equals_prepare_slices():
     from lungseg.imaging import window_to_uint8
 
     assert np.array_equal(enhance(ct, "hu", no_clahe), window_to_uint8(ct, "hu"))
+
+
+@pytest.mark.parametrize("crop_mode", ["body", "lung_mask"])
+@pytest.mark.parametrize("threshold", [0.5, 1e-6, 0.0])
+def test_restore_masks_is_restore_slices_thresholded_exactly(crop_mode, threshold):
+    """The inference path thresholds inside each crop box only; it must equal the full restore then
+    the threshold, voxel for voxel (also for a threshold of 0, where the outside of the box is True)."""
+    from lungseg.imaging import restore_masks
+
+    ct, lung = _phantom(z=5, seed=3)
+    cfg = PreprocessConfig(image_size=32, crop_mode=crop_mode)
+    images, records = prepare_slices(ct, "hu", cfg, lung_mask=lung if crop_mode == "lung_mask" else None)
+    probs = np.random.default_rng(1).random(images.shape, dtype=np.float32)
+    expected = restore_slices(probs, records) >= threshold
+    got = restore_masks(probs, records, threshold)
+    assert got.dtype == bool and got.shape == expected.shape
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(restore_masks(probs[..., None], records, threshold), expected)

@@ -33,6 +33,7 @@ from lungseg.imaging.pipeline import (
     enhance,
     prepare_masks,
     prepare_slices,
+    restore_masks,
     restore_slices,
 )
 from lungseg.imaging.postprocess import (
@@ -47,6 +48,7 @@ from lungseg.imaging.resize import (
     records_from_array,
     records_to_array,
     uncrop_unresize,
+    unresize_box,
 )
 from lungseg.imaging.slice_filter import informative_slices, select_infection_slices
 
@@ -85,10 +87,12 @@ __all__ = [
     "records_from_array",
     "records_to_array",
     "remove_small_objects",
+    "restore_masks",
     "restore_slices",
     "select_infection_slices",
     "split_left_right",
     "to_unit_float",
     "uncrop_unresize",
+    "unresize_box",
     "window_to_uint8",
 ]

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from lungseg.errors import ConfigError, DataValidationError
 from lungseg.imaging.crop import body_box, lung_box
 from lungseg.imaging.intensity import HU_WINDOW, _check_window, apply_clahe, window_to_uint8
-from lungseg.imaging.resize import ResizeRecord, crop_pad_resize, records_from_array, uncrop_unresize
+from lungseg.imaging.resize import ResizeRecord, crop_pad_resize, records_from_array, uncrop_unresize, unresize_box
 
 logger = logging.getLogger(__name__)
 
@@ -215,12 +215,22 @@ def prepare_masks(mask: np.ndarray, records: list[ResizeRecord] | np.ndarray) ->
     return out
 
 
-def restore_slices(
-    probs: np.ndarray, records: list[ResizeRecord] | np.ndarray, *, progress: bool | None = None
-) -> np.ndarray:
-    """Probabilities ``(Z, S, S)`` (or ``(Z, S, S, 1)``) -> ``float32 (Z, H, W)`` on the original slice grid
-    (bilinear; zero outside the crop box). Threshold the result afterwards. ``records`` may also be
-    their ``(Z, 11)`` array form."""
+def restore_masks(probs: np.ndarray, records: list[ResizeRecord] | np.ndarray, threshold: float) -> np.ndarray:
+    """``restore_slices(probs, records) >= threshold`` as ``bool (Z, H, W)``, without the full-size
+    float32 volume: each slice is mapped back (bilinear) and thresholded inside its crop box only, the
+    rest of the slice being what 0 gives. The same result, a fraction of the memory traffic."""
+    p, records = _checked_predictions(probs, records)
+    if not records:
+        return np.zeros((0, 0, 0), dtype=bool)
+    out = np.full((p.shape[0], *records[0].orig_shape), 0.0 >= threshold, dtype=bool)
+    for k, rec in enumerate(records):
+        box = rec.box
+        out[k, box.y0 : box.y1, box.x0 : box.x1] = unresize_box(p[k].astype(np.float32, copy=False), rec) >= threshold
+    return out
+
+
+def _checked_predictions(probs: np.ndarray, records) -> tuple[np.ndarray, list[ResizeRecord]]:
+    """``(Z, S, S)`` predictions (a trailing channel of 1 dropped) and their records, checked to agree."""
     p = np.asarray(probs)
     if p.ndim == 4 and p.shape[-1] == 1:
         p = p[..., 0]
@@ -230,11 +240,21 @@ def restore_slices(
         )
     records = _as_records(records)
     _check_records(p.shape[0], records, "the prediction")
+    shapes = {tuple(r.orig_shape) for r in records}
+    if len(shapes) > 1:
+        raise DataValidationError(f"resize records describe slices of different shapes: {sorted(shapes)}")
+    return p, records
+
+
+def restore_slices(
+    probs: np.ndarray, records: list[ResizeRecord] | np.ndarray, *, progress: bool | None = None
+) -> np.ndarray:
+    """Probabilities ``(Z, S, S)`` (or ``(Z, S, S, 1)``) -> ``float32 (Z, H, W)`` on the original slice grid
+    (bilinear; zero outside the crop box). Threshold the result afterwards (or use :func:`restore_masks`).
+    ``records`` may also be their ``(Z, 11)`` array form."""
+    p, records = _checked_predictions(probs, records)
     if not records:
         return np.zeros((0, 0, 0), dtype=np.float32)
-    shapes = {tuple(r.orig_shape) for r in records}
-    if len(shapes) != 1:
-        raise DataValidationError(f"resize records describe slices of different shapes: {sorted(shapes)}")
     out = np.empty((p.shape[0], *records[0].orig_shape), dtype=np.float32)
     for k in _progress(p.shape[0], progress, "restore slices"):
         out[k] = uncrop_unresize(p[k].astype(np.float32, copy=False), records[k], interpolation="linear")

@@ -137,13 +137,21 @@ def uncrop_unresize(arr: np.ndarray, record: ResizeRecord, interpolation: str = 
     the original shape. Use ``'linear'`` for probability maps (then threshold) and ``'nearest'``
     for label masks. A ``(size, size, 1)`` input is accepted. The dtype is kept.
     """
+    inside = unresize_box(arr, record, interpolation)
+    box = record.box
+    out = np.zeros(record.orig_shape, dtype=inside.dtype)
+    out[box.y0 : box.y1, box.x0 : box.x1] = inside
+    return out
+
+
+def unresize_box(arr: np.ndarray, record: ResizeRecord, interpolation: str = "linear") -> np.ndarray:
+    """The part of :func:`uncrop_unresize` inside ``record.box``: ``(box.height, box.width)``, the dtype
+    kept (everything outside the box is zero in the full inverse)."""
     a = _squeeze_2d(arr, "uncrop_unresize")
     if a.shape != (record.size, record.size):
         raise DataValidationError(f"expected a ({record.size}, {record.size}) array for this record, got {a.shape}")
     side = record.side
-    square = _resize(a, side, side, interpolation)
+    square = _resize(a, side, side, interpolation).astype(a.dtype, copy=False)
     top, _, left, _ = record.pad
     box = record.box
-    out = np.zeros(record.orig_shape, dtype=a.dtype)
-    out[box.y0 : box.y1, box.x0 : box.x1] = square[top : top + box.height, left : left + box.width]
-    return out
+    return square[top : top + box.height, left : left + box.width]

@@ -162,7 +162,7 @@ class Segmenter:
         Returns arrays of shape ``(len(index), H, W)``: bool above the model's threshold, and float32
         probabilities when ``keep_probabilities``.
         """
-        from lungseg.imaging import prepare_slices, restore_slices
+        from lungseg.imaging import prepare_slices, restore_masks, restore_slices
 
         shape = (len(index), *ct.shape[1:])
         binary = np.zeros(shape, dtype=bool)
@@ -174,9 +174,12 @@ class Segmenter:
                 sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx  # a view when possible
                 sub_mask = None if lung_mask is None else lung_mask[sel]
                 images, records = prepare_slices(ct[sel], source_kind, config, lung_mask=sub_mask, progress=False)
-                prob = restore_slices(self.predict_slices(loaded, images), records, progress=False)
-                binary[a : a + len(idx)] = prob >= loaded.threshold
-                if probs_out is not None:
+                small = self.predict_slices(loaded, images)
+                if probs_out is None:  # thresholded inside each crop box: no full-size float32 chunk
+                    binary[a : a + len(idx)] = restore_masks(small, records, loaded.threshold)
+                else:
+                    prob = restore_slices(small, records, progress=False)
+                    binary[a : a + len(idx)] = prob >= loaded.threshold
                     probs_out[a : a + len(idx)] = prob
                 bar.update(len(idx))
         return binary, probs_out
