@@ -162,9 +162,9 @@ def test_the_registered_model_predicts_in_a_fresh_process_as_lungseg_predict(sto
 
 
 def test_lungseg_predict_model_uri_and_load_segmenter(store, tmp_path, monkeypatch):
-    from lungseg.inference.models import load_segmenter
     from lungseg.inference.readers import read_input
     from lungseg.inference.report import make_report
+    from lungseg.serving.bundle import load_segmenter
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     with tracking(store["uri"]):
@@ -174,7 +174,7 @@ def test_lungseg_predict_model_uri_and_load_segmenter(store, tmp_path, monkeypat
         assert_same_as_predict(store, nib.load(str(out / "lung_and_infection_mask.nii.gz")), report)
         assert report["models"]["lung"].startswith(model_uri(store))
 
-        segmenter = load_segmenter(model_uri(store))  # what the web UI calls
+        segmenter = load_segmenter(model_uri(store))  # the Python entry point
         volume, kind = read_input(store["ct"])
         seg = segmenter.segment(volume, kind, progress=False)
         labels = volume.to_nifti(seg.combined(), np.uint8)
@@ -242,7 +242,7 @@ def test_mlflow_models_serve_answers_with_the_masks_of_lungseg_predict(store):
 
 def test_a_folder_that_is_no_combined_model_is_named(tmp_path):
     from lungseg.errors import ModelNotFoundError
-    from lungseg.inference.models import load_combined_models
+    from lungseg.serving.bundle import load_combined_models
 
     with pytest.raises(ModelNotFoundError, match=r"not a lungseg combined model .*settings.json"):
         load_combined_models(tmp_path)

@@ -14,7 +14,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lungseg.errors import ConfigError, InputError
-from lungseg.inference.models import LoadedModel
+from lungseg.inference.loaded_model import LoadedModel
+from lungseg.inference.wrappers import FlipTTAModel
 from lungseg.layout import TASKS
 from lungseg.volume import Volume
 
@@ -140,8 +141,6 @@ class Segmenter:
         """
         model = loaded.model
         if self.flip_tta:
-            from lungseg.inference.ensemble import FlipTTAModel
-
             model = FlipTTAModel(model)
         return predict_probabilities(model, images_u8, self.batch_size)
 

@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, ModelNotFoundError
+from lungseg.inference.loaded_model import LoadedModel
+from lungseg.inference.models import load_model_spec
+from lungseg.inference.segment import Segmenter
+from lungseg.layout import TASKS, is_model_uri
 
 logger = logging.getLogger(__name__)
 
@@ -42,8 +46,6 @@ class CombinedModels:
 
     def segmenter(self, **overrides):
         """The :class:`~lungseg.inference.segment.Segmenter` of the bundle's models and settings."""
-        from lungseg.inference.segment import Segmenter
-
         s = {**self.settings, **overrides}
         return Segmenter(
             self.lung,
@@ -110,8 +112,6 @@ def write_bundle(dest: str | Path, lung: Any, infection: Any, settings: dict[str
 
 def load_bundle(folder: str | Path, source: str | None = None, tasks=("lung", "infection")) -> CombinedModels:
     """Load a bundle folder (see the module docstring) with the CLI's own model loader."""
-    from lungseg.inference.models import load_model_spec
-
     folder = Path(folder)
     where = source or str(folder)
     try:
@@ -136,16 +136,12 @@ def _task_spec(folder: Path) -> Path:
     return folder / "model.keras" if (folder / "model.keras").is_file() else folder
 
 
-def is_mlflow_uri(spec: str) -> bool:
-    return str(spec).split(":/", 1)[0].lower() in ("models", "runs", "mlflow-artifacts", "file") and ":/" in str(spec)
-
-
 def local_bundle(uri_or_folder: str | Path) -> Path:
     """The bundle folder of a combined model given as an MLflow URI (``models:/lungseg-combined/3``,
     ``models:/lungseg-combined@champion``, ``runs:/<id>/lungseg_combined``), as the pyfunc model's own
     folder (with its ``MLmodel``), or as a bundle folder."""
     spec = str(uri_or_folder)
-    if is_mlflow_uri(spec):
+    if is_model_uri(spec):
         import mlflow
 
         try:
@@ -175,3 +171,18 @@ def local_bundle(uri_or_folder: str | Path) -> Path:
 def load_combined(uri_or_folder: str | Path, tasks=("lung", "infection")) -> CombinedModels:
     """Load a ``lungseg-combined`` model from the MLflow registry (or a folder): both models and the settings."""
     return load_bundle(local_bundle(uri_or_folder), str(uri_or_folder), tasks)
+
+
+def load_combined_models(spec: str | Path, tasks=TASKS) -> tuple[LoadedModel, LoadedModel | None]:
+    """The lung and infection models of a ``lungseg-combined`` model: an MLflow URI
+    (``models:/lungseg-combined/<version>``, ``models:/lungseg-combined@<alias>``, ``runs:/<id>/lungseg_combined``)
+    or its folder. ``lungseg predict --model`` calls it. Raises :class:`ModelNotFoundError` naming the store."""
+    combined = load_combined(spec, tuple(tasks))
+    return combined.lung, combined.infection
+
+
+def load_segmenter(spec: str | Path, **overrides: Any) -> Segmenter:
+    """A :class:`~lungseg.inference.segment.Segmenter` for a ``lungseg-combined`` model (URI or folder),
+    with the inference settings stored in it (``overrides``: e.g. ``flip_tta=True``, ``batch_size=8``):
+    the same code and settings as ``mlflow models serve`` runs."""
+    return load_combined(spec).segmenter(**overrides)
