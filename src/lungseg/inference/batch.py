@@ -11,7 +11,7 @@ Ground truth
     prediction and the mask in canonical order, no resampling), by the reader and rule of
     :mod:`lungseg.inference.ground_truth` (the web UI's too): ``lung_dice`` / ``lung_iou`` (predicted
     lung labels > 0 vs the mask's lung) and ``infection_dice`` / ``infection_iou`` (predicted infection
-    vs the mask's infection), with :func:`lungseg.evaluation.metrics.dice` / ``iou`` (1.0 when both are
+    vs the mask's infection), with :func:`lungseg.imaging.overlap.dice` / ``iou`` (1.0 when both are
     empty). A binary mask is the mask of its column's task; a label map gives lung = labels 1-3 and
     infection = label 3. The columns stay empty for a case without ground truth, and the infection ones
     when the infection task was not run. A ground-truth mask that cannot be used (missing, unreadable,
@@ -123,7 +123,7 @@ def ground_truth_metrics(
     Raises:
         DataValidationError: a ground-truth mask cannot be used.
     """
-    from lungseg.evaluation.metrics import dice, iou
+    from lungseg.imaging.overlap import dice, iou
     from lungseg.inference.ground_truth import predicted, read_ground_truth
 
     if item.ground_truth_problem:
