@@ -4,12 +4,16 @@ variant), and a readable stop when the raw dataset is missing."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+import click
 from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
-from lungseg.layout import VARIANTS, variant_architecture, variant_task
+from lungseg.config import check_runtime_params
+from lungseg.errors import ConfigError
+from lungseg.layout import VARIANTS, is_cv_name, strip_cv, variant_architecture, variant_task
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +21,7 @@ logger = logging.getLogger(__name__)
 def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) -> dict[str, str]:
     """MLflow tags for a run of ``pipeline_name``."""
     name = pipeline_name or "__default__"
-    variant = name[: -len("_cv")] if name.endswith("_cv") else name  # a cross-validation of a variant
+    variant = strip_cv(name)  # a cross-validation of a variant
     if variant in VARIANTS:
         task, arch = variant_task(variant), variant_architecture(variant)
     else:
@@ -29,7 +33,7 @@ def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) ->
         "architecture": arch,
         "dataset": dataset or "unknown",
         "environment": env or "local",
-        "cross_validation": str(name.endswith("_cv")).lower(),
+        "cross_validation": str(is_cv_name(name)).lower(),
     }
 
 
@@ -37,16 +41,14 @@ def variant_of(namespace: str | None) -> str | None:
     """The variant run a node belongs to: its top namespace when that is a variant (``infection_unet``)
     or a variant's cross-validation (``infection_unet_cv``); None for shared nodes."""
     top = (namespace or "").split(".")[0]
-    base = top[: -len("_cv")] if top.endswith("_cv") else top
-    return top if base in VARIANTS else None
+    return top if strip_cv(top) in VARIANTS else None
 
 
 def strip_variant(param: str, variant: str | None) -> str:
     """A parameter's name without its variant: ``infection_unet.model`` -> ``model`` (also under
     ``infection_unet_cv``), so that every variant's run logs the same keys."""
     if variant:
-        base = variant[: -len("_cv")] if variant.endswith("_cv") else variant
-        for prefix in (f"{variant}.", f"{base}."):
+        for prefix in (f"{variant}.", f"{strip_cv(variant)}."):
             if param.startswith(prefix):
                 return param[len(prefix):]
     return param
@@ -93,7 +95,7 @@ class LungsegMlflowHook(MlflowHook):
 
         mlflow.set_tags(run_tags(name, run_params.get("env"), dataset))
         if not self._nested and variants:
-            mlflow.set_tag("variant", variants[0].removesuffix("_cv"))
+            mlflow.set_tag("variant", strip_cv(variants[0]))
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
@@ -159,10 +161,6 @@ def _optional_param(catalog, name: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- raw data missing
-import click  # noqa: E402
-
-from lungseg.errors import ConfigError  # noqa: E402
-
 
 class MissingRawDataError(ConfigError, click.ClickException):
     """The raw dataset is missing. A ``click.ClickException``, so ``kedro run`` prints the message as
@@ -226,20 +224,23 @@ class ParamsCheckHook:
     with ``--env``), and have the type configured there (a number for ``epochs``; null is always
     accepted). ``tryfirst``: it runs before kedro-mlflow's ``before_pipeline_run``, so no MLflow run
     opens and no node writes anything for a refused run.
+
+    Args:
+        loader_class, loader_args: the project's ``CONFIG_LOADER_CLASS`` and ``CONFIG_LOADER_ARGS``
+            (``settings.py`` passes its own), used to read the parameters without ``--params``.
     """
+
+    def __init__(self, loader_class: type, loader_args: dict[str, Any]) -> None:
+        self.loader_class = loader_class
+        self.loader_args = dict(loader_args)
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         runtime = run_params.get("runtime_params") or {}
         if not runtime or not run_params.get("project_path"):
             return
-        from pathlib import Path
-
-        from lungseg.config import check_runtime_params
-        from lungseg.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
-
-        loader = CONFIG_LOADER_CLASS(conf_source=str(Path(run_params["project_path"]) / "conf"),
-                                     env=run_params.get("env"), **CONFIG_LOADER_ARGS)
+        loader = self.loader_class(conf_source=str(Path(run_params["project_path"]) / "conf"),
+                                   env=run_params.get("env"), **self.loader_args)
         problems = check_runtime_params(runtime, loader["parameters"])
         if problems:
             raise BadParamsError("--params: " + "; ".join(problems) + " (nothing was run)")
@@ -247,8 +248,6 @@ class ParamsCheckHook:
 
 def _reads(inference_params: Any, metadata_path: str) -> bool:
     """True when ``inference.input`` is the dataset's metadata.csv or the folder holding it."""
-    from pathlib import Path
-
     value = inference_params.get("input") if isinstance(inference_params, dict) else None
     if not value or not metadata_path:
         return False
@@ -258,8 +257,6 @@ def _reads(inference_params: Any, metadata_path: str) -> bool:
 
 def _display_path(path: str, project_path: str | None) -> str:
     """``path`` relative to the project when it lies inside it (as the user wrote raw_root)."""
-    from pathlib import Path
-
     if project_path:
         try:
             return Path(path).resolve().relative_to(Path(project_path).resolve()).as_posix()

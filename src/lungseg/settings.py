@@ -20,4 +20,4 @@ from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook  
 # kedro-mlflow's hook is replaced by its subclass LungsegMlflowHook (unprefixed keys, one nested MLflow run
 # per variant); the plugin's own instance would log every parameter a second time with its variant prefix.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # the name as installed metadata spells it
-HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook())
+HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook(CONFIG_LOADER_CLASS, CONFIG_LOADER_ARGS))

@@ -10,6 +10,8 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+from lungseg.layout import is_cv_name, strip_cv, variant_architecture, variant_task
+
 MetricHistory = dict[str, list[dict[str, float]]]
 
 
@@ -133,12 +135,10 @@ def log_inputs(inputs: Mapping[str, Mapping[str, Any]]) -> None:
 def child_run_tags(variant: str, dataset: str | None, env: str | None) -> dict[str, str]:
     """Tags of a variant's run (``infection_unet`` or, for a cross-validation, ``infection_unet_cv``):
     ``task``, ``architecture``, ``dataset``, ``environment``, ``variant`` and ``cross_validation``."""
-    from lungseg.layout import variant_architecture, variant_task
-
-    base = variant[: -len("_cv")] if variant.endswith("_cv") else variant
+    base = strip_cv(variant)
     return {"variant": base, "task": variant_task(base), "architecture": variant_architecture(base),
             "dataset": dataset or "unknown", "environment": env or "local",
-            "cross_validation": str(variant.endswith("_cv")).lower()}
+            "cross_validation": str(is_cv_name(variant)).lower()}
 
 
 def child_runs_table(parent_run_id: str):

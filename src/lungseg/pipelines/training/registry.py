@@ -16,6 +16,7 @@ from kedro.pipeline import Node, Pipeline
 
 from lungseg.config import check_section
 from lungseg.errors import ModelNotFoundError
+from lungseg.layout import is_cv_name
 
 logger = logging.getLogger(__name__)
 
@@ -58,7 +59,7 @@ def create_registry_pipeline(lung: str | None, infection: str | None) -> Pipelin
     trained model in ``registry.models_dir``)."""
     inputs = {"registry": "params:registry", "inference": "params:inference"}
     for task, source in (("lung", lung), ("infection", infection)):
-        if source and source.endswith("_cv"):
+        if source and is_cv_name(source):
             inputs[f"{task}_folds"] = f"{source}.fold_models"
         elif source:
             inputs.update({f"{task}_model": f"{source}.model", f"{task}_config": f"{source}.model_config"})
