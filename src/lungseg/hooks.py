@@ -8,12 +8,14 @@ from pathlib import Path
 from typing import Any
 
 import click
+import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from lungseg.config import check_runtime_params
 from lungseg.errors import ConfigError
 from lungseg.layout import VARIANTS, is_cv_name, strip_cv, variant_architecture, variant_task
+from lungseg.tracking import child_run_tags, child_runs_table, flatten_dict, log_param
 
 logger = logging.getLogger(__name__)
 
@@ -84,22 +86,20 @@ class LungsegMlflowHook(MlflowHook):
         self._children = {}
         variants = sorted({v for node in pipeline.nodes if (v := variant_of(node.namespace))})
         self._nested = len(variants) > 1
-        if not self._is_mlflow_enabled:
+        if self.run_id is None:  # kedro-mlflow opened no run: tracking is disabled for this pipeline
             return
         dataset = _optional_param(catalog, "dataset_name")
         self._params = {"env": run_params.get("env"), "dataset": dataset,
                         "preprocessing": _optional_param(catalog, "preprocessing")}
         names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
         name = names if isinstance(names, str) else "+".join(names)
-        import mlflow
-
         mlflow.set_tags(run_tags(name, run_params.get("env"), dataset))
         if not self._nested and variants:
             mlflow.set_tag("variant", strip_cv(variants[0]))
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
-        if self.run_id is None or not self._is_mlflow_enabled:
+        if self.run_id is None:
             return
         variant = variant_of(node.namespace)
         self._activate(variant if self._nested else None)
@@ -108,8 +108,6 @@ class LungsegMlflowHook(MlflowHook):
 
     def _activate(self, variant: str | None) -> None:
         """Make the run of ``variant`` (None: the parent) the active MLflow run of this thread."""
-        import mlflow
-
         target = self._children.get(variant) if variant else self.run_id
         active = mlflow.active_run()
         while active is not None and active.info.run_id not in (target, self.run_id):
@@ -123,31 +121,26 @@ class LungsegMlflowHook(MlflowHook):
         if target is not None:
             mlflow.start_run(run_id=target, nested=True)
             return
-        from lungseg.tracking import child_run_tags
-
         run = mlflow.start_run(run_name=variant, nested=True,
                                tags=child_run_tags(variant, self._params["dataset"], self._params["env"]))
         self._children[variant] = run.info.run_id
         self._log_params({"dataset_name": self._params["dataset"], "preprocessing": self._params["preprocessing"]})
 
     def _log_params(self, params: dict[str, Any]) -> None:
-        from kedro_mlflow.framework.hooks.utils import _flatten_dict
-
+        """Log ``params`` to the active run as mlflow.yml's ``tracking.params`` says (flattened or not,
+        long values failing, truncated or tagged), with kedro-mlflow's own sanitised names."""
+        options = self.mlflow_config.tracking.params
         params = {k: v for k, v in params.items() if v is not None}
-        if self.flatten:
-            params = _flatten_dict(d=params, recursive=self.recursive, sep=self.sep)
+        if options.dict_params.flatten:
+            params = flatten_dict(params, recursive=options.dict_params.recursive, sep=options.dict_params.sep)
         for key, value in params.items():
-            self._log_param(self.sanitize_param_name(key), value)
+            log_param(self.sanitize_param_name(key), value, options.long_params_strategy)
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        if self._is_mlflow_enabled and self.run_id is not None:
+        if self.run_id is not None:
             self._activate(None)
             if self._children:
-                import mlflow
-
-                from lungseg.tracking import child_runs_table
-
                 table = child_runs_table(self.run_id)
                 mlflow.log_text(table.to_csv(index=False), "comparison/variant_runs.csv")
         super().after_pipeline_run(run_params, pipeline, catalog)
