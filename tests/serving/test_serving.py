@@ -75,7 +75,7 @@ def store(tmp_path_factory):
     """Two rule models as .keras files, registered once as lungseg-combined in a sqlite store; a CT."""
     from lungseg.inference.models import load_model_spec
     from lungseg.limits import inference_parameters
-    from lungseg.pipelines.training.registry import SERVING_KEYS
+    from lungseg.serving.bundle import SETTINGS_KEYS
     from lungseg.serving.register import log_combined_model
 
     tmp = tmp_path_factory.mktemp("serving")
@@ -92,7 +92,7 @@ def store(tmp_path_factory):
     src = tmp / "chest.nii.gz"
     nib.save(from_canonical_array(ct, SPACING).to_nifti(ct, np.int16), str(src))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    settings = {k: inference_parameters()[k] for k in SERVING_KEYS}
+    settings = {k: inference_parameters()[k] for k in SETTINGS_KEYS}
     with tracking(uri) as mlflow:
         exp = mlflow.create_experiment("serving-test", artifact_location=(tmp / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=exp):

@@ -31,7 +31,8 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "bundle"
 SETTINGS_FILE = "settings.json"
-#: The settings a bundle holds (the ``inference`` parameters that change what the Segmenter returns).
+#: The settings a bundle holds: the ``inference`` parameters that change what the Segmenter returns (the
+#: registry node takes these from the run's parameters; the rest concern batch runs of the pipeline).
 SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits")
 
 
