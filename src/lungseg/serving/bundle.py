@@ -25,6 +25,7 @@ from lungseg.errors import ConfigError, ModelNotFoundError
 from lungseg.inference.loaded_model import LoadedModel
 from lungseg.inference.models import load_model_spec
 from lungseg.inference.segment import Segmenter
+from lungseg.inference.settings import InferenceSettings
 from lungseg.layout import TASKS, is_model_uri
 
 logger = logging.getLogger(__name__)
@@ -47,17 +48,10 @@ class CombinedModels:
 
     def segmenter(self, **overrides):
         """The :class:`~lungseg.inference.segment.Segmenter` of the bundle's models and settings."""
-        s = {**self.settings, **overrides}
-        return Segmenter(
-            self.lung,
-            self.infection,
-            int(s["batch_size"]),
-            lung_min_ratio=float(s["lung_min_ratio"]),
-            flip_tta=bool(s["flip_tta"]),
-            guard=s["guard"],
-            # a bundle written before the setting existed filled every hole of the lungs
-            lung_fill_holes=bool(s.get("lung_fill_holes", True)),
-        )
+        # a bundle written before lung_fill_holes existed filled every hole of the lungs
+        stored = {"lung_fill_holes": True, **self.settings}
+        settings = InferenceSettings.from_params(stored, f"settings of {self.source}", **overrides)
+        return Segmenter.from_models(self.lung, self.infection, settings)
 
 
 def _copy_model(model: Any, dest: Path) -> str:
