@@ -30,7 +30,7 @@ from lungseg.inference.readers import read_input
 from lungseg.inference.report import make_report
 from lungseg.inference.segment import Segmenter
 from lungseg.inference.settings import InferenceSettings
-from lungseg.limits import load_guard
+from lungseg.limits import load_guard, load_limits
 from lungseg.volume import from_canonical_array, load_canonical
 
 SPACING = (2.5, 0.8, 0.8)  # (sz, sy, sx) mm
@@ -203,7 +203,7 @@ def test_dicom_series_gives_the_same_masks_as_nifti(tmp_path, models_dir, caplog
         assert predict(tmp_path / "study", tmp_path / "out_dcm", models_dir) == 0
     assert "2 DICOM series" in caplog.text and "1.2.826.99.1" in caplog.text
 
-    dicom_volume, _ = read_input(tmp_path / "study")
+    dicom_volume, _ = read_input(tmp_path / "study", load_limits())
     for name in ("lung_mask", "infection_mask", "lung_and_infection_mask"):
         from_nii = nib.load(str(tmp_path / "out_nii" / f"{name}.nii.gz"))
         from_dcm = nib.load(str(tmp_path / "out_dcm" / f"{name}.nii.gz"))

@@ -46,3 +46,17 @@ def test_the_segmenter_takes_its_settings_and_reads_nothing():
     assert seg._overrides == {"clahe_clip_limit": 0.0}
     with pytest.raises(ConfigError, match="InferenceSettings"):
         Segmenter(None, None, {"batch_size": 4})  # type: ignore[arg-type]
+
+
+def test_the_library_reads_no_parameters_behind_the_callers_back(tmp_path, monkeypatch):
+    from lungseg.limits import CONF_DIR_ENV, Limits, as_limits
+
+    limits = inference_parameters()["limits"]
+    guard = inference_parameters()["guard"]
+    monkeypatch.setenv(CONF_DIR_ENV, str(tmp_path))  # no parameters_inference.yml there
+    assert isinstance(as_limits(limits), Limits) and as_limits(as_limits(limits)) == as_limits(limits)
+    assert Segmenter.from_models(None, None, InferenceSettings(guard=guard)).guard == GuardParams.from_params(guard)
+    with pytest.raises(ConfigError, match="no resource limits given"):
+        as_limits(None)  # type: ignore[arg-type]
+    with pytest.raises(ConfigError, match="parameters_inference.yml"):
+        load_guard()  # only a front end's explicit call reads them

@@ -24,6 +24,7 @@ import pytest
 from rule_models import WINDOW, band_model, unit
 
 from lungseg import cli
+from lungseg.limits import load_limits
 from lungseg.volume import from_canonical_array
 
 BIN = Path(sys.executable).parent
@@ -175,7 +176,7 @@ def test_lungseg_predict_model_uri_and_load_segmenter(store, tmp_path, monkeypat
         assert report["models"]["lung"].startswith(model_uri(store))
 
         segmenter = load_segmenter(model_uri(store))  # the Python entry point
-        volume, kind = read_input(store["ct"])
+        volume, kind = read_input(store["ct"], load_limits())
         seg = segmenter.segment(volume, kind, progress=False)
         labels = volume.to_nifti(seg.combined(), np.uint8)
         assert_same_as_predict(store, labels, make_report(seg, volume.spacing))

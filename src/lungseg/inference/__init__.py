@@ -4,7 +4,7 @@ Public API (imported lazily, so that reading an input does not import Keras)::
 
     from lungseg.inference import read_input, load_model_spec, Segmenter, make_report, write_outputs
 
-* :mod:`lungseg.inference.readers`  ``read_input(path) -> (Volume, source_kind)``
+* :mod:`lungseg.inference.readers`  ``read_input(path, limits) -> (Volume, source_kind)``
 * :mod:`lungseg.inference.models`   ``LoadedModel``, ``find_latest_model``, ``list_trained_models``,
   ``load_model_spec``
 * :mod:`lungseg.inference.segment`  ``Segmentation``, ``Segmenter`` (``Segmenter.from_models``)

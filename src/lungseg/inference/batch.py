@@ -189,7 +189,8 @@ def run_batch(
     outdir: str | Path,
     tasks: Sequence[str] = TASKS,
     progress: bool = True,
-    limits=None,
+    *,
+    limits,
     overwrite: bool = False,
 ) -> pd.DataFrame:
     """Segment every case into ``outdir/<case>/`` and return the summary table (one row per case).
@@ -201,8 +202,8 @@ def run_batch(
         outdir: the batch output folder.
         tasks: the tasks to run.
         progress: show a tqdm bar over the cases.
-        limits: the resource limits of :func:`lungseg.inference.readers.read_input` (None: the
-            project's parameters).
+        limits: the resource limits of :func:`lungseg.inference.readers.read_input` (``Limits`` or the
+            ``inference.limits`` dict).
         overwrite: write into ``outdir`` even if it is not a lungseg batch output (``--overwrite``).
 
     Failures of one case (any :class:`LungsegError`) are logged and recorded in the ``status`` /
@@ -214,10 +215,10 @@ def run_batch(
     from lungseg.inference.readers import read_input
     from lungseg.inference.report import make_report, write_outputs
     from lungseg.layout import check_case_id
-    from lungseg.limits import limits_or_default
+    from lungseg.limits import as_limits
 
     outdir = check_batch_output_dir(outdir, overwrite)
-    limits = limits_or_default(limits)
+    limits = as_limits(limits)
     items = [_as_case(c) for c in cases]
     for item in items:  # case ids name folders: never a path (find_cases checks them too)
         try:
