@@ -2,6 +2,8 @@
 
 from kedro.config import OmegaConfigLoader
 
+from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
@@ -14,8 +16,6 @@ CONFIG_LOADER_ARGS = {
     # `infection_unet`, so every environment had to repeat every setting).
     "merge_strategy": {"parameters": "soft"},
 }
-
-from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook  # noqa: E402
 
 # kedro-mlflow's hook is replaced by its subclass LungsegMlflowHook (unprefixed keys, one nested MLflow run
 # per variant); the plugin's own instance would log every parameter a second time with its variant prefix.
