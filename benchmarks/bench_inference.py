@@ -218,6 +218,8 @@ def timed_segmenter_class():
 def run_models(name: str, spec: dict, volume, folder: Path, batch_size: int, baseline: bool) -> dict:
     """Seconds per volume (batched and, optionally, one slice per call) for one model size."""
     from lungseg.inference.models import load_model_spec
+    from lungseg.inference.settings import InferenceSettings
+    from lungseg.limits import load_guard
 
     Segmenter = timed_segmenter_class()
     paths = save_models(folder, spec)
@@ -234,7 +236,7 @@ def run_models(name: str, spec: dict, volume, folder: Path, batch_size: int, bas
     for label, bs in (("batched", batch_size), ("per_slice", 1)):
         if label == "per_slice" and not baseline:
             continue
-        segmenter = Segmenter(lung, infection, batch_size=bs)
+        segmenter = Segmenter.from_models(lung, infection, InferenceSettings(guard=load_guard(), batch_size=bs))
         # Warm-up on a full batch plus the remainder: traces both batch shapes the timed run uses
         # (a one-off cost per model and process, reported apart).
         warm = from_canonical_array(volume.array[: min(z, bs + z % bs)], volume.spacing)
@@ -279,11 +281,13 @@ def save_fold_folder(folder: Path, spec: dict, task: str, k: int) -> Path:
 def run_ensemble(spec: dict, volume, folder: Path, batch_size: int, k: int) -> dict:
     """Seconds per volume of a K-fold ensemble per task (both tasks), batched."""
     from lungseg.inference.ensemble import load_fold_ensemble
+    from lungseg.inference.settings import InferenceSettings
+    from lungseg.limits import load_guard
 
     Segmenter = timed_segmenter_class()
     lung = load_fold_ensemble(save_fold_folder(folder, spec, "lung", k), "lung")
     infection = load_fold_ensemble(save_fold_folder(folder, spec, "infection", k), "infection")
-    segmenter = Segmenter(lung, infection, batch_size=batch_size)
+    segmenter = Segmenter.from_models(lung, infection, InferenceSettings(guard=load_guard(), batch_size=batch_size))
     from lungseg.volume import from_canonical_array
 
     z = volume.array.shape[0]

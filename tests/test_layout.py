@@ -108,3 +108,36 @@ def test_paper_figures_have_one_home():
     assert rows.loc["paper U-Net", ["dice", "iou"]].tolist() == [0.8513, 0.7652]
     assert rows.loc["paper DeepLabV3+", ["dice", "iou"]].tolist() == [0.8623, 0.7831]
     assert reference_table("infection").set_index("variant").loc["paper U-Net", "dice"] == 0.7210
+
+
+def test_cross_validation_names():
+    assert layout.cv_name("infection_unet") == "infection_unet_cv"
+    assert layout.cv_name("infection_*") == "infection_*_cv"  # a glob of fold folders
+    assert layout.is_cv_name("lung_unet_cv") and not layout.is_cv_name("lung_unet") and not layout.is_cv_name(None)
+    assert layout.strip_cv("lung_unet_cv") == "lung_unet"
+    assert layout.strip_cv("lung_unet") == "lung_unet"
+    assert [layout.strip_cv(layout.cv_name(v)) for v in layout.VARIANTS] == list(layout.VARIANTS)
+
+
+@pytest.mark.parametrize("spec", ["models:/lungseg-combined/3", "models:/lungseg-combined@champion", "runs:/abc/model",
+                                  "RUNS:/abc/model", "mlflow-artifacts:/1/abc/artifacts/m", "file:///tmp/m",
+                                  "s3://bucket/m", "gs://b/m", "wasbs://c@a.blob.core.windows.net/m", "hdfs:/m",
+                                  "dbfs:/m"])
+def test_model_uris(spec):
+    assert layout.is_model_uri(spec)
+
+
+@pytest.mark.parametrize("spec", [None, "", "data/06_models/lung_unet", "C:/models/lung.keras", "model.keras",
+                                  "/abs/runs:/x", "models/lungseg-combined", "http://host/m", " models:/x/1"])
+def test_paths_are_not_model_uris(spec):
+    assert not layout.is_model_uri(spec)
+
+
+def test_one_owner_of_the_cv_suffix_and_of_model_uris():
+    """Only layout.py spells the ``_cv`` suffix or lists model URI schemes."""
+    sources = {str(p.relative_to(SRC)): p.read_text() for p in SRC.rglob("*.py")}
+    # the node named "plot_cv" (it plots a cross-validation) is a name, not the suffix
+    assert [f for f, text in sources.items() if re.search(r"_cv[\"']", text.replace('name="plot_cv"', ""))] == [
+        "layout.py"]
+    assert [f for f, text in sources.items() if re.search(r"runs\|models|\"runs\", \"models\"|'runs', 'models'", text)
+            ] == ["layout.py"]

@@ -196,7 +196,7 @@ def _load_models(args: argparse.Namespace):
 
     import_tensorflow_quietly()
     if getattr(args, "model", None):  # lungseg-combined from the MLflow registry (#13)
-        from lungseg.inference.models import load_combined_models
+        from lungseg.serving.bundle import load_combined_models
 
         return tuple(_in_precision(args, m) for m in load_combined_models(args.model, args.tasks))
 

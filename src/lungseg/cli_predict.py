@@ -48,8 +48,7 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
         from lungseg.inference.report import make_report, write_outputs
         from lungseg.inference.segment import Segmenter
 
-        segmenter = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta, guard=guard,
-                              lung_fill_holes=args.fill_lung_holes)
+        segmenter = Segmenter.from_models(lung, infection, _settings(args, guard))
         seg = segmenter.segment(volume, kind, tasks=args.tasks, progress=not args.no_progress)
         report = make_report(seg, volume.spacing)
         report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
@@ -63,6 +62,14 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
         )
     print(f"lungseg: {report['message']}")
     return 0
+
+
+def _settings(args: argparse.Namespace, guard):
+    """The Segmenter's settings of ``lungseg predict``: its options and the project's guard bounds."""
+    from lungseg.inference.settings import InferenceSettings
+
+    return InferenceSettings(guard=guard, batch_size=args.batch_size, flip_tta=args.tta,
+                             lung_fill_holes=args.fill_lung_holes)
 
 
 def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Callable, output_lock) -> int:
@@ -84,8 +91,7 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
     limits, guard = load_limits(), load_guard()
     with output_lock(outdir):
         lung, infection = load_models(args)
-        segmenter = Segmenter(lung, infection, args.batch_size, flip_tta=args.tta, guard=guard,
-                              lung_fill_holes=args.fill_lung_holes)
+        segmenter = Segmenter.from_models(lung, infection, _settings(args, guard))
         summary = run_batch(segmenter, cases, outdir, args.tasks, not args.no_progress, limits=limits,
                             overwrite=overwrite)
         path = write_summary(summary, outdir)

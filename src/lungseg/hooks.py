@@ -4,12 +4,18 @@ variant), and a readable stop when the raw dataset is missing."""
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
+import click
+import mlflow
 from kedro.framework.hooks import hook_impl
 from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
-from lungseg.layout import VARIANTS, variant_architecture, variant_task
+from lungseg.config import check_runtime_params
+from lungseg.errors import ConfigError
+from lungseg.layout import VARIANTS, is_cv_name, strip_cv, variant_architecture, variant_task
+from lungseg.tracking import child_run_tags, child_runs_table, flatten_dict, log_param
 
 logger = logging.getLogger(__name__)
 
@@ -17,7 +23,7 @@ logger = logging.getLogger(__name__)
 def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) -> dict[str, str]:
     """MLflow tags for a run of ``pipeline_name``."""
     name = pipeline_name or "__default__"
-    variant = name[: -len("_cv")] if name.endswith("_cv") else name  # a cross-validation of a variant
+    variant = strip_cv(name)  # a cross-validation of a variant
     if variant in VARIANTS:
         task, arch = variant_task(variant), variant_architecture(variant)
     else:
@@ -29,7 +35,7 @@ def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) ->
         "architecture": arch,
         "dataset": dataset or "unknown",
         "environment": env or "local",
-        "cross_validation": str(name.endswith("_cv")).lower(),
+        "cross_validation": str(is_cv_name(name)).lower(),
     }
 
 
@@ -37,16 +43,14 @@ def variant_of(namespace: str | None) -> str | None:
     """The variant run a node belongs to: its top namespace when that is a variant (``infection_unet``)
     or a variant's cross-validation (``infection_unet_cv``); None for shared nodes."""
     top = (namespace or "").split(".")[0]
-    base = top[: -len("_cv")] if top.endswith("_cv") else top
-    return top if base in VARIANTS else None
+    return top if strip_cv(top) in VARIANTS else None
 
 
 def strip_variant(param: str, variant: str | None) -> str:
     """A parameter's name without its variant: ``infection_unet.model`` -> ``model`` (also under
     ``infection_unet_cv``), so that every variant's run logs the same keys."""
     if variant:
-        base = variant[: -len("_cv")] if variant.endswith("_cv") else variant
-        for prefix in (f"{variant}.", f"{base}."):
+        for prefix in (f"{variant}.", f"{strip_cv(variant)}."):
             if param.startswith(prefix):
                 return param[len(prefix):]
     return param
@@ -82,22 +86,20 @@ class LungsegMlflowHook(MlflowHook):
         self._children = {}
         variants = sorted({v for node in pipeline.nodes if (v := variant_of(node.namespace))})
         self._nested = len(variants) > 1
-        if not self._is_mlflow_enabled:
+        if self.run_id is None:  # kedro-mlflow opened no run: tracking is disabled for this pipeline
             return
         dataset = _optional_param(catalog, "dataset_name")
         self._params = {"env": run_params.get("env"), "dataset": dataset,
                         "preprocessing": _optional_param(catalog, "preprocessing")}
         names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
         name = names if isinstance(names, str) else "+".join(names)
-        import mlflow
-
         mlflow.set_tags(run_tags(name, run_params.get("env"), dataset))
         if not self._nested and variants:
-            mlflow.set_tag("variant", variants[0].removesuffix("_cv"))
+            mlflow.set_tag("variant", strip_cv(variants[0]))
 
     @hook_impl
     def before_node_run(self, node, catalog, inputs: dict[str, Any], is_async: bool) -> None:
-        if self.run_id is None or not self._is_mlflow_enabled:
+        if self.run_id is None:
             return
         variant = variant_of(node.namespace)
         self._activate(variant if self._nested else None)
@@ -106,8 +108,6 @@ class LungsegMlflowHook(MlflowHook):
 
     def _activate(self, variant: str | None) -> None:
         """Make the run of ``variant`` (None: the parent) the active MLflow run of this thread."""
-        import mlflow
-
         target = self._children.get(variant) if variant else self.run_id
         active = mlflow.active_run()
         while active is not None and active.info.run_id not in (target, self.run_id):
@@ -121,31 +121,26 @@ class LungsegMlflowHook(MlflowHook):
         if target is not None:
             mlflow.start_run(run_id=target, nested=True)
             return
-        from lungseg.tracking import child_run_tags
-
         run = mlflow.start_run(run_name=variant, nested=True,
                                tags=child_run_tags(variant, self._params["dataset"], self._params["env"]))
         self._children[variant] = run.info.run_id
         self._log_params({"dataset_name": self._params["dataset"], "preprocessing": self._params["preprocessing"]})
 
     def _log_params(self, params: dict[str, Any]) -> None:
-        from kedro_mlflow.framework.hooks.utils import _flatten_dict
-
+        """Log ``params`` to the active run as mlflow.yml's ``tracking.params`` says (flattened or not,
+        long values failing, truncated or tagged), with kedro-mlflow's own sanitised names."""
+        options = self.mlflow_config.tracking.params
         params = {k: v for k, v in params.items() if v is not None}
-        if self.flatten:
-            params = _flatten_dict(d=params, recursive=self.recursive, sep=self.sep)
+        if options.dict_params.flatten:
+            params = flatten_dict(params, recursive=options.dict_params.recursive, sep=options.dict_params.sep)
         for key, value in params.items():
-            self._log_param(self.sanitize_param_name(key), value)
+            log_param(self.sanitize_param_name(key), value, options.long_params_strategy)
 
     @hook_impl
     def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
-        if self._is_mlflow_enabled and self.run_id is not None:
+        if self.run_id is not None:
             self._activate(None)
             if self._children:
-                import mlflow
-
-                from lungseg.tracking import child_runs_table
-
                 table = child_runs_table(self.run_id)
                 mlflow.log_text(table.to_csv(index=False), "comparison/variant_runs.csv")
         super().after_pipeline_run(run_params, pipeline, catalog)
@@ -159,10 +154,6 @@ def _optional_param(catalog, name: str) -> Any:
 
 
 # ----------------------------------------------------------------------------- raw data missing
-import click  # noqa: E402
-
-from lungseg.errors import ConfigError  # noqa: E402
-
 
 class MissingRawDataError(ConfigError, click.ClickException):
     """The raw dataset is missing. A ``click.ClickException``, so ``kedro run`` prints the message as
@@ -226,20 +217,23 @@ class ParamsCheckHook:
     with ``--env``), and have the type configured there (a number for ``epochs``; null is always
     accepted). ``tryfirst``: it runs before kedro-mlflow's ``before_pipeline_run``, so no MLflow run
     opens and no node writes anything for a refused run.
+
+    Args:
+        loader_class, loader_args: the project's ``CONFIG_LOADER_CLASS`` and ``CONFIG_LOADER_ARGS``
+            (``settings.py`` passes its own), used to read the parameters without ``--params``.
     """
+
+    def __init__(self, loader_class: type, loader_args: dict[str, Any]) -> None:
+        self.loader_class = loader_class
+        self.loader_args = dict(loader_args)
 
     @hook_impl(tryfirst=True)
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         runtime = run_params.get("runtime_params") or {}
         if not runtime or not run_params.get("project_path"):
             return
-        from pathlib import Path
-
-        from lungseg.config import check_runtime_params
-        from lungseg.settings import CONFIG_LOADER_ARGS, CONFIG_LOADER_CLASS
-
-        loader = CONFIG_LOADER_CLASS(conf_source=str(Path(run_params["project_path"]) / "conf"),
-                                     env=run_params.get("env"), **CONFIG_LOADER_ARGS)
+        loader = self.loader_class(conf_source=str(Path(run_params["project_path"]) / "conf"),
+                                   env=run_params.get("env"), **self.loader_args)
         problems = check_runtime_params(runtime, loader["parameters"])
         if problems:
             raise BadParamsError("--params: " + "; ".join(problems) + " (nothing was run)")
@@ -247,8 +241,6 @@ class ParamsCheckHook:
 
 def _reads(inference_params: Any, metadata_path: str) -> bool:
     """True when ``inference.input`` is the dataset's metadata.csv or the folder holding it."""
-    from pathlib import Path
-
     value = inference_params.get("input") if isinstance(inference_params, dict) else None
     if not value or not metadata_path:
         return False
@@ -258,8 +250,6 @@ def _reads(inference_params: Any, metadata_path: str) -> bool:
 
 def _display_path(path: str, project_path: str | None) -> str:
     """``path`` relative to the project when it lies inside it (as the user wrote raw_root)."""
-    from pathlib import Path
-
     if project_path:
         try:
             return Path(path).resolve().relative_to(Path(project_path).resolve()).as_posix()

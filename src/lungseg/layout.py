@@ -6,7 +6,9 @@ Every module that needs one of these imports it from here instead of spelling it
   (``lung_unet``, ``lung_deeplabv3plus``, ``infection_unet``, ``infection_deeplabv3plus``).
 * **Suffixes**: NIfTI (``.nii.gz``, ``.nii``), 2D images (``.png``, ``.jpg``, ``.jpeg``), DICOM
   (``.dcm``, ``.dicom``, ``.ima``) and zipped DICOM series (``.zip``). lungseg writes ``.nii.gz``.
-* **Models** live under :data:`MODELS_DIR` (``data/06_models/<variant>/...``).
+* **Models** live under :data:`MODELS_DIR` (``data/06_models/<variant>/...``); a cross-validation's
+  fold models under ``<variant>_cv/`` (:func:`cv_name`). A model given as a URI (``models:/...``,
+  ``runs:/...``) is told from a path by :func:`is_model_uri`.
 * **Case ids** follow the dataset's mask file names: ``lung_mask/coronacases_001.nii`` is case
   ``coronacases_001``; its CT is ``ct_scans/coronacases_001_org.nii`` (Kaggle's copy names it
   ``coronacases_org_001.nii``). Paths in ``metadata.csv`` are relative to the dataset root; Kaggle's
@@ -67,6 +69,44 @@ def variant_task(variant: str) -> str:
 def variant_architecture(variant: str) -> str:
     """The architecture of a variant: ``lung_deeplabv3plus`` -> ``deeplabv3plus``."""
     return _check_variant(variant)[1]
+
+
+# ------------------------------------------------------------------------------ cross-validations
+
+#: A cross-validation of a variant is named ``<variant>_cv``: its pipeline, namespace, tag, MLflow run
+#: and folder of fold models (``data/06_models/infection_unet_cv``).
+CV_SUFFIX = "_cv"
+
+
+def cv_name(variant: str) -> str:
+    """The name of ``variant``'s cross-validation: ``infection_unet`` -> ``infection_unet_cv``
+    (a glob pattern such as ``infection_*`` gives ``infection_*_cv``)."""
+    return f"{variant}{CV_SUFFIX}"
+
+
+def is_cv_name(name: str | None) -> bool:
+    """True for the name of a cross-validation (``infection_unet_cv``)."""
+    return str(name or "").endswith(CV_SUFFIX)
+
+
+def strip_cv(name: str) -> str:
+    """The variant of a cross-validation's name, any other name unchanged: ``lung_unet_cv`` -> ``lung_unet``."""
+    return name[: -len(CV_SUFFIX)] if is_cv_name(name) else name
+
+
+# ---------------------------------------------------------------------------------------- model URIs
+
+#: The schemes of a model given as a URI rather than a path: MLflow's own (``runs:/<id>/<path>``,
+#: ``models:/<name>/<version>``, ``models:/<name>@<alias>``, ``mlflow-artifacts:/...``), ``file:/`` and
+#: the artifact stores MLflow reads (``s3``, ``gs``, ``wasbs``, ``hdfs``, ``dbfs``).
+MODEL_URI_SCHEMES: tuple[str, ...] = ("runs", "models", "mlflow-artifacts", "file", "s3", "gs", "wasbs", "hdfs", "dbfs")
+_MODEL_URI = re.compile(rf"^({'|'.join(re.escape(s) for s in MODEL_URI_SCHEMES)}):/", re.IGNORECASE)
+
+
+def is_model_uri(spec: object) -> bool:
+    """True when a model is given as a URI (``models:/lungseg-combined/3``, ``runs:/<id>/model``,
+    ``s3://bucket/model``...; any case) that MLflow loads, False for a path (``C:/models`` included)."""
+    return spec is not None and bool(_MODEL_URI.match(str(spec)))
 
 
 # ----------------------------------------------------------------------------------------- suffixes

@@ -3,7 +3,9 @@
 ``lungseg predict`` and the web UI run outside Kedro, so they read the ``inference.limits`` and
 ``inference.guard`` sections of the project's parameters here (``$LUNGSEG_CONF_DIR`` names another
 folder holding a ``parameters_inference.yml``); the Kedro ``inference`` pipeline gets the same sections
-from its parameters. Defaults live only in that file.
+from its parameters. Defaults live only in that file. Only :func:`inference_parameters`,
+:func:`load_limits` and :func:`load_guard` read it, when a front end calls them: the library
+(readers, the Segmenter, batches) takes the limits and the guard from its caller.
 
 The checks themselves are cheap and run before any array is allocated:
 
@@ -153,11 +155,15 @@ def load_guard() -> GuardParams:
     return GuardParams.from_params(inference_parameters().get("guard"))
 
 
-def limits_or_default(limits: Limits | Mapping | None) -> Limits:
-    """``limits`` as :class:`Limits`: None reads the project's parameters, a mapping is checked."""
-    if limits is None:
-        return load_limits()
-    return limits if isinstance(limits, Limits) else Limits.from_params(limits)
+def as_limits(limits: Limits | Mapping) -> Limits:
+    """``limits`` as :class:`Limits` (a mapping, the ``inference.limits`` parameters, is checked). Nothing is
+    read here: a caller without parameters of its own passes :func:`load_limits` (the project's)."""
+    if isinstance(limits, Limits):
+        return limits
+    if not isinstance(limits, Mapping):
+        raise ConfigError(f"no resource limits given ({limits!r}): pass the 'inference.limits' parameters "
+                          "(lungseg.limits.load_limits() reads the project's)")
+    return Limits.from_params(limits)
 
 
 # ----------------------------------------------------------------------------------------- checks

@@ -28,7 +28,7 @@ import click
 from kedro.pipeline import Pipeline
 
 from lungseg.errors import ConfigError
-from lungseg.layout import VARIANTS, variant_task
+from lungseg.layout import VARIANTS, cv_name, variant_task
 from lungseg.pipelines.cv import pipeline as cv
 from lungseg.pipelines.evaluation import pipeline as evaluation
 from lungseg.pipelines.inference import pipeline as inference
@@ -82,10 +82,10 @@ def register_pipelines() -> Pipelines:
     for variant in VARIANTS:  # patient-level k-fold cross-validation (an infection variant includes lung_unet's)
         infection = variant_task(variant) == "infection"
         tasks = ("lung", "infection") if infection else ("lung",)
-        pipelines[f"{variant}_cv"] = (
+        pipelines[cv_name(variant)] = (
             ingest + preprocessing.create_pipeline(tasks) + cv.create_pipeline(variant)
-            + create_registry_pipeline(f"{cv.COMBINED_LUNG_VARIANT if infection else variant}_cv",
-                                       f"{variant}_cv" if infection else None)
+            + create_registry_pipeline(cv_name(cv.COMBINED_LUNG_VARIANT if infection else variant),
+                                       cv_name(variant) if infection else None)
         )
     pipelines["system"] = (
         ingest + preprocessing.create_pipeline() + sum((training.create_variant_pipeline(v) for v in SYSTEM), Pipeline([]))

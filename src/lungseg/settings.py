@@ -2,6 +2,8 @@
 
 from kedro.config import OmegaConfigLoader
 
+from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook
+
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
     "base_env": "base",
@@ -15,9 +17,7 @@ CONFIG_LOADER_ARGS = {
     "merge_strategy": {"parameters": "soft"},
 }
 
-from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook  # noqa: E402
-
 # kedro-mlflow's hook is replaced by its subclass LungsegMlflowHook (unprefixed keys, one nested MLflow run
 # per variant); the plugin's own instance would log every parameter a second time with its variant prefix.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # the name as installed metadata spells it
-HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook())
+HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook(CONFIG_LOADER_CLASS, CONFIG_LOADER_ARGS))

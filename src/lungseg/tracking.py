@@ -6,9 +6,14 @@ one point per step. These helpers turn a training history and a metrics summary 
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Mapping
 from typing import Any
+
+from lungseg.layout import is_cv_name, strip_cv, variant_architecture, variant_task
+
+logger = logging.getLogger(__name__)
 
 MetricHistory = dict[str, list[dict[str, float]]]
 
@@ -129,16 +134,54 @@ def log_inputs(inputs: Mapping[str, Mapping[str, Any]]) -> None:
                          tags={"n_cases": str(item["n_cases"]), "n_slices": str(item["n_slices"])})
 
 
+# ------------------------------------------------------------------------------------- parameters
+LONG_PARAMS_STRATEGIES = ("fail", "truncate", "tag")
+
+
+def flatten_dict(params: Mapping[str, Any], recursive: bool = True, sep: str = ".") -> dict[str, Any]:
+    """``{"model": {"depth": 4}}`` -> ``{"model.depth": 4}`` (values kept), as mlflow.yml's
+    ``tracking.params.dict_params`` asks (``recursive: false`` flattens one level only); an empty dict
+    leaves no key, as kedro-mlflow's own flattening does. (:func:`flatten_params` is the fold runs' one.)"""
+    out: dict[str, Any] = {}
+    for key, value in params.items():
+        if isinstance(value, Mapping):
+            inner = flatten_dict(value, recursive, sep) if recursive else value
+            out.update({f"{key}{sep}{k}": v for k, v in inner.items()})
+        else:
+            out[str(key)] = value
+    return out
+
+
+def log_param(name: str, value: Any, long_params_strategy: str = "fail") -> None:
+    """Log one param to the active MLflow run; a value longer than MLflow accepts is handled as mlflow.yml's
+    ``tracking.params.long_params_strategy`` says: ``fail`` (ValueError), ``truncate`` or ``tag``."""
+    import mlflow
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    text = str(value)
+    if len(text) <= MAX_PARAM_VAL_LENGTH:
+        mlflow.log_param(name, value)
+    elif long_params_strategy == "tag":
+        logger.warning("parameter %r (value length %d) is set as a tag", name, len(text))
+        mlflow.set_tag(name, value)
+    elif long_params_strategy == "truncate":
+        logger.warning("parameter %r (value length %d) is truncated to its %d first characters", name, len(text),
+                       MAX_PARAM_VAL_LENGTH)
+        mlflow.log_param(name, text[:MAX_PARAM_VAL_LENGTH])
+    else:
+        raise ValueError(f"parameter {name!r} is {len(text)} characters long, MLflow takes at most "
+                         f"{MAX_PARAM_VAL_LENGTH}; set tracking.params.long_params_strategy to 'truncate' or 'tag' "
+                         "in mlflow.yml to log it anyway")
+
+
 # ----------------------------------------------------------------------------- one run per variant
 def child_run_tags(variant: str, dataset: str | None, env: str | None) -> dict[str, str]:
     """Tags of a variant's run (``infection_unet`` or, for a cross-validation, ``infection_unet_cv``):
     ``task``, ``architecture``, ``dataset``, ``environment``, ``variant`` and ``cross_validation``."""
-    from lungseg.layout import variant_architecture, variant_task
-
-    base = variant[: -len("_cv")] if variant.endswith("_cv") else variant
+    base = strip_cv(variant)
     return {"variant": base, "task": variant_task(base), "architecture": variant_architecture(base),
             "dataset": dataset or "unknown", "environment": env or "local",
-            "cross_validation": str(variant.endswith("_cv")).lower()}
+            "cross_validation": str(is_cv_name(variant)).lower()}
 
 
 def child_runs_table(parent_run_id: str):

@@ -19,7 +19,7 @@ from hardening_helpers import (
 from lungseg.errors import InputError
 from lungseg.inference.dicom_write import write_dicom_series
 from lungseg.inference.readers import read_input
-from lungseg.limits import Limits
+from lungseg.limits import Limits, load_limits
 
 SPACING = (2.5, 0.8, 0.8)
 
@@ -45,7 +45,7 @@ def _edit(path, **tags):
 def test_a_consistent_series_is_read_by_position_not_by_name(tmp_path):
     ct, paths = _series(tmp_path / "s")
     assert sorted(p.name for p in paths) != [p.name for p in paths]
-    volume, _ = read_input(tmp_path / "s")
+    volume, _ = read_input(tmp_path / "s", load_limits())
     np.testing.assert_array_equal(volume.array, ct)
     assert volume.spacing == pytest.approx(SPACING)
 
@@ -67,14 +67,14 @@ def test_inconsistent_orientation_or_size_is_refused_by_name(tmp_path):
     _, paths = _series(tmp_path / "s")
     _edit(paths[5], ImageOrientationPatient=[0, 1, 0, 1, 0, 0])
     with pytest.raises(InputError, match=rf"{paths[5].name}.*ImageOrientationPatient.*disagree"):
-        read_input(tmp_path / "s")
+        read_input(tmp_path / "s", load_limits())
     _, paths = _series(tmp_path / "t", seed=2)
     ds = pydicom.dcmread(paths[3])
     ds.Rows, ds.Columns = 32, 32
     ds.PixelData = np.zeros((32, 32), "<u2").tobytes()
     ds.save_as(paths[3])
     with pytest.raises(InputError, match=rf"{paths[3].name}.* is 32x32, the series' first slice 64x64"):
-        read_input(tmp_path / "t")
+        read_input(tmp_path / "t", load_limits())
 
 
 def test_a_missing_slice_is_refused_by_default(tmp_path, rule_models, capsys):

@@ -133,9 +133,11 @@ def test_guard_checks_one_by_one():
 def test_the_segmenter_sets_implausible_input_for_the_ui(rule_models):
     from lungseg.inference.models import load_model_spec
     from lungseg.inference.segment import Segmenter
+    from lungseg.inference.settings import InferenceSettings
+    from lungseg.limits import load_guard
     from lungseg.volume import from_canonical_array
 
-    seg = Segmenter(load_model_spec(None, "lung", rule_models), None)
+    seg = Segmenter.from_models(load_model_spec(None, "lung", rule_models), None, InferenceSettings(guard=load_guard()))
     air = from_canonical_array(np.full((4, 64, 64), -1000, np.int16), (2.5, 0.8, 0.8))
     result = seg.segment(air, "hu", tasks=("lung",), progress=False)
     assert result.implausible_input.startswith("no body found")

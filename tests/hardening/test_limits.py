@@ -151,7 +151,7 @@ def test_a_real_zipped_series_passes_the_zip_checks(tmp_path):
     with zipfile.ZipFile(tmp_path / "series.zip", "w", zipfile.ZIP_DEFLATED) as zf:
         for f in sorted((tmp_path / "series").iterdir()):
             zf.write(f, f"series/{f.name}")
-    volume, kind = read_input(tmp_path / "series.zip")
+    volume, kind = read_input(tmp_path / "series.zip", load_limits())
     np.testing.assert_array_equal(volume.array, ct)
 
 
@@ -183,7 +183,7 @@ def test_dicom_frames_times_pixels_limit(tmp_path):
     ds.NumberOfFrames = 5
     ds.save_as(src)
     with pytest.raises(InputError, match=r"Rows x Columns x frames = 80,000,000 pixels, over the limit"):
-        read_input(src)
+        read_input(src, load_limits())
 
 
 def test_non_dicom_members_are_not_parsed(tmp_path, monkeypatch):
@@ -202,7 +202,7 @@ def test_non_dicom_members_are_not_parsed(tmp_path, monkeypatch):
         return real(f, *args, **kwargs)
 
     monkeypatch.setattr(pydicom, "dcmread", counting)
-    volume, _ = read_input(folder)
+    volume, _ = read_input(folder, load_limits())
     assert volume.array.shape == (12, 64, 64)
     assert not [n for n in seen if n.startswith("junk")]
 

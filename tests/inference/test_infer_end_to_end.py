@@ -29,6 +29,8 @@ from lungseg.inference.models import LoadedModel, load_model_spec
 from lungseg.inference.readers import read_input
 from lungseg.inference.report import make_report
 from lungseg.inference.segment import Segmenter
+from lungseg.inference.settings import InferenceSettings
+from lungseg.limits import load_guard, load_limits
 from lungseg.volume import from_canonical_array, load_canonical
 
 SPACING = (2.5, 0.8, 0.8)  # (sz, sy, sx) mm
@@ -40,6 +42,11 @@ VERSION = "2025-06-01T12.00.00.000Z"
 
 # ------------------------------------------------------------------------------------- synthetic data
 
+
+
+def make_segmenter(lung, infection, **settings) -> Segmenter:
+    """A Segmenter with the project's guard bounds (what ``Segmenter(...)`` read for itself before #26)."""
+    return Segmenter.from_models(lung, infection, InferenceSettings(guard=load_guard(), **settings))
 
 def phantom(shape=(12, 64, 64), seed=0, lungs=True):
     """Canonical (z, y, x) HU chest: body, left lung (larger column index) = 1, right lung = 2, a lesion.
@@ -112,7 +119,7 @@ def models_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def rule_segmenter(models_dir):
-    return Segmenter(load_model_spec(None, "lung", models_dir), load_model_spec(None, "infection", models_dir))
+    return make_segmenter(load_model_spec(None, "lung", models_dir), load_model_spec(None, "infection", models_dir))
 
 
 def predict(src, out, models_dir, *extra):
@@ -177,7 +184,7 @@ def test_tiny_unet_trained_here_segments_unseen_lungs(models_dir):
     model = compile_model(build_model("unet", 32, {"base_filters": 4, "depth": 2}), "bce_dice", 1e-2)
     model.fit(x, y, batch_size=8, epochs=40, verbose=0)
 
-    segmenter = Segmenter(LoadedModel(model, config, "tiny-unet"), load_model_spec(None, "infection", models_dir), batch_size=8)
+    segmenter = make_segmenter(LoadedModel(model, config, "tiny-unet"), load_model_spec(None, "infection", models_dir), batch_size=8)
     for seed in (100, 101):
         ct, lung, _ = phantom(seed=seed)
         seg = segmenter.segment(from_canonical_array(ct, SPACING), "hu", progress=False)
@@ -196,7 +203,7 @@ def test_dicom_series_gives_the_same_masks_as_nifti(tmp_path, models_dir, caplog
         assert predict(tmp_path / "study", tmp_path / "out_dcm", models_dir) == 0
     assert "2 DICOM series" in caplog.text and "1.2.826.99.1" in caplog.text
 
-    dicom_volume, _ = read_input(tmp_path / "study")
+    dicom_volume, _ = read_input(tmp_path / "study", load_limits())
     for name in ("lung_mask", "infection_mask", "lung_and_infection_mask"):
         from_nii = nib.load(str(tmp_path / "out_nii" / f"{name}.nii.gz"))
         from_dcm = nib.load(str(tmp_path / "out_dcm" / f"{name}.nii.gz"))
@@ -242,10 +249,10 @@ def test_batch_size_does_not_change_the_result_and_lung_only_task(rule_segmenter
     ct, _, _ = phantom(seed=5)
     volume = from_canonical_array(ct, SPACING)
     batched = rule_segmenter.segment(volume, "hu", progress=False)
-    one_by_one = Segmenter(rule_segmenter.lung, rule_segmenter.infection, batch_size=1).segment(volume, "hu", progress=False)
+    one_by_one = make_segmenter(rule_segmenter.lung, rule_segmenter.infection, batch_size=1).segment(volume, "hu", progress=False)
     np.testing.assert_array_equal(batched.lung_labels, one_by_one.lung_labels)
     np.testing.assert_array_equal(batched.infection, one_by_one.infection)
-    small_chunks = Segmenter(rule_segmenter.lung, rule_segmenter.infection, batch_size=3, chunk_slices=5)
+    small_chunks = make_segmenter(rule_segmenter.lung, rule_segmenter.infection, batch_size=3, chunk_slices=5)
     assert small_chunks.chunk_slices == 6
     chunked = small_chunks.segment(volume, "hu", progress=False, keep_probabilities=True)
     np.testing.assert_array_equal(chunked.lung_labels, batched.lung_labels)
@@ -254,7 +261,7 @@ def test_batch_size_does_not_change_the_result_and_lung_only_task(rule_segmenter
     from lungseg.imaging import clean_lung_mask
 
     assert chunked.infection_prob.shape == ct.shape
-    lung_only = Segmenter(rule_segmenter.lung, None).segment(volume, "hu", tasks=("lung",), progress=False)
+    lung_only = make_segmenter(rule_segmenter.lung, None).segment(volume, "hu", tasks=("lung",), progress=False)
     # the lungs alone: the clean-up of the lung model's mask (holes left open) ...
     np.testing.assert_array_equal(clean_lung_mask(chunked.lung_prob >= 0.5, fill_holes=False), lung_only.lung_labels)
     # ... and with the infection task, the infection found in its holes is lung too
@@ -332,12 +339,12 @@ def test_lung_holes_left_open_but_infection_in_a_hole_is_lung(rule_segmenter):
     ct[mid][:, vessel] = BODY_HU
     volume = from_canonical_array(ct, SPACING)
     lung, infection = rule_segmenter.lung, rule_segmenter.infection
-    open_ = Segmenter(lung, infection).segment(volume, "hu", progress=False)
-    filled = Segmenter(lung, infection, lung_fill_holes=True).segment(volume, "hu", progress=False)
-    assert Segmenter(lung, infection).lung_fill_holes is False
+    open_ = make_segmenter(lung, infection).segment(volume, "hu", progress=False)
+    filled = make_segmenter(lung, infection, lung_fill_holes=True).segment(volume, "hu", progress=False)
+    assert make_segmenter(lung, infection).lung_fill_holes is False
     np.testing.assert_array_equal(open_.infection, filled.infection)
     assert dice(open_.infection, inf) > 0.6  # the lesion is found (as in the CLI test above) ...
-    lungs_alone = Segmenter(lung, None).segment(volume, "hu", tasks=("lung",), progress=False).lung_labels
+    lungs_alone = make_segmenter(lung, None).segment(volume, "hu", tasks=("lung",), progress=False).lung_labels
     assert np.any((open_.infection > 0) & (lungs_alone == 0))  # ... also where it is a hole of the lung model's mask
     assert np.all(open_.lung_labels[open_.infection > 0] > 0)  # and counted as lung
     assert not open_.lung_labels[mid][:, vessel].any()  # the vessel's hole stays open

@@ -14,6 +14,7 @@ import pytest
 from lungseg.errors import InputError
 from lungseg.inference.dicom_write import write_dicom_series
 from lungseg.inference.readers import read_input
+from lungseg.limits import load_limits
 from lungseg.volume import from_canonical_array
 
 SPACING = (2.5, 0.75, 0.8)
@@ -41,8 +42,8 @@ def test_nifti_hu_and_reoriented_nifti_give_the_same_canonical_volume(tmp_path):
     nib.save(reoriented, str(tmp_path / "ras.nii.gz"))
     assert nib.aff2axcodes(reoriented.affine) != ("L", "P", "S")
 
-    v1, k1 = read_input(lps)
-    v2, k2 = read_input(tmp_path / "ras.nii.gz")
+    v1, k1 = read_input(lps, load_limits())
+    v2, k2 = read_input(tmp_path / "ras.nii.gz", load_limits())
     assert k1 == k2 == "hu"
     np.testing.assert_array_equal(v1.array, hu)
     np.testing.assert_array_equal(v2.array, hu)
@@ -52,7 +53,7 @@ def test_nifti_hu_and_reoriented_nifti_give_the_same_canonical_volume(tmp_path):
 
 def test_uint8_nifti_is_detected_as_uint8(tmp_path):
     u8 = np.random.default_rng(1).integers(0, 256, size=(4, 40, 40)).astype(np.uint8)
-    _, kind = read_input(_save_canonical_nifti(tmp_path / "u8.nii.gz", u8))
+    _, kind = read_input(_save_canonical_nifti(tmp_path / "u8.nii.gz", u8), load_limits())
     assert kind == "uint8"
 
 
@@ -62,7 +63,7 @@ def test_grayscale_png_is_a_one_slice_uint8_volume(tmp_path):
     # A gray picture saved with three identical channels is accepted too.
     cv2.imwrite(str(tmp_path / "slice3.png"), np.dstack([img, img, img]))
     for name in ("slice.png", "slice3.png"):
-        volume, kind = read_input(tmp_path / name)
+        volume, kind = read_input(tmp_path / name, load_limits())
         assert kind == "uint8"
         assert volume.array.shape == (1, 48, 64) and volume.spacing == (1.0, 1.0, 1.0)
         np.testing.assert_array_equal(volume.array[0], img)
@@ -75,52 +76,52 @@ def test_colour_photo_is_refused(tmp_path):
     photo[20:40, 20:40, 1] = 150
     cv2.imwrite(str(tmp_path / "photo.png"), photo)
     with pytest.raises(InputError, match=r"photo\.png.*colour"):
-        read_input(tmp_path / "photo.png")
+        read_input(tmp_path / "photo.png", load_limits())
 
 
 @pytest.mark.parametrize("size", [(1, 1), (20, 64)])
 def test_tiny_image_is_refused(tmp_path, size):
     cv2.imwrite(str(tmp_path / "tiny.png"), np.full(size, 128, np.uint8))
     with pytest.raises(InputError, match=r"tiny\.png.*not a CT slice.*pixels"):
-        read_input(tmp_path / "tiny.png")
+        read_input(tmp_path / "tiny.png", load_limits())
 
 
 @pytest.mark.parametrize("name", ["empty.nii.gz", "empty.png", "empty.zip", "empty.bin"])
 def test_empty_file_is_refused(tmp_path, name):
     (tmp_path / name).write_bytes(b"")
     with pytest.raises(InputError, match=rf"{name.replace('.', '[.]')}.*empty"):
-        read_input(tmp_path / name)
+        read_input(tmp_path / name, load_limits())
 
 
 def test_4d_nifti_is_refused(tmp_path):
     data = np.zeros((40, 40, 5, 3), np.int16)
     nib.save(nib.Nifti1Image(data, np.eye(4)), str(tmp_path / "fmri.nii.gz"))
     with pytest.raises(InputError, match=r"fmri\.nii\.gz.*4D NIfTI \(3 volumes"):
-        read_input(tmp_path / "fmri.nii.gz")
+        read_input(tmp_path / "fmri.nii.gz", load_limits())
 
 
 def test_corrupt_and_unknown_files_are_refused(tmp_path):
     (tmp_path / "bad.nii.gz").write_bytes(gzip.compress(b"not a nifti header at all" * 10))
     with pytest.raises(InputError, match=r"bad\.nii\.gz.*(NIfTI|read)"):
-        read_input(tmp_path / "bad.nii.gz")
+        read_input(tmp_path / "bad.nii.gz", load_limits())
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"garbage" * 20)
     with pytest.raises(InputError, match=r"bad\.png.*not a readable"):
-        read_input(tmp_path / "bad.png")
+        read_input(tmp_path / "bad.png", load_limits())
     (tmp_path / "notes.txt").write_text("hello")
     with pytest.raises(InputError, match=r"notes\.txt.*unknown input type"):
-        read_input(tmp_path / "notes.txt")
+        read_input(tmp_path / "notes.txt", load_limits())
     with pytest.raises(InputError, match="no such file"):
-        read_input(tmp_path / "missing.nii.gz")
+        read_input(tmp_path / "missing.nii.gz", load_limits())
     (tmp_path / "no_dicom").mkdir()
     (tmp_path / "no_dicom" / "readme.txt").write_text("x")
     with pytest.raises(InputError, match="no DICOM image found"):
-        read_input(tmp_path / "no_dicom")
+        read_input(tmp_path / "no_dicom", load_limits())
 
 
 def test_dicom_series_gives_the_canonical_volume_and_grid(tmp_path):
     hu = _hu_volume()
     write_dicom_series(hu, SPACING, tmp_path / "series", origin_lps=(-100.0, -120.0, 40.0))
-    volume, kind = read_input(tmp_path / "series")
+    volume, kind = read_input(tmp_path / "series", load_limits())
     assert kind == "hu"
     np.testing.assert_array_equal(volume.array, hu)  # slices sorted by position, not by file name
     np.testing.assert_allclose(volume.spacing, SPACING, rtol=1e-5)
@@ -135,7 +136,7 @@ def test_zip_of_dicom_series(tmp_path):
     with zipfile.ZipFile(tmp_path / "series.zip", "w") as zf:
         for p in paths:
             zf.write(p, arcname=f"study/{p.name}")
-    volume, _ = read_input(tmp_path / "series.zip")
+    volume, _ = read_input(tmp_path / "series.zip", load_limits())
     np.testing.assert_array_equal(volume.array, hu)
 
 
@@ -144,7 +145,7 @@ def test_two_dicom_series_take_the_largest_and_log_it(tmp_path, caplog):
     write_dicom_series(big, SPACING, tmp_path / "study" / "a", series_uid="1.2.3.7", description="big one")
     write_dicom_series(small, SPACING, tmp_path / "study" / "b", series_uid="1.2.3.3", description="scout")
     with caplog.at_level(logging.WARNING, logger="lungseg"):
-        volume, _ = read_input(tmp_path / "study")
+        volume, _ = read_input(tmp_path / "study", load_limits())
     np.testing.assert_array_equal(volume.array, big)
     assert volume.meta["series_uid"] == "1.2.3.7" and volume.meta["n_series"] == 2
     text = caplog.text

@@ -15,6 +15,7 @@ from lungseg.inference import report as report_mod
 from lungseg.inference.readers import read_input
 from lungseg.inference.report import make_report, severity_grade, write_outputs
 from lungseg.inference.segment import Segmentation
+from lungseg.limits import load_limits
 from lungseg.volume import from_canonical_array, load_canonical
 
 
@@ -169,7 +170,7 @@ def test_write_outputs_replaces_a_previous_output_but_not_a_foreign_folder(tmp_p
 def test_png_input_also_gets_png_masks(tmp_path):
     img = np.full((40, 48), 30, np.uint8)
     cv2.imwrite(str(tmp_path / "slice.png"), img)
-    volume, _ = read_input(tmp_path / "slice.png")
+    volume, _ = read_input(tmp_path / "slice.png", load_limits())
     lungs = np.zeros((1, 40, 48), np.uint8)
     lungs[0, 10:30, 28:40] = 1
     lungs[0, 10:30, 6:18] = 2

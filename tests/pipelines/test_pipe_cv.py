@@ -162,7 +162,7 @@ def test_fold_ensembles_are_offered_after_single_models_and_never_picked_by_defa
 
 
 def test_flip_tta_averages_the_model_and_its_mirror():
-    from lungseg.inference.ensemble import FlipTTAModel
+    from lungseg.inference.wrappers import FlipTTAModel
 
     class LeftEdge:
         """Predicts 1 on the left half of every slice: not mirror-symmetric, so TTA must change it."""

@@ -9,7 +9,8 @@ import pytest
 from lungseg.errors import ConfigError
 from lungseg.limits import inference_parameters
 from lungseg.pipeline_registry import register_pipelines
-from lungseg.pipelines.training.registry import SERVING_KEYS, combined_model
+from lungseg.pipelines.training.registry import combined_model
+from lungseg.serving.bundle import SETTINGS_KEYS
 
 REGISTRY = {"register": True, "model_name": "lungseg-combined", "models_dir": "data/06_models"}
 
@@ -30,7 +31,7 @@ def test_the_models_of_the_run_and_the_inference_settings_are_packed(tmp_path):
                          lung_config={"task": "lung"}, infection_folds=folds)
     assert out["register"] is True and out["name"] == "lungseg-combined"
     assert out["lung"] == ("lung", {"task": "lung"}) and out["infection"] == {"fold_0": ("m0", {"task": "infection"})}
-    assert set(out["settings"]) == set(SERVING_KEYS) and out["settings"]["guard"] == inference_parameters()["guard"]
+    assert set(out["settings"]) == set(SETTINGS_KEYS) and out["settings"]["guard"] == inference_parameters()["guard"]
 
 
 def test_a_missing_partner_model_skips_registration_with_a_warning(tmp_path, caplog):

@@ -24,6 +24,7 @@ import pytest
 from rule_models import WINDOW, band_model, unit
 
 from lungseg import cli
+from lungseg.limits import load_limits
 from lungseg.volume import from_canonical_array
 
 BIN = Path(sys.executable).parent
@@ -75,7 +76,7 @@ def store(tmp_path_factory):
     """Two rule models as .keras files, registered once as lungseg-combined in a sqlite store; a CT."""
     from lungseg.inference.models import load_model_spec
     from lungseg.limits import inference_parameters
-    from lungseg.pipelines.training.registry import SERVING_KEYS
+    from lungseg.serving.bundle import SETTINGS_KEYS
     from lungseg.serving.register import log_combined_model
 
     tmp = tmp_path_factory.mktemp("serving")
@@ -92,7 +93,7 @@ def store(tmp_path_factory):
     src = tmp / "chest.nii.gz"
     nib.save(from_canonical_array(ct, SPACING).to_nifti(ct, np.int16), str(src))
     uri = f"sqlite:///{tmp / 'mlflow.db'}"
-    settings = {k: inference_parameters()[k] for k in SERVING_KEYS}
+    settings = {k: inference_parameters()[k] for k in SETTINGS_KEYS}
     with tracking(uri) as mlflow:
         exp = mlflow.create_experiment("serving-test", artifact_location=(tmp / "artifacts").as_uri())
         with mlflow.start_run(experiment_id=exp):
@@ -162,9 +163,9 @@ def test_the_registered_model_predicts_in_a_fresh_process_as_lungseg_predict(sto
 
 
 def test_lungseg_predict_model_uri_and_load_segmenter(store, tmp_path, monkeypatch):
-    from lungseg.inference.models import load_segmenter
     from lungseg.inference.readers import read_input
     from lungseg.inference.report import make_report
+    from lungseg.serving.bundle import load_segmenter
 
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store["uri"])
     with tracking(store["uri"]):
@@ -174,8 +175,8 @@ def test_lungseg_predict_model_uri_and_load_segmenter(store, tmp_path, monkeypat
         assert_same_as_predict(store, nib.load(str(out / "lung_and_infection_mask.nii.gz")), report)
         assert report["models"]["lung"].startswith(model_uri(store))
 
-        segmenter = load_segmenter(model_uri(store))  # what the web UI calls
-        volume, kind = read_input(store["ct"])
+        segmenter = load_segmenter(model_uri(store))  # the Python entry point
+        volume, kind = read_input(store["ct"], load_limits())
         seg = segmenter.segment(volume, kind, progress=False)
         labels = volume.to_nifti(seg.combined(), np.uint8)
         assert_same_as_predict(store, labels, make_report(seg, volume.spacing))
@@ -242,7 +243,7 @@ def test_mlflow_models_serve_answers_with_the_masks_of_lungseg_predict(store):
 
 def test_a_folder_that_is_no_combined_model_is_named(tmp_path):
     from lungseg.errors import ModelNotFoundError
-    from lungseg.inference.models import load_combined_models
+    from lungseg.serving.bundle import load_combined_models
 
     with pytest.raises(ModelNotFoundError, match=r"not a lungseg combined model .*settings.json"):
         load_combined_models(tmp_path)

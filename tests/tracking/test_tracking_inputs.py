@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlflow
 import numpy as np
 import pandas as pd
+import pytest
 
 from lungseg.tracking import log_inputs, split_inputs
 
@@ -48,3 +49,29 @@ def test_log_inputs_fills_the_runs_dataset_entries(tmp_path):
     train = by_context["training"]
     assert train.dataset.name == "synthetic_demo" and train.dataset.digest == inputs["training"]["digest"]
     assert {t.key: t.value for t in train.tags}["n_slices"] == "2"
+
+
+def test_flatten_dict_as_kedro_mlflow_flattens_dict_params():
+    from lungseg.tracking import flatten_dict
+
+    params = {"model": {"depth": 4, "reduce_lr": {"factor": 0.5}, "empty": {}}, "env": "demo"}
+    assert flatten_dict(params) == {"model.depth": 4, "model.reduce_lr.factor": 0.5, "env": "demo"}
+    assert flatten_dict(params, recursive=False, sep="/") == {"model/depth": 4, "model/reduce_lr": {"factor": 0.5},
+                                                               "model/empty": {}, "env": "demo"}
+
+
+def test_log_param_follows_the_long_params_strategy(monkeypatch):
+    from mlflow.utils.validation import MAX_PARAM_VAL_LENGTH
+
+    from lungseg import tracking
+
+    logged, tags = {}, {}
+    monkeypatch.setattr(mlflow, "log_param", lambda k, v: logged.__setitem__(k, v))
+    monkeypatch.setattr(mlflow, "set_tag", lambda k, v: tags.__setitem__(k, v))
+    long = "x" * (MAX_PARAM_VAL_LENGTH + 1)
+    tracking.log_param("short", 3, "fail")
+    tracking.log_param("cut", long, "truncate")
+    tracking.log_param("tagged", long, "tag")
+    assert logged == {"short": 3, "cut": long[:MAX_PARAM_VAL_LENGTH]} and tags == {"tagged": long}
+    with pytest.raises(ValueError, match="long_params_strategy"):
+        tracking.log_param("refused", long, "fail")

@@ -145,15 +145,18 @@ def load_model(path: str | Path, task: str, models_dir: str | Path, precision: s
 
 
 def segment(loaded: LoadedInput, lung_model, infection_model, choice: str, batch_size: int = 8):
-    """Segment an uploaded image with :class:`lungseg.inference.segment.Segmenter`."""
+    """Segment an uploaded image with :class:`lungseg.inference.segment.Segmenter` (the project's guard bounds)."""
     from lungseg.inference.segment import Segmenter
+    from lungseg.inference.settings import InferenceSettings
+    from lungseg.limits import load_guard
 
     if lung_model is None:
         raise ModelNotFoundError(missing_model_message(["lung"], "the models folder"))
     tasks = TASK_CHOICES[choice]
     if "infection" in tasks and infection_model is None:
         raise ModelNotFoundError(missing_model_message(["infection"], "the models folder"))
-    segmenter = Segmenter(lung_model, infection_model if "infection" in tasks else None, batch_size)
+    settings = InferenceSettings(guard=load_guard(), batch_size=batch_size)
+    segmenter = Segmenter.from_models(lung_model, infection_model if "infection" in tasks else None, settings)
     return segmenter.segment(loaded.volume, loaded.source_kind, tasks=tasks, progress=False)
 
 

@@ -118,7 +118,7 @@ class MlflowCombinedModelDataset(AbstractDataset):
         self.model_info = log_combined_model(data["lung"], data["infection"], data["settings"], data["name"])
 
     def load(self) -> Any:
-        raise DatasetError("MlflowCombinedModelDataset is write-only: load the model with lungseg.inference.models.load_segmenter")
+        raise DatasetError("MlflowCombinedModelDataset is write-only: load the model with lungseg.serving.bundle.load_segmenter")
 
     def _describe(self) -> dict[str, Any]:
         return {}

@@ -128,12 +128,17 @@ def summarize_cv(table: pd.DataFrame, metric: str, prefix: str = "") -> dict[str
 
 def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str, dict],
                    source_kinds: Mapping[str, str], batch_size: int, input_equalised: bool = False,
-                   flip_tta: bool = False, lung_fill_holes: bool = False):
+                   flip_tta: bool = False, lung_fill_holes: bool = False, *, guard):
     """``segment(case, record, fold)`` for :func:`combined_oof_metrics`: the fold's lung and
     infection models in a :class:`lungseg.inference.segment.Segmenter`, as ``lungseg predict`` runs them
-    (``input_equalised``: the dataset's images already carry CLAHE; see ``source_clahe_clip_limit``)."""
-    from lungseg.inference.models import LoadedModel
+    (``input_equalised``: the dataset's images already carry CLAHE; see ``source_clahe_clip_limit``;
+    ``guard``: the plausibility guard's bounds, ``inference.guard``)."""
+    from lungseg.inference.loaded_model import LoadedModel
     from lungseg.inference.segment import Segmenter
+    from lungseg.inference.settings import InferenceSettings
+
+    settings = InferenceSettings(guard=guard, batch_size=batch_size, input_equalised=input_equalised,
+                                 flip_tta=flip_tta, lung_fill_holes=lung_fill_holes)
     from lungseg.models.cv import fold_name
     from lungseg.volume import from_canonical_array
 
@@ -143,10 +148,9 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
         name = fold_name(fold)
         if name not in segmenters:
             lung, inf = lung_folds[name], infection_folds[name]
-            segmenters[name] = Segmenter(LoadedModel(lung["model"], lung["config"], f"lung {name}"),
-                                         LoadedModel(inf["model"], inf["config"], f"infection {name}"), batch_size,
-                                         input_equalised=input_equalised, flip_tta=flip_tta,
-                                         lung_fill_holes=lung_fill_holes)
+            segmenters[name] = Segmenter.from_models(LoadedModel(lung["model"], lung["config"], f"lung {name}"),
+                                                     LoadedModel(inf["model"], inf["config"], f"infection {name}"),
+                                                     settings)
         volume = from_canonical_array(rec["ct"], tuple(float(s) for s in rec["spacing"]), source=case)
         seg = segmenters[name].segment(volume, source_kinds[case], progress=False, keep_probabilities=True)
         return seg.lung_labels, seg.infection, seg.infection_prob

@@ -43,6 +43,17 @@ from scipy import ndimage
 
 from lungseg.errors import ConfigError, DataValidationError
 from lungseg.imaging.masks import bounding_box
+from lungseg.imaging.overlap import (  # noqa: F401  (the overlap metrics are imported from here too)
+    as_binary,
+    binary_pair,
+    confusion,
+    dice,
+    f1,
+    iou,
+    metrics_from_counts,
+    precision,
+    recall,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -53,34 +64,6 @@ NSD_TOLERANCE_MM: dict[str, float] = {"lung": 1.0, "infection": 3.0}
 SLICE_METRICS: tuple[str, ...] = ("dice", "iou", "precision", "recall", "f1")
 
 HD95_METHODS = ("max_directed", "pooled")
-
-
-# --------------------------------------------------------------------------------------------------
-# input handling
-# --------------------------------------------------------------------------------------------------
-def as_binary(mask: np.ndarray, name: str = "mask") -> np.ndarray:
-    """Return ``mask`` as a boolean array (non-zero is foreground), refusing non-binary float arrays."""
-    arr = np.asarray(mask)
-    if arr.dtype == bool:
-        return arr
-    if np.issubdtype(arr.dtype, np.integer):
-        return arr != 0
-    if np.issubdtype(arr.dtype, np.floating):
-        if not np.all((arr == 0) | (arr == 1)):
-            raise DataValidationError(
-                f"{name} is a float array with values other than 0 and 1 (probabilities?); "
-                "threshold it into a binary mask first"
-            )
-        return arr != 0
-    raise DataValidationError(f"{name} has dtype {arr.dtype}, expected a bool, integer or 0/1 float mask")
-
-
-def _pair(pred: np.ndarray, gt: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    p = as_binary(pred, "prediction")
-    g = as_binary(gt, "ground truth")
-    if p.shape != g.shape:
-        raise DataValidationError(f"prediction shape {p.shape} differs from ground-truth shape {g.shape}")
-    return p, g
 
 
 def _spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
@@ -95,74 +78,6 @@ def _spacing(spacing: Sequence[float] | None, ndim: int) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------------------------------
-# overlap metrics
-# --------------------------------------------------------------------------------------------------
-def confusion(pred: np.ndarray, gt: np.ndarray) -> tuple[int, int, int, int]:
-    """Confusion counts ``(tp, fp, fn, tn)`` of two binary masks of the same shape."""
-    p, g = _pair(pred, gt)
-    tp = int(np.count_nonzero(p & g))
-    n_pred = int(np.count_nonzero(p))
-    n_gt = int(np.count_nonzero(g))
-    fp = n_pred - tp
-    fn = n_gt - tp
-    tn = int(p.size) - tp - fp - fn
-    return tp, fp, fn, tn
-
-
-def _safe_ratio(num: np.ndarray, den: np.ndarray, both_empty: np.ndarray, empty_value: float) -> np.ndarray:
-    """``num / den`` with the module's empty convention (vectorised)."""
-    num = np.asarray(num, dtype=float)
-    den = np.asarray(den, dtype=float)
-    out = np.divide(num, den, out=np.zeros(np.broadcast(num, den).shape, dtype=float), where=den > 0)
-    return np.where(both_empty, float(empty_value), out)
-
-
-def metrics_from_counts(
-    tp: np.ndarray | int, fp: np.ndarray | int, fn: np.ndarray | int, empty_value: float = 1.0
-) -> dict[str, np.ndarray]:
-    """Dice, IoU, precision, recall and F1 from confusion counts (scalars or arrays, vectorised)."""
-    tp, fp, fn = (np.asarray(x, dtype=np.int64) for x in (tp, fp, fn))
-    both_empty = (tp + fp + fn) == 0
-    return {
-        "dice": _safe_ratio(2 * tp, 2 * tp + fp + fn, both_empty, empty_value),
-        "iou": _safe_ratio(tp, tp + fp + fn, both_empty, empty_value),
-        "precision": _safe_ratio(tp, tp + fp, both_empty, empty_value),
-        "recall": _safe_ratio(tp, tp + fn, both_empty, empty_value),
-        "f1": _safe_ratio(2 * tp, 2 * tp + fp + fn, both_empty, empty_value),
-    }
-
-
-def _metric(name: str, pred: np.ndarray, gt: np.ndarray, empty_value: float) -> float:
-    tp, fp, fn, _ = confusion(pred, gt)
-    return float(metrics_from_counts(tp, fp, fn, empty_value)[name])
-
-
-def dice(pred: np.ndarray, gt: np.ndarray, empty_value: float = 1.0) -> float:
-    """Dice coefficient ``2 tp / (2 tp + fp + fn)``; ``empty_value`` when both masks are empty."""
-    return _metric("dice", pred, gt, empty_value)
-
-
-def iou(pred: np.ndarray, gt: np.ndarray, empty_value: float = 1.0) -> float:
-    """Intersection over union (Jaccard) ``tp / (tp + fp + fn)``; ``empty_value`` when both are empty."""
-    return _metric("iou", pred, gt, empty_value)
-
-
-def precision(pred: np.ndarray, gt: np.ndarray, empty_value: float = 1.0) -> float:
-    """Precision ``tp / (tp + fp)``; ``empty_value`` when both are empty, 0.0 when only pred is empty."""
-    return _metric("precision", pred, gt, empty_value)
-
-
-def recall(pred: np.ndarray, gt: np.ndarray, empty_value: float = 1.0) -> float:
-    """Recall (sensitivity) ``tp / (tp + fn)``; ``empty_value`` when both are empty, 0.0 when only gt is."""
-    return _metric("recall", pred, gt, empty_value)
-
-
-def f1(pred: np.ndarray, gt: np.ndarray, empty_value: float = 1.0) -> float:
-    """F1 score, the harmonic mean of precision and recall (equal to Dice for binary masks)."""
-    return _metric("f1", pred, gt, empty_value)
-
-
-# --------------------------------------------------------------------------------------------------
 # per-slice metrics
 # --------------------------------------------------------------------------------------------------
 def slice_metrics(pred: np.ndarray, gt: np.ndarray, empty_value: float = 1.0) -> pd.DataFrame:
@@ -172,7 +87,7 @@ def slice_metrics(pred: np.ndarray, gt: np.ndarray, empty_value: float = 1.0) ->
     (empty convention of this module), ``gt_pixels``, ``pred_pixels``, ``both_empty`` (bool) and the
     counts ``tp, fp, fn``. A trailing channel axis of size 1 (``(N, H, W, 1)``) is accepted.
     """
-    p, g = _pair(pred, gt)
+    p, g = binary_pair(pred, gt)
     if p.ndim == 4 and p.shape[-1] == 1:
         p, g = p[..., 0], g[..., 0]
     if p.ndim != 3:
@@ -256,7 +171,7 @@ def surface_distances(
     masks are empty both arrays are empty; when exactly one is empty, the distances from the other
     one's surface are ``inf`` and the empty mask's array is empty.
     """
-    p, g = _pair(pred, gt)
+    p, g = binary_pair(pred, gt)
     sp = _spacing(spacing, p.ndim)
     has_p, has_g = bool(p.any()), bool(g.any())
     if not has_p and not has_g:
@@ -319,7 +234,7 @@ def volume_metrics(
     """
     _check_tolerance(tolerance_mm)
     try:
-        p, g = _pair(pred, gt)
+        p, g = binary_pair(pred, gt)
         sp = _spacing(spacing, p.ndim)
     except DataValidationError as exc:
         raise DataValidationError(exc.problem, case=case) from exc

@@ -4,10 +4,11 @@ Public API (imported lazily, so that reading an input does not import Keras)::
 
     from lungseg.inference import read_input, load_model_spec, Segmenter, make_report, write_outputs
 
-* :mod:`lungseg.inference.readers`  ``read_input(path) -> (Volume, source_kind)``
+* :mod:`lungseg.inference.readers`  ``read_input(path, limits) -> (Volume, source_kind)``
 * :mod:`lungseg.inference.models`   ``LoadedModel``, ``find_latest_model``, ``list_trained_models``,
   ``load_model_spec``
-* :mod:`lungseg.inference.segment`  ``Segmentation``, ``Segmenter``
+* :mod:`lungseg.inference.segment`  ``Segmentation``, ``Segmenter`` (``Segmenter.from_models``)
+* :mod:`lungseg.inference.settings` ``InferenceSettings`` (``InferenceSettings.from_params(params["inference"])``)
 * :mod:`lungseg.inference.report`   ``severity_grade``, ``make_report``, ``write_outputs``
 * :mod:`lungseg.inference.batch`    ``find_cases``, ``run_batch`` (folders of NIfTI, metadata.csv)
 * :mod:`lungseg.inference.dicom`    ``read_series_folder``
@@ -26,6 +27,7 @@ _EXPORTS = {
     "load_model_spec": "models",
     "Segmentation": "segment",
     "Segmenter": "segment",
+    "InferenceSettings": "settings",
     "severity_grade": "report",
     "make_report": "report",
     "write_outputs": "report",

@@ -11,7 +11,7 @@ Ground truth
     prediction and the mask in canonical order, no resampling), by the reader and rule of
     :mod:`lungseg.inference.ground_truth` (the web UI's too): ``lung_dice`` / ``lung_iou`` (predicted
     lung labels > 0 vs the mask's lung) and ``infection_dice`` / ``infection_iou`` (predicted infection
-    vs the mask's infection), with :func:`lungseg.evaluation.metrics.dice` / ``iou`` (1.0 when both are
+    vs the mask's infection), with :func:`lungseg.imaging.overlap.dice` / ``iou`` (1.0 when both are
     empty). A binary mask is the mask of its column's task; a label map gives lung = labels 1-3 and
     infection = label 3. The columns stay empty for a case without ground truth, and the infection ones
     when the infection task was not run. A ground-truth mask that cannot be used (missing, unreadable,
@@ -123,7 +123,7 @@ def ground_truth_metrics(
     Raises:
         DataValidationError: a ground-truth mask cannot be used.
     """
-    from lungseg.evaluation.metrics import dice, iou
+    from lungseg.imaging.overlap import dice, iou
     from lungseg.inference.ground_truth import predicted, read_ground_truth
 
     if item.ground_truth_problem:
@@ -189,7 +189,8 @@ def run_batch(
     outdir: str | Path,
     tasks: Sequence[str] = TASKS,
     progress: bool = True,
-    limits=None,
+    *,
+    limits,
     overwrite: bool = False,
 ) -> pd.DataFrame:
     """Segment every case into ``outdir/<case>/`` and return the summary table (one row per case).
@@ -201,8 +202,8 @@ def run_batch(
         outdir: the batch output folder.
         tasks: the tasks to run.
         progress: show a tqdm bar over the cases.
-        limits: the resource limits of :func:`lungseg.inference.readers.read_input` (None: the
-            project's parameters).
+        limits: the resource limits of :func:`lungseg.inference.readers.read_input` (``Limits`` or the
+            ``inference.limits`` dict).
         overwrite: write into ``outdir`` even if it is not a lungseg batch output (``--overwrite``).
 
     Failures of one case (any :class:`LungsegError`) are logged and recorded in the ``status`` /
@@ -214,10 +215,10 @@ def run_batch(
     from lungseg.inference.readers import read_input
     from lungseg.inference.report import make_report, write_outputs
     from lungseg.layout import check_case_id
-    from lungseg.limits import limits_or_default
+    from lungseg.limits import as_limits
 
     outdir = check_batch_output_dir(outdir, overwrite)
-    limits = limits_or_default(limits)
+    limits = as_limits(limits)
     items = [_as_case(c) for c in cases]
     for item in items:  # case ids name folders: never a path (find_cases checks them too)
         try:

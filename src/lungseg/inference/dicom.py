@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from lungseg.errors import InputError
-from lungseg.limits import Limits, check_volume_shape, limits_or_default
+from lungseg.limits import Limits, as_limits, check_volume_shape
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ class DicomSeries:
     n_series: int
 
 
-def read_series_folder(folder: Path, origin: str | Path | None = None, limits: Limits | None = None) -> DicomSeries:
+def read_series_folder(folder: Path, origin: str | Path | None = None, *, limits: Limits | dict) -> DicomSeries:
     """Read the largest DICOM image series found in ``folder`` (searched recursively).
 
     ``origin`` is the name used in messages (the .zip a temporary folder came from, say); ``limits``
@@ -80,16 +80,16 @@ def _name(f: Path, origin: str | Path) -> str:
         return Path(f).name
 
 
-def read_series_files(files: Iterable[Path], origin: str | Path, limits: Limits | None = None) -> DicomSeries:
+def read_series_files(files: Iterable[Path], origin: str | Path, limits: Limits | dict) -> DicomSeries:
     """Read the largest image series among ``files``; non-DICOM files are skipped unparsed.
 
-    Every header is checked against ``limits`` (:class:`lungseg.limits.Limits`; None reads the
-    project's parameters) before any pixel data is read: Rows, Columns and Rows x Columns x frames of
+    Every header is checked against ``limits`` (:class:`lungseg.limits.Limits` or the ``inference.limits``
+    dict) before any pixel data is read: Rows, Columns and Rows x Columns x frames of
     each file, then the slices and voxels of the series.
     """
     import pydicom
 
-    limits = limits_or_default(limits)
+    limits = as_limits(limits)
     files = list(files)
     where = f"file {str(origin)!r}"
     groups: dict[str, list[tuple[Path, object]]] = {}

@@ -11,49 +11,16 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
-from typing import Any
-
-import numpy as np
 
 from lungseg.errors import ConfigError, ModelNotFoundError
-from lungseg.inference.models import LoadedModel, check_config
+from lungseg.inference.loaded_model import LoadedModel, check_config
+from lungseg.inference.wrappers import EnsembleModel
+from lungseg.layout import cv_name, variant_name
 
 logger = logging.getLogger(__name__)
 
 #: Config keys that describe how one member was trained, not how its input is prepared.
 PER_MEMBER_KEYS = frozenset({"train_cases", "val_cases", "run_fingerprint", "trained_at", "fold", "dataset"})
-
-
-class EnsembleModel:
-    """Averages the sigmoid outputs of its members (the ``predict_on_batch`` interface inference uses)."""
-
-    def __init__(self, members: list[Any]):
-        if not members:
-            raise ConfigError("an ensemble needs at least one model")
-        self.members = list(members)
-        self.inputs = members[0].inputs
-
-    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
-        total = None
-        for member in self.members:
-            out = np.asarray(member.predict_on_batch(batch), dtype=np.float32)
-            total = out if total is None else total + out
-        return total / len(self.members)
-
-
-class FlipTTAModel:
-    """Flip test-time augmentation: the mean of the model on the slices and, flipped back, on their
-    left-right mirror images (the training augmentation includes horizontal flips)."""
-
-    def __init__(self, model: Any):
-        self.model = model
-        self.inputs = getattr(model, "inputs", None)
-
-    def predict_on_batch(self, batch: np.ndarray) -> np.ndarray:
-        batch = np.asarray(batch)
-        plain = np.asarray(self.model.predict_on_batch(batch), dtype=np.float32)
-        mirrored = np.asarray(self.model.predict_on_batch(np.ascontiguousarray(batch[:, :, ::-1])), dtype=np.float32)
-        return (plain + mirrored[:, :, ::-1]) / 2
 
 
 def is_fold_folder(path: str | Path) -> bool:
@@ -122,12 +89,12 @@ def fold_folder_for(models: str | Path, task: str) -> Path:
         return path
     places = [path, path.parent] if is_fold_folder(path) else [path]
     for place in places:
-        found = sorted(p for p in place.glob(f"{task}_*_cv") if is_fold_folder(p) and _folder_task(p) == task)
-        preferred = [p for p in found if p.name == f"{task}_unet_cv"]
+        found = sorted(p for p in place.glob(cv_name(f"{task}_*")) if is_fold_folder(p) and _folder_task(p) == task)
+        preferred = [p for p in found if p.name == cv_name(variant_name(task, "unet"))]
         if len(found) == 1 or preferred:
             return (preferred or found)[0]
         if found:
             raise ConfigError(f"folder {str(place)!r} holds several {task} cross-validations "
                               f"({', '.join(p.name for p in found)}); name one with --{task}-model")
     raise ModelNotFoundError(f"folder {str(path)!r}: no {task} fold models found; train them with "
-                             f"`kedro run --pipeline={task}_unet_cv`")
+                             f"`kedro run --pipeline={cv_name(variant_name(task, 'unet'))}`")

@@ -18,56 +18,34 @@ from __future__ import annotations
 import datetime as _dt
 import json
 import logging
-import re
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, InputError, ModelNotFoundError
-from lungseg.layout import ARCHITECTURES, MODELS_DIR, TASKS, check_task, split_variant
+from lungseg.inference.ensemble import is_fold_folder, load_fold_ensemble
+from lungseg.inference.loaded_model import (  # noqa: F401  (LoadedModel ... are imported from here too)
+    CONFIG_DEFAULTS,
+    CONFIG_FILE,
+    MODEL_FILE,
+    LoadedModel,
+    check_config,
+    read_config,
+    training_hint,
+)
+from lungseg.layout import (
+    ARCHITECTURES,
+    MODELS_DIR,
+    TASKS,
+    check_task,
+    is_cv_name,
+    is_model_uri,
+    split_variant,
+    strip_cv,
+)
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.keras"
-CONFIG_FILE = "model_config.json"
-#: Defaults for config keys that older configs may lack.
-CONFIG_DEFAULTS: dict[str, Any] = {"threshold": 0.5}
-_MLFLOW_URI = re.compile(r"^(runs|models|mlflow-artifacts|s3|gs|wasbs|hdfs|dbfs):/", re.IGNORECASE)
 _KEDRO_VERSION_FORMAT = "%Y-%m-%dT%H.%M.%S.%fZ"
-
-
-@dataclass
-class LoadedModel:
-    """A trained Keras model with its preprocessing config.
-
-    Attributes:
-        model: the ``keras.Model`` (float32 (N, S, S, 1) in [0, 1] -> sigmoid (N, S, S, 1)).
-        config: the preprocessing config saved with it (``task``, ``image_size``, ``crop_mode``,
-            ``window``, ``clahe_*``, ``crop_margin``, ``threshold``...).
-        source: where it came from (a path or an MLflow URI), for messages and reports.
-    """
-
-    model: Any
-    config: dict
-    source: str
-
-    @property
-    def task(self) -> str | None:
-        return self.config.get("task")
-
-    @property
-    def image_size(self) -> int:
-        return int(self.config["image_size"])
-
-    @property
-    def threshold(self) -> float:
-        return float(self.config.get("threshold", 0.5))
-
-
-def training_hint(task: str) -> str:
-    """The commands that train a model of ``task`` (named in every 'model not found' message)."""
-    return (f"train one with `kedro run --pipeline={task}_unet` on the real dataset "
-            f"(add --env=demo for the synthetic one), or `make demo` for the small demo models")
 
 
 def _version_of(path: Path) -> str:
@@ -98,15 +76,13 @@ def list_trained_models(models_dir: str | Path = MODELS_DIR) -> dict[str, list[d
         cross-validation's fold models (``<variant>_cv/``, ``ensemble`` True), their folder. Single
         models come first, newest first; fold ensembles after them. Both keys are always present.
     """
-    from lungseg.inference.ensemble import is_fold_folder
-
     models_dir = Path(models_dir)
     found: dict[str, list[dict]] = {task: [] for task in TASKS}
     if not models_dir.is_dir():
         return found
     for variant_dir in sorted(p for p in models_dir.iterdir() if p.is_dir()):
-        ensemble = variant_dir.name.endswith("_cv") and is_fold_folder(variant_dir)
-        parsed = split_variant(variant_dir.name[: -len("_cv")] if ensemble else variant_dir.name)
+        ensemble = is_cv_name(variant_dir.name) and is_fold_folder(variant_dir)
+        parsed = split_variant(strip_cv(variant_dir.name) if ensemble else variant_dir.name)
         if parsed is None:
             continue
         task, architecture = parsed
@@ -186,38 +162,6 @@ def config_path_for(model_path: str | Path) -> Path:
     )
 
 
-def read_config(path: str | Path, task: str | None = None, source: str | None = None) -> dict:
-    """Read and check a model's preprocessing config."""
-    path = Path(path)
-    try:
-        config = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise ConfigError(f"file {str(path)!r}: unreadable model config ({exc})") from exc
-    return check_config(config, task, source or str(path))
-
-
-def check_config(config: Any, task: str | None, source: str) -> dict:
-    """Validate a config dict (``image_size`` present, task matching) and fill defaults."""
-    if not isinstance(config, dict):
-        raise ConfigError(f"model {source!r}: the model config is not a JSON object")
-    if "image_size" not in config:
-        raise ConfigError(f"model {source!r}: the model config has no 'image_size'")
-    if task is not None and config.get("task") not in (None, task):
-        raise ConfigError(
-            f"model {source!r} was trained for the {config.get('task')!r} task but was given as the {task} model"
-        )
-    out = {**CONFIG_DEFAULTS, **config}
-    if task is not None:
-        out.setdefault("task", task)
-    if out.get("task") == "lung" and out.get("crop_mode", "body") != "body":
-        raise ConfigError(
-            f"model {source!r} is a lung model trained on slices cropped to the ground-truth lungs "
-            f"(preprocessing.lung_crop_source: lung_mask, the paper's protocol); a new CT has no lung mask, "
-            f"so it cannot be used for inference. Retrain it with lung_crop_source: body"
-        )
-    return out
-
-
 def _resolve_path(spec: Path) -> Path:
     """A model file from a path given by the user (a file, a versioned folder or a variant folder)."""
     if spec.is_file():
@@ -262,11 +206,9 @@ def load_model_spec(
         InputError: the model file cannot be loaded.
     """
     check_task(task)
-    if spec is not None and _MLFLOW_URI.match(str(spec)):
+    if is_model_uri(spec):
         return _load_mlflow(str(spec), task)
     if spec is not None and str(spec).strip():
-        from lungseg.inference.ensemble import is_fold_folder, load_fold_ensemble
-
         if is_fold_folder(Path(spec).expanduser()):
             return load_fold_ensemble(Path(spec).expanduser(), task)
     if spec is None or str(spec).strip() == "":
@@ -369,25 +311,3 @@ def _mlflow_config(uri: str, info: Any, task: str | None = None) -> dict | None:
         if not isinstance(config, dict) or task is None or config.get("task") in (None, task):
             return config
     return None
-
-
-# ------------------------------------------------------------------------ lungseg-combined (registered)
-
-
-def load_combined_models(spec: str | Path, tasks=TASKS) -> tuple[LoadedModel, LoadedModel | None]:
-    """The lung and infection models of a ``lungseg-combined`` model: an MLflow URI
-    (``models:/lungseg-combined/<version>``, ``models:/lungseg-combined@<alias>``, ``runs:/<id>/lungseg_combined``)
-    or its folder. ``lungseg predict --model`` calls it. Raises :class:`ModelNotFoundError` naming the store."""
-    from lungseg.serving.bundle import load_combined
-
-    combined = load_combined(spec, tuple(tasks))
-    return combined.lung, combined.infection
-
-
-def load_segmenter(spec: str | Path, **overrides: Any):
-    """A :class:`~lungseg.inference.segment.Segmenter` for a ``lungseg-combined`` model (URI or folder),
-    with the inference settings stored in it (``overrides``: e.g. ``flip_tta=True``, ``batch_size=8``):
-    the same code and settings as ``mlflow models serve`` runs. For the web UI."""
-    from lungseg.serving.bundle import load_combined
-
-    return load_combined(spec).segmenter(**overrides)

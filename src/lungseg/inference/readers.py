@@ -24,7 +24,7 @@ import numpy as np
 from lungseg.errors import DataValidationError, InputError
 from lungseg.inference import dicom
 from lungseg.layout import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, ZIP_SUFFIX
-from lungseg.limits import Limits, check_payload_size, check_volume_shape, check_zip, limits_or_default
+from lungseg.limits import Limits, as_limits, check_payload_size, check_volume_shape, check_zip
 from lungseg.volume import Volume, from_canonical_array, load_canonical
 
 logger = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ _JPEG_MAGIC = b"\xff\xd8\xff"
 _ZIP_MAGIC = b"PK\x03\x04"
 
 
-def read_input(path: str | Path, limits: Limits | dict | None = None) -> tuple[Volume, str]:
+def read_input(path: str | Path, limits: Limits | dict) -> tuple[Volume, str]:
     """Read one CT input into a canonical Volume, within the resource limits.
 
     Args:
@@ -46,8 +46,8 @@ def read_input(path: str | Path, limits: Limits | dict | None = None) -> tuple[V
             largest is taken if it holds several), a ``.zip`` of a DICOM series, a single DICOM file,
             or a ``.png``/``.jpg``/``.jpeg`` 2D grayscale slice (a volume of one slice, spacing 1 mm,
             intensities taken as 0-255).
-        limits: :class:`lungseg.limits.Limits` (or the ``inference.limits`` dict); None reads the
-            project's parameters. Checked on headers before any array is allocated.
+        limits: :class:`lungseg.limits.Limits` (or the ``inference.limits`` dict; ``load_limits()``
+            gives the project's). Checked on headers before any array is allocated.
 
     Returns:
         ``(volume, source_kind)`` where ``source_kind`` is ``"hu"`` or ``"uint8"``.
@@ -58,7 +58,7 @@ def read_input(path: str | Path, limits: Limits | dict | None = None) -> tuple[V
             over a limit (a header bomb, a zip bomb, huge DICOM dimensions); not enough memory.
     """
     path = Path(path)
-    limits = limits_or_default(limits)
+    limits = as_limits(limits)
     if not path.exists():
         raise InputError(f"file {str(path)!r}: no such file or folder")
     try:

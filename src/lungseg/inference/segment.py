@@ -14,7 +14,9 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from lungseg.errors import ConfigError, InputError
-from lungseg.inference.models import LoadedModel
+from lungseg.inference.loaded_model import LoadedModel
+from lungseg.inference.settings import InferenceSettings
+from lungseg.inference.wrappers import FlipTTAModel
 from lungseg.layout import TASKS
 from lungseg.volume import Volume
 
@@ -86,51 +88,45 @@ class Segmenter:
     full-volume arrays are the input and the uint8/bool masks (and the float32 probabilities when
     asked for).
 
+    Build one with :meth:`from_models` (every caller does): the models and an
+    :class:`~lungseg.inference.settings.InferenceSettings` (batch size, chunk size, lung clean-up,
+    hole filling, flip TTA, the plausibility guard's bounds, ``input_equalised``). Nothing is read
+    from the project's parameters here: the caller gives every setting.
+
     Args:
         lung: the lung model (needed for every task: the infection model works on the lung crop).
         infection: the infection model, or None to segment the lungs only.
-        batch_size: slices per model call.
-        chunk_slices: slices prepared and mapped back at a time (rounded up to a multiple of
-            ``batch_size``).
-        lung_min_ratio: the 3D lung clean-up keeps the second largest component (the other lung) when it
-            holds at least this share of the largest one's voxels (:func:`lungseg.imaging.clean_lung_mask`).
-        flip_tta: average each model's output with its output on the mirrored slices (twice the model calls).
-        lung_fill_holes: fill every hole of the lung model's mask, slice by slice. Off by default: the
+        settings: the settings. ``chunk_slices`` is rounded up to a multiple of ``batch_size``;
+            ``lung_fill_holes`` off (the default) keeps the holes of the lung model's mask: the
             dataset's lung masks leave vessels and airways out, so a hole is lung only where it holds
             infection (the infection model still looks inside the lungs' filled outline, and the
-            infection it finds in a hole joins the lungs).
-        input_equalised: the input already carries CLAHE (its source applied it, as the
-            covid20-dev slices do), so the models' own CLAHE step is skipped instead of applied twice.
-        guard: the plausibility guard's bounds (:class:`lungseg.limits.GuardParams` or the
-            ``inference.guard`` dict); None reads them from the project's parameters.
+            infection it finds in a hole joins the lungs); ``input_equalised``: the input already
+            carries CLAHE (its source applied it, as the covid20-dev slices do), so the models' own
+            CLAHE step is skipped instead of applied twice.
     """
 
-    def __init__(
-        self,
-        lung: LoadedModel | None,
-        infection: LoadedModel | None,
-        batch_size: int = 16,
-        chunk_slices: int = 64,
-        input_equalised: bool = False,
-        lung_min_ratio: float = 0.1,
-        flip_tta: bool = False,
-        guard=None,
-        lung_fill_holes: bool = False,
-    ):
-        if int(batch_size) < 1:
-            raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
+    def __init__(self, lung: LoadedModel | None, infection: LoadedModel | None, settings: InferenceSettings):
+        if not isinstance(settings, InferenceSettings):
+            raise ConfigError(f"a Segmenter takes InferenceSettings, got {type(settings).__name__}; "
+                              "build it with Segmenter.from_models")
         self.lung = lung
         self.infection = infection
-        self.batch_size = int(batch_size)
-        self.chunk_slices = max(1, -(-int(chunk_slices) // self.batch_size)) * self.batch_size
+        self.settings = settings
+        self.batch_size = settings.batch_size
+        self.chunk_slices = max(1, -(-settings.chunk_slices // self.batch_size)) * self.batch_size
         # an input whose source already applied CLAHE (a dataset declared so) is not equalised twice
-        self._overrides = {"clahe_clip_limit": 0.0} if input_equalised else {}
-        self.lung_min_ratio = float(lung_min_ratio)
-        self.flip_tta = bool(flip_tta)
-        self.lung_fill_holes = bool(lung_fill_holes)
-        from lungseg.limits import GuardParams, load_guard
+        self._overrides = {"clahe_clip_limit": 0.0} if settings.input_equalised else {}
+        self.lung_min_ratio = settings.lung_min_ratio
+        self.flip_tta = settings.flip_tta
+        self.lung_fill_holes = settings.lung_fill_holes
+        self.guard = settings.guard
 
-        self.guard = load_guard() if guard is None else guard if isinstance(guard, GuardParams) else GuardParams.from_params(guard)
+    @classmethod
+    def from_models(cls, lung: LoadedModel | None, infection: LoadedModel | None,
+                    settings: InferenceSettings) -> Segmenter:
+        """The segmenter of ``lung`` and ``infection`` (None: lungs only) with ``settings``
+        (``InferenceSettings.from_params(params["inference"])``, or built directly)."""
+        return cls(lung, infection, settings)
 
     # ---------------------------------------------------------------------------------------------
     def predict_slices(self, loaded: LoadedModel, images_u8: np.ndarray) -> np.ndarray:
@@ -140,8 +136,6 @@ class Segmenter:
         """
         model = loaded.model
         if self.flip_tta:
-            from lungseg.inference.ensemble import FlipTTAModel
-
             model = FlipTTAModel(model)
         return predict_probabilities(model, images_u8, self.batch_size)
 

@@ -20,6 +20,18 @@ import pandas as pd
 
 from lungseg.config import check_section, positive_number
 from lungseg.errors import ConfigError, TrainingDataError
+from lungseg.models.data import SliceSequence, split_model_input
+from lungseg.models.factory import build_model, compile_model
+from lungseg.models.precision import check_precision, precision_policy, resolve_and_log, with_precision
+from lungseg.models.train import (
+    LR_SCHEDULES,
+    WEIGHTS,
+    check_training_data,
+    fit,
+    learning_rate_for,
+    set_seeds,
+    strategy_scope,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -58,14 +70,10 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
     positive_number(params, "repeats", section, integer=True)
     if params["max_train_slices"] is not None:
         positive_number(params, "max_train_slices", section, integer=True)
-    from lungseg.models.train import LR_SCHEDULES, WEIGHTS
-
     for key, allowed in (("lr_schedule", LR_SCHEDULES), ("weights", WEIGHTS)):
         if params[key] not in allowed:
             raise ConfigError(f"{section}.{key} must be one of {', '.join(allowed)}, got {params[key]!r}")
     positive_number(params, "validation_freq", section, integer=True)
-    from lungseg.models.precision import check_precision
-
     check_precision(params["precision"], section)
     if params["validation_freq"] > 1 and params["weights"] != "last":
         raise ConfigError(f"{section}.validation_freq {params['validation_freq']} needs {section}.weights: last "
@@ -94,9 +102,6 @@ def run_fingerprint(arch: str, arch_params: dict[str, Any], training_params: dic
 
 def _training_slices(model_input, case_split, task: str, params: dict[str, Any], seed: int):
     """Train and validation arrays, the training set subsampled to ``max_train_slices``."""
-    from lungseg.models.data import split_model_input
-    from lungseg.models.train import check_training_data
-
     x_train, y_train, _ = split_model_input(model_input, case_split, "train")
     x_val, y_val, _ = split_model_input(model_input, case_split, "val")
     check_training_data(x_train, y_train, task)
@@ -118,10 +123,6 @@ def train_variant(
 ) -> TrainResult:
     """Build, compile and fit one variant on the ``train`` cases of ``case_split``, validating on
     its ``val`` cases, and describe the result in a model config."""
-    from lungseg.models import SliceSequence, build_model, compile_model, fit, set_seeds
-    from lungseg.models.precision import precision_policy, resolve_and_log, with_precision
-    from lungseg.models.train import learning_rate_for, strategy_scope
-
     params = check_training_params(model_params, training_params)
     prep = json.loads(str(model_input["config_json"]))
     task, size = prep["task"], int(prep["image_size"])

@@ -22,12 +22,18 @@ from pathlib import Path
 from typing import Any
 
 from lungseg.errors import ConfigError, ModelNotFoundError
+from lungseg.inference.loaded_model import LoadedModel
+from lungseg.inference.models import load_model_spec
+from lungseg.inference.segment import Segmenter
+from lungseg.inference.settings import InferenceSettings
+from lungseg.layout import TASKS, is_model_uri
 
 logger = logging.getLogger(__name__)
 
 BUNDLE_ARTIFACT = "bundle"
 SETTINGS_FILE = "settings.json"
-#: The settings a bundle holds (the ``inference`` parameters that change what the Segmenter returns).
+#: The settings a bundle holds: the ``inference`` parameters that change what the Segmenter returns (the
+#: registry node takes these from the run's parameters; the rest concern batch runs of the pipeline).
 #: ``precision`` is the served model's default prediction precision (the pyfunc model applies it; a
 #: bundle written before it existed predicts in float32); ``lungseg predict --model`` uses ``--precision``.
 SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits", "precision")
@@ -44,19 +50,10 @@ class CombinedModels:
 
     def segmenter(self, **overrides):
         """The :class:`~lungseg.inference.segment.Segmenter` of the bundle's models and settings."""
-        from lungseg.inference.segment import Segmenter
-
-        s = {**self.settings, **overrides}
-        return Segmenter(
-            self.lung,
-            self.infection,
-            int(s["batch_size"]),
-            lung_min_ratio=float(s["lung_min_ratio"]),
-            flip_tta=bool(s["flip_tta"]),
-            guard=s["guard"],
-            # a bundle written before the setting existed filled every hole of the lungs
-            lung_fill_holes=bool(s.get("lung_fill_holes", True)),
-        )
+        # a bundle written before lung_fill_holes existed filled every hole of the lungs
+        stored = {"lung_fill_holes": True, **self.settings}
+        settings = InferenceSettings.from_params(stored, f"settings of {self.source}", **overrides)
+        return Segmenter.from_models(self.lung, self.infection, settings)
 
 
 def _copy_model(model: Any, dest: Path) -> str:
@@ -112,8 +109,6 @@ def write_bundle(dest: str | Path, lung: Any, infection: Any, settings: dict[str
 
 def load_bundle(folder: str | Path, source: str | None = None, tasks=("lung", "infection")) -> CombinedModels:
     """Load a bundle folder (see the module docstring) with the CLI's own model loader."""
-    from lungseg.inference.models import load_model_spec
-
     folder = Path(folder)
     where = source or str(folder)
     try:
@@ -138,16 +133,12 @@ def _task_spec(folder: Path) -> Path:
     return folder / "model.keras" if (folder / "model.keras").is_file() else folder
 
 
-def is_mlflow_uri(spec: str) -> bool:
-    return str(spec).split(":/", 1)[0].lower() in ("models", "runs", "mlflow-artifacts", "file") and ":/" in str(spec)
-
-
 def local_bundle(uri_or_folder: str | Path) -> Path:
     """The bundle folder of a combined model given as an MLflow URI (``models:/lungseg-combined/3``,
     ``models:/lungseg-combined@champion``, ``runs:/<id>/lungseg_combined``), as the pyfunc model's own
     folder (with its ``MLmodel``), or as a bundle folder."""
     spec = str(uri_or_folder)
-    if is_mlflow_uri(spec):
+    if is_model_uri(spec):
         import mlflow
 
         try:
@@ -177,3 +168,18 @@ def local_bundle(uri_or_folder: str | Path) -> Path:
 def load_combined(uri_or_folder: str | Path, tasks=("lung", "infection")) -> CombinedModels:
     """Load a ``lungseg-combined`` model from the MLflow registry (or a folder): both models and the settings."""
     return load_bundle(local_bundle(uri_or_folder), str(uri_or_folder), tasks)
+
+
+def load_combined_models(spec: str | Path, tasks=TASKS) -> tuple[LoadedModel, LoadedModel | None]:
+    """The lung and infection models of a ``lungseg-combined`` model: an MLflow URI
+    (``models:/lungseg-combined/<version>``, ``models:/lungseg-combined@<alias>``, ``runs:/<id>/lungseg_combined``)
+    or its folder. ``lungseg predict --model`` calls it. Raises :class:`ModelNotFoundError` naming the store."""
+    combined = load_combined(spec, tuple(tasks))
+    return combined.lung, combined.infection
+
+
+def load_segmenter(spec: str | Path, **overrides: Any) -> Segmenter:
+    """A :class:`~lungseg.inference.segment.Segmenter` for a ``lungseg-combined`` model (URI or folder),
+    with the inference settings stored in it (``overrides``: e.g. ``flip_tta=True``, ``batch_size=8``):
+    the same code and settings as ``mlflow models serve`` runs."""
+    return load_combined(spec).segmenter(**overrides)

@@ -11,6 +11,7 @@ import pandas as pd
 
 from lungseg.config import check_section
 from lungseg.evaluation.cv import combined_oof_metrics, fold_segmenter, oof_case_metrics, summarize_cv
+from lungseg.limits import load_guard
 from lungseg.models.cv import fold_table, train_folds
 from lungseg.models.inputs import source_equalised
 from lungseg.pipelines.evaluation.nodes import EVALUATION_KEYS
@@ -54,9 +55,10 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     """The combined system (predicted lungs, then infection inside them) out of fold, per case."""
     params = check_section(params, "evaluation", EVALUATION_KEYS)
     kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
+    # the guard's bounds of conf/base (what the out-of-fold Segmenter read for itself before #26)
     segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
                              input_equalised=source_equalised(preprocessing), flip_tta=bool(params["flip_tta"]),
-                             lung_fill_holes=bool(params["lung_fill_holes"]))
+                             lung_fill_holes=bool(params["lung_fill_holes"]), guard=load_guard())
     table = combined_oof_metrics(segment, folds, canonical_cases)
     summary = {"n_folds": int(folds["fold"].nunique()),
                "involvement_abs_error_mean": float((table["pred_involvement_percent"]

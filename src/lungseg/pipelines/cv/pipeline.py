@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from kedro.pipeline import Node, Pipeline
 
-from lungseg.layout import variant_task
+from lungseg.layout import cv_name, variant_task
 
 #: The lung folds the combined system uses with any infection variant.
 COMBINED_LUNG_VARIANT = "lung_unet"
@@ -51,12 +51,12 @@ def create_variant_cv_pipeline(variant: str) -> Pipeline:
         Node(plot_cv, "oof_case_metrics", "cv_plot", name="plot_cv"),
     ])
     return Pipeline(
-        template, namespace=f"{variant}_cv",
+        template, namespace=cv_name(variant),
         inputs={"model_input": f"preprocessing.{task}_model_input", "folds": "cv.folds",
                 "enhanced_cases": "preprocessing.enhanced_cases"},
         parameters={"params:model": f"params:{variant}.model", "params:training": f"params:{variant}.training",
                     "params:dataset_name": "params:dataset_name", "params:evaluation": "params:evaluation"},
-        tags=["cv", f"{variant}_cv", task],
+        tags=["cv", cv_name(variant), task],
     )
 
 
@@ -73,11 +73,11 @@ def create_combined_cv_pipeline(variant: str) -> Pipeline:
         Node(plot_combined, "combined_case_metrics", "combined_plot", name="plot_combined"),
     ])
     return Pipeline(
-        template, namespace=f"{variant}_cv",
-        inputs={"lung_folds": f"{COMBINED_LUNG_VARIANT}_cv.fold_models", "folds": "cv.folds",
+        template, namespace=cv_name(variant),
+        inputs={"lung_folds": f"{cv_name(COMBINED_LUNG_VARIANT)}.fold_models", "folds": "cv.folds",
                 "canonical_cases": "canonical_cases", "case_table": "case_table"},
         parameters={"params:evaluation": "params:evaluation", "params:preprocessing": "params:preprocessing"},
-        tags=["cv", f"{variant}_cv", "combined"],
+        tags=["cv", cv_name(variant), "combined"],
     )
 
 

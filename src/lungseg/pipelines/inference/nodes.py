@@ -65,18 +65,18 @@ def run_inference(params: dict) -> pd.DataFrame:
     from lungseg.inference.batch import evaluation_failures, find_cases, run_batch, select_cases
     from lungseg.inference.models import load_model_spec
     from lungseg.inference.segment import Segmenter
-    from lungseg.limits import GuardParams, Limits
+    from lungseg.inference.settings import InferenceSettings
+    from lungseg.limits import Limits
     from lungseg.models.precision import check_precision, loaded_in, resolve_and_log
 
     Limits.from_params(p["limits"])  # checked before any model is loaded
-    GuardParams.from_params(p["guard"])
+    settings = InferenceSettings.from_params(p)  # the guard too
     policy = resolve_and_log(check_precision(p["precision"], "inference"), "Prediction")
     ids = _case_ids(p["cases"])
     cases = select_cases(find_cases(Path(p["input"])), ids)
     lung = loaded_in(load_model_spec(p["lung_model"], "lung", p["models_dir"]), policy)
     infection = loaded_in(load_model_spec(p["infection_model"], "infection", p["models_dir"]), policy) if "infection" in tasks else None
-    segmenter = Segmenter(lung, infection, int(p["batch_size"]), lung_min_ratio=float(p["lung_min_ratio"]),
-                          lung_fill_holes=bool(p["lung_fill_holes"]), flip_tta=bool(p["flip_tta"]), guard=p["guard"])
+    segmenter = Segmenter.from_models(lung, infection, settings)
     from lungseg.inference.output_lock import output_lock
 
     with output_lock(p["output_dir"]):  # one run per output folder, as `lungseg predict`

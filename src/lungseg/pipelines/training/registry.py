@@ -16,12 +16,12 @@ from kedro.pipeline import Node, Pipeline
 
 from lungseg.config import check_section
 from lungseg.errors import ModelNotFoundError
+from lungseg.layout import is_cv_name
+from lungseg.serving.bundle import SETTINGS_KEYS
 
 logger = logging.getLogger(__name__)
 
 REGISTRY_KEYS = ("register", "model_name", "models_dir")
-#: The ``inference`` parameters the served model keeps (the rest concern batch runs of the pipeline).
-SERVING_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits", "precision")
 
 
 def combined_model(registry: dict[str, Any], inference: dict[str, Any], lung_model=None, lung_config=None,
@@ -42,7 +42,7 @@ def combined_model(registry: dict[str, Any], inference: dict[str, Any], lung_mod
             except ModelNotFoundError as exc:
                 logger.warning("%s is not registered by this run: %s", registry["model_name"], exc)
                 return {"register": False}
-    settings = {k: inference[k] for k in SERVING_KEYS}
+    settings = {k: inference[k] for k in SETTINGS_KEYS}
     return {"register": True, "name": str(registry["model_name"]), "settings": settings, **parts}
 
 
@@ -58,7 +58,7 @@ def create_registry_pipeline(lung: str | None, infection: str | None) -> Pipelin
     trained model in ``registry.models_dir``)."""
     inputs = {"registry": "params:registry", "inference": "params:inference"}
     for task, source in (("lung", lung), ("infection", infection)):
-        if source and source.endswith("_cv"):
+        if source and is_cv_name(source):
             inputs[f"{task}_folds"] = f"{source}.fold_models"
         elif source:
             inputs.update({f"{task}_model": f"{source}.model", f"{task}_config": f"{source}.model_config"})
