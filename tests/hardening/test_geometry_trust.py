@@ -21,6 +21,7 @@ from hardening_helpers import (
 from lungseg.errors import InputError
 from lungseg.inference.dicom_write import write_dicom_series
 from lungseg.inference.readers import read_input
+from lungseg.limits import load_limits
 from lungseg.volume import shear_degrees
 
 SPACING = (2.5, 0.8, 0.8)
@@ -55,13 +56,13 @@ def test_a_sheared_nifti_is_refused_by_name_before_any_model_loads(tmp_path, rul
     assert "tilted.nii.gz" in line and "sheared by 15.0 degrees" in line and "dcm2niix" in line
     assert not out.exists() and leftovers(tmp_path) == []
     # a shear within rounding of the header is read, and so is an oblique but orthogonal grid
-    read_input(_sheared(src, tmp_path / "rounding.nii.gz", 0.2))
+    read_input(_sheared(src, tmp_path / "rounding.nii.gz", 0.2), load_limits())
     img = nib.load(str(src))
     rot = np.eye(4)
     c, s = np.cos(np.radians(20)), np.sin(np.radians(20))
     rot[1:3, 1:3] = [[c, -s], [s, c]]
     nib.save(nib.Nifti1Image(np.asanyarray(img.dataobj), rot @ img.affine), str(tmp_path / "oblique.nii.gz"))
-    volume, _ = read_input(tmp_path / "oblique.nii.gz")
+    volume, _ = read_input(tmp_path / "oblique.nii.gz", load_limits())
     assert volume.spacing == pytest.approx(SPACING)
 
 
@@ -91,14 +92,14 @@ def test_two_different_images_at_one_position_are_refused_and_a_true_duplicate_i
     ds = pydicom.dcmread(paths[4])
     ds.SOPInstanceUID = pydicom.uid.generate_uid()
     ds.save_as(copy)
-    volume, _ = read_input(tmp_path / "s")  # the same pixels twice: one slice
+    volume, _ = read_input(tmp_path / "s", load_limits())  # the same pixels twice: one slice
     assert volume.array.shape[0] == len(paths)
     pixels = ds.pixel_array.copy()
     pixels[10:20, 10:20] = 2000  # another reconstruction at the same position
     ds.PixelData = pixels.astype("<u2").tobytes()
     ds.save_as(copy)
     with pytest.raises(InputError, match=r"zz_copy\.dcm.*same slice position but hold different images"):
-        read_input(tmp_path / "s")
+        read_input(tmp_path / "s", load_limits())
 
 
 def test_a_rescale_that_overflows_is_refused_by_name(tmp_path, rule_models, capsys):

@@ -286,12 +286,13 @@ def test_oversized_upload_is_refused(monkeypatch, models_dir):
 
 
 def _nii(arr_zyx: np.ndarray, affine=None) -> bytes:
-    affine = np.diag([-0.8, -0.8, 2.5, 1.0]) if affine is None else affine  # LPS: canonical already
+    affine = np.diag([-0.8, -0.8, 4.0, 1.0]) if affine is None else affine  # LPS: canonical already
     return gzip.compress(nib.Nifti1Image(np.ascontiguousarray(arr_zyx.transpose(2, 1, 0)), affine).to_bytes())
 
 
-def _volume_case():
-    cases = [synthetic_case(seed=s) for s in (201, 202, 203)]
+def _volume_case(seeds=(201, 202, 203, 204, 205, 206, 207)):
+    """A HU volume of len(seeds) + 1 slices (8 at 4 mm: 32 mm, whole lungs for ml and severity)."""
+    cases = [synthetic_case(seed=s) for s in seeds]
     ct = np.stack([np.zeros_like(cases[0][0])] + [c for c, _ in cases])  # slice 0 holds no lung
     labels = np.stack([np.zeros_like(cases[0][1])] + [lab for _, lab in cases])
     hu = (ct.astype(np.int16) * 6 - 1250).astype(np.int16)  # back to HU through the training window
@@ -340,6 +341,16 @@ def test_nifti_volume_flow_views_download_and_dice(monkeypatch, models_dir):
     # a PNG ground truth for a volume is refused with a message
     at = _upload(at, "gt_upload", "gt.png", png_bytes(labels[1]))
     assert "unsupported ground-truth mask type (.png)" in _errors(at)[0]
+
+
+def test_a_slab_shows_no_volume_and_no_severity(monkeypatch, models_dir):
+    hu, _ = _volume_case(seeds=(201, 202, 203))  # 4 slices of 4 mm: a slab
+    at = _upload(_app(monkeypatch, models_dir), "ct_upload", "slab.nii.gz", _nii(hu))
+    _assert_no_exception(at)
+    report = at.session_state["_seg"][2]
+    assert report["partial_scan"].startswith("a slab of 4 slices") and report["lung_volume_ml"] is None
+    shown = _metrics(at)
+    assert "Lung volume" not in shown and "Severity grade" not in shown and "Lungs involved" in shown
 
 
 def test_implausible_input_shows_the_warning_instead_of_numbers(monkeypatch, models_dir):
