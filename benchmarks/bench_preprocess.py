@@ -144,6 +144,24 @@ def main() -> None:
         print(f"    naive:   {timings['naive']:8.1f} slices/s")
         print(f"    ratio project/naive: {timings['project'] / timings['naive']:.2f}x   (target >= 3)")
 
+    # ---- the .nii.gz read alone: nibabel's zlib stream against python-isal's igzip (lungseg.volume.load_nifti,
+    # what lungseg predict, the UI and the ground-truth reader use), same file, same array
+    from lungseg.volume import load_nifti
+
+    reads = {}
+    for name, fn in (("zlib (nib.load)", lambda p: nib.load(str(p))), ("isal (load_nifti)", load_nifti)):
+        best = float("inf")
+        for _ in range(max(2, args.repeats)):
+            t0 = time.perf_counter()
+            arr = np.asanyarray(fn(case_path).dataobj)
+            best = min(best, time.perf_counter() - t0)
+        reads[name] = (best, arr)
+    (z_s, z_arr), (i_s, i_arr) = reads.values()
+    assert np.array_equal(z_arr, i_arr), "isal and zlib reads differ"
+    print(f"  .nii.gz read alone ({case_path.stat().st_size / 1e6:.0f} MB gzipped): zlib {z_s:.3f} s, isal {i_s:.3f} s "
+          f"-> ratio {z_s / i_s:.2f}x (same array)")
+    del reads, z_arr, i_arr, arr
+
     # ---- peak RSS over a whole set
     root = args.workdir / f"set_{args.rss_profile}"
     if not (root / "metadata.csv").exists():

@@ -150,3 +150,29 @@ def test_two_dicom_series_take_the_largest_and_log_it(tmp_path, caplog):
     assert volume.meta["series_uid"] == "1.2.3.7" and volume.meta["n_series"] == 2
     text = caplog.text
     assert "2 DICOM series" in text and "1.2.3.7" in text and "big one" in text and "1.2.3.3" in text
+
+
+def test_load_nifti_reads_gzip_through_isal_exactly_as_nibabel(tmp_path):
+    """#24 item 4: .nii.gz decompressed by python-isal's igzip gives nibabel's own array, header and
+    scaling; a plain .nii is nib.load's; a truncated .nii.gz is still a one-line InputError."""
+    import nibabel as nib
+
+    from lungseg.errors import InputError
+    from lungseg.volume import load_nifti
+
+    rng = np.random.default_rng(0)
+    data = rng.integers(-1024, 2000, size=(40, 30, 7)).astype(np.int16)
+    img = nib.Nifti1Image(data, np.diag([0.7, 0.8, 2.5, 1.0]))
+    img.header.set_slope_inter(0.5, -10)  # scaled data must come back scaled
+    for name in ("ct.nii.gz", "ct.nii"):
+        nib.save(img, str(tmp_path / name))
+        got = load_nifti(tmp_path / name)
+        want = nib.load(str(tmp_path / name))
+        np.testing.assert_array_equal(np.asanyarray(got.dataobj), np.asanyarray(want.dataobj))
+        np.testing.assert_array_equal(got.affine, want.affine)
+        assert got.header.get_zooms() == want.header.get_zooms()
+    assert type(load_nifti(tmp_path / "ct.nii.gz").file_map["image"].fileobj).__module__.startswith("isal")
+    raw = (tmp_path / "ct.nii.gz").read_bytes()
+    (tmp_path / "cut.nii.gz").write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(InputError, match="cut.nii.gz"):
+        read_input(tmp_path / "cut.nii.gz", load_limits())

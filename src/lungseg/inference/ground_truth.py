@@ -123,10 +123,10 @@ def _read_png(path: Path, case: str | None, name: str) -> np.ndarray:
 def _read_nifti(path: Path, target, case: str | None, name: str) -> np.ndarray:
     import nibabel as nib
 
-    from lungseg.volume import load_canonical
+    from lungseg.volume import load_canonical, load_nifti
 
     try:
-        img = nib.load(str(path))
+        img = load_nifti(path)  # nib.load, gzip through python-isal
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, OSError...
         raise DataValidationError(
             f"cannot read the NIfTI ground-truth mask (corrupt file?): {type(exc).__name__}: {exc}",

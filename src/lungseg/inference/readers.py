@@ -25,7 +25,7 @@ from lungseg.errors import DataValidationError, InputError
 from lungseg.inference import dicom
 from lungseg.layout import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, ZIP_SUFFIX
 from lungseg.limits import Limits, as_limits, check_payload_size, check_volume_shape, check_zip
-from lungseg.volume import Volume, from_canonical_array, load_canonical
+from lungseg.volume import Volume, from_canonical_array, load_canonical, load_nifti
 
 logger = logging.getLogger(__name__)
 
@@ -146,7 +146,7 @@ def _read_nifti(path: Path, limits: Limits) -> tuple[Volume, str]:
     from lungseg.imaging import detect_source_kind
 
     try:
-        img = nib.load(str(path))
+        img = load_nifti(path)  # nib.load, gzip through python-isal
     except Exception as exc:  # nibabel raises ImageFileError, EOFError, zlib errors, OSError...
         raise InputError(f"file {str(path)!r}: not a readable NIfTI image ({type(exc).__name__}: {exc})") from exc
     spacing_assumed = _check_nifti_header(img, path, limits)
