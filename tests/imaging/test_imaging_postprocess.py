@@ -100,3 +100,21 @@ def test_fill_holes_matches_scipy_per_slice():
     m = (rng.random((5, 30, 30)) < 0.55).astype(np.uint8)
     expected = np.stack([ndimage.binary_fill_holes(s) for s in m]).astype(np.uint8)
     assert np.array_equal(fill_holes(m), expected)
+
+
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("min_ratio", [0.0, 0.1, 0.6])
+def test_clean_lung_mask_labels_once_and_gives_the_two_step_result(seed, min_ratio):
+    """The clean-up reuses the components' labels for the left/right split (one labelling, #24 item 4):
+    the same labels as keeping the largest components and then splitting them, on random blobs."""
+    from scipy import ndimage
+
+    from lungseg.imaging import clean_lung_mask, largest_components, split_left_right
+
+    rng = np.random.default_rng(seed)
+    noise = ndimage.gaussian_filter(rng.random((12, 48, 64)), 2.0)
+    mask = noise > np.quantile(noise, 0.7 + 0.05 * (seed % 3))
+    expected = split_left_right(largest_components(mask, 2, min_ratio=min_ratio), min_ratio=min_ratio)
+    got = clean_lung_mask(mask, min_ratio=min_ratio, fill_holes=False)
+    np.testing.assert_array_equal(got, expected)
+    assert ndimage.label(mask)[1] >= 2 and set(np.unique(got)) == {0, 1, 2}  # several blobs, both sides

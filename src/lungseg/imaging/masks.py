@@ -90,6 +90,25 @@ def largest_components(
     raster order. ``connectivity`` (or an explicit ``structure``) as in the module docstring.
     Returns ``uint8`` 0/1 of the same shape.
     """
+    labels, _ = largest_component_labels(
+        mask, k, min_ratio=min_ratio, min_size=min_size, connectivity=connectivity, structure=structure
+    )
+    return (labels > 0).astype(np.uint8)
+
+
+def largest_component_labels(
+    mask: np.ndarray,
+    k: int | None = None,
+    *,
+    min_ratio: float = 0.0,
+    min_size: int = 0,
+    connectivity: int = 1,
+    structure: np.ndarray | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`largest_components` as labels, for a caller that needs the components too (the 3D lung
+    clean-up splits them into left and right without labelling again): ``(labels, sizes)``, int32
+    labels numbered as :func:`label_components` numbers them, 0 outside the kept components, and
+    ``sizes[i]`` the size of kept label ``i`` (0 for a dropped one and for the background)."""
     fg = _foreground(mask, "largest_components")
     if not 0.0 <= float(min_ratio) <= 1.0:
         raise ConfigError(f"min_ratio must be in [0, 1] (a fraction of the largest component), got {min_ratio!r}")
@@ -98,20 +117,21 @@ def largest_components(
     if int(min_size) < 0:
         raise ConfigError(f"min_size must be >= 0, got {min_size!r}")
     _structure(fg.ndim, connectivity, structure)
-    out = np.zeros(fg.shape, dtype=np.uint8)
+    out = np.zeros(fg.shape, dtype=np.int32)
     box = bounding_box(fg)
     if box is None or k == 0:
-        return out
+        return out, np.zeros(1, dtype=np.int64)
     labels, sizes = label_components(fg[box], connectivity, structure)
     order = np.argsort(sizes, kind="stable")[::-1]
     if k is not None:
         order = order[: int(k)]
     largest = sizes[order[0]]
     ok = (sizes[order] > 0) & (sizes[order] >= int(min_size)) & (sizes[order] >= float(min_ratio) * largest)
-    keep = np.zeros(sizes.shape, dtype=np.uint8)
-    keep[order[ok]] = 1
-    out[box] = keep[labels]
-    return out
+    keep = np.zeros(sizes.shape, dtype=bool)
+    keep[order[ok]] = True
+    lut = np.where(keep, np.arange(sizes.size), 0).astype(np.int32)
+    out[box] = lut[labels]
+    return out, np.where(keep, sizes, 0)
 
 
 def remove_small_objects(

@@ -9,7 +9,13 @@ import numpy as np
 from scipy import ndimage
 
 from lungseg.errors import ConfigError, DataValidationError
-from lungseg.imaging.masks import bounding_box, fill_holes_2d, label_components, largest_components
+from lungseg.imaging.masks import (
+    bounding_box,
+    fill_holes_2d,
+    label_components,
+    largest_component_labels,
+    largest_components,
+)
 
 LEFT, RIGHT = 1, 2
 
@@ -90,12 +96,15 @@ def split_left_right(lung3d: np.ndarray, *, min_ratio: float = 0.1) -> np.ndarra
     return out[0] if squeezed else out
 
 
-def _split_block(fg: np.ndarray, min_ratio: float) -> np.ndarray:
-    """:func:`split_left_right` on the foreground's bounding block."""
-    labels, sizes = label_components(fg, 1)
+def _split_block(fg: np.ndarray, min_ratio: float, labels: np.ndarray | None = None,
+                 sizes: np.ndarray | None = None) -> np.ndarray:
+    """:func:`split_left_right` on the foreground's bounding block; ``labels`` / ``sizes``, when given,
+    are the foreground's components already (:func:`lungseg.imaging.masks.largest_component_labels`)."""
+    if labels is None:
+        labels, sizes = label_components(fg, 1)
     order = np.argsort(sizes, kind="stable")[::-1]
     a = int(order[0])
-    b = int(order[1]) if sizes.size > 2 else 0
+    b = int(order[1]) if np.count_nonzero(sizes) > 1 else 0
     cols = np.arange(fg.shape[2], dtype=np.float64)
     if b and sizes[b] >= min_ratio * sizes[a]:
         # mean column of each component, from its column-wise voxel profile inside its own bounding box
@@ -134,6 +143,10 @@ def clean_lung_mask(binary3d: np.ndarray, *, min_ratio: float = 0.1, fill_holes:
     box = bounding_box(fg)
     if box is None:
         return out[0] if squeezed else out
-    kept = largest_components(fg[box], 2, min_ratio=min_ratio, connectivity=1)
-    out[box] = split_left_right(fill_holes_2d(kept) if fill_holes else kept, min_ratio=min_ratio)
+    if fill_holes:
+        kept = largest_components(fg[box], 2, min_ratio=min_ratio, connectivity=1)
+        out[box] = split_left_right(fill_holes_2d(kept), min_ratio=min_ratio)
+    else:  # the kept components are split as they are: their labels serve both steps (one labelling)
+        labels, sizes = largest_component_labels(fg[box], 2, min_ratio=min_ratio, connectivity=1)
+        out[box] = _split_block(labels > 0, min_ratio, labels, sizes)
     return out[0] if squeezed else out
