@@ -370,7 +370,10 @@ def run_dev_cpu(volume, loaded: dict, batch_size: int, precision: str, profile: 
     Segmenter = timed_segmenter_class()
     lung = loaded_in(copy.copy(loaded["lung"]), precision)
     infection = loaded_in(copy.copy(loaded["infection"]), precision)
-    segmenter = Segmenter(lung, infection, batch_size=batch_size)
+    from lungseg.inference.settings import InferenceSettings
+    from lungseg.limits import load_guard
+
+    segmenter = Segmenter.from_models(lung, infection, InferenceSettings(guard=load_guard(), batch_size=batch_size))
     z = volume.array.shape[0]
     segmenter.segment(
         from_canonical_array(volume.array[: min(z, batch_size + z % batch_size)], volume.spacing), "hu", progress=False
