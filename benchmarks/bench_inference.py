@@ -278,23 +278,29 @@ def save_fold_folder(folder: Path, spec: dict, task: str, k: int) -> Path:
     return out
 
 
+def warm_segmenter(lung, infection, volume, batch_size: int):
+    """A timed Segmenter of the two models, warmed up on a full batch plus the remainder (traces every
+    batch shape the timed run uses), its model-call clock reset."""
+    from lungseg.inference.settings import InferenceSettings
+    from lungseg.limits import load_guard
+    from lungseg.volume import from_canonical_array
+
+    segmenter = timed_segmenter_class().from_models(
+        lung, infection, InferenceSettings(guard=load_guard(), batch_size=batch_size)
+    )
+    z = volume.array.shape[0]
+    warm = from_canonical_array(volume.array[: min(z, batch_size + z % batch_size)], volume.spacing)
+    segmenter.segment(warm, "hu", progress=False)
+    segmenter.model_s = 0.0
+    return segmenter
+
+
 def run_ensemble(spec: dict, volume, folder: Path, batch_size: int, k: int) -> dict:
     """Seconds per volume of a K-fold ensemble per task (both tasks), batched."""
     from lungseg.inference.ensemble import load_fold_ensemble
-    from lungseg.inference.settings import InferenceSettings
-    from lungseg.limits import load_guard
-
-    Segmenter = timed_segmenter_class()
     lung = load_fold_ensemble(save_fold_folder(folder, spec, "lung", k), "lung")
     infection = load_fold_ensemble(save_fold_folder(folder, spec, "infection", k), "infection")
-    segmenter = Segmenter.from_models(lung, infection, InferenceSettings(guard=load_guard(), batch_size=batch_size))
-    from lungseg.volume import from_canonical_array
-
-    z = volume.array.shape[0]
-    segmenter.segment(
-        from_canonical_array(volume.array[: min(z, batch_size + z % batch_size)], volume.spacing), "hu", progress=False
-    )  # warm-up: traces every member's batch shapes
-    segmenter.model_s = 0.0
+    segmenter = warm_segmenter(lung, infection, volume, batch_size)
     seconds = _timed(lambda: segmenter.segment(volume, "hu", progress=False))
     return {"members": k, "seconds": seconds, "model_s": segmenter.model_s, "peak_rss_gb_after": peak_rss_gb()}
 
@@ -365,20 +371,9 @@ def run_dev_cpu(volume, loaded: dict, batch_size: int, precision: str, profile: 
     import copy
 
     from lungseg.models.precision import loaded_in
-    from lungseg.volume import from_canonical_array
-
-    Segmenter = timed_segmenter_class()
     lung = loaded_in(copy.copy(loaded["lung"]), precision)
     infection = loaded_in(copy.copy(loaded["infection"]), precision)
-    from lungseg.inference.settings import InferenceSettings
-    from lungseg.limits import load_guard
-
-    segmenter = Segmenter.from_models(lung, infection, InferenceSettings(guard=load_guard(), batch_size=batch_size))
-    z = volume.array.shape[0]
-    segmenter.segment(
-        from_canonical_array(volume.array[: min(z, batch_size + z % batch_size)], volume.spacing), "hu", progress=False
-    )  # warm-up: traces every member's batch shapes
-    segmenter.model_s = 0.0
+    segmenter = warm_segmenter(lung, infection, volume, batch_size)
     profiler = None
     with StageTimer() as stages:
         if profile:
