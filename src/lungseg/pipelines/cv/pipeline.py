@@ -48,7 +48,7 @@ def create_variant_cv_pipeline(variant: str) -> Pipeline:
              "fold_runs", name="log_fold_runs"),
         Node(cv_inputs, ["model_input", "folds", "params:dataset_name"], "mlflow_inputs", name="log_mlflow_inputs"),
         Node(cv_metrics, "cv_summary", "cv_metrics", name="cv_metrics"),
-        Node(plot_cv, "oof_case_metrics", "cv_plot", name="plot_cv"),
+        Node(plot_cv, "oof_case_metrics", "cv_plot", name="plot_folds"),
     ])
     return Pipeline(
         template, namespace=cv_name(variant),
