@@ -7,6 +7,15 @@ step time (the first step of each epoch left out); the ratios (a)/(b) show what 
 pipeline costs (target >= 0.95). Short epochs on a busy CPU are noisy: use enough ``--steps``.
 
     python benchmarks/bench_train.py --image-size 224 --batch-size 8 --steps 10 --arch both
+
+``--precision float32,mixed_bfloat16`` runs both modes under each Keras policy in the same process
+and prints float32 / bf16 throughput ratios (#24): with the augmenting input pipeline (what a
+``kedro run`` trains with) and on in-memory arrays (the model alone). The dev_cpu U-Nets:
+
+    python benchmarks/bench_train.py --arch unet --image-size 128 --base-filters 16 --depth 4 --batch-size 16 \
+        --steps 12 --precision float32,mixed_bfloat16      # the infection U-Net
+    python benchmarks/bench_train.py --arch unet --image-size 192 --base-filters 8 --depth 5 --batch-size 8 \
+        --steps 12 --precision float32,mixed_bfloat16      # the lung U-Net
 """
 
 from __future__ import annotations
@@ -73,18 +82,31 @@ def _timed_fit(model, data, batch_size: int) -> tuple[float, float]:
     return wall, float(np.median(steady)) if steady else float("nan")
 
 
-def bench_arch(arch: str, args: argparse.Namespace) -> dict:
+def bench_arch(arch: str, args: argparse.Namespace, precision: str = "float32") -> dict:
+    from lungseg.models.precision import precision_policy
+
     set_seeds(0)
-    params = ({"base_filters": args.base_filters, "depth": args.depth} if arch == "unet" else
-              {"aspp_filters": args.aspp_filters, "decoder_filters": args.decoder_filters})
-    model = compile_model(build_model(arch, args.image_size, params), loss="bce_dice", learning_rate=1e-4)
+    params = (
+        {"base_filters": args.base_filters, "depth": args.depth}
+        if arch == "unet"
+        else {"aspp_filters": args.aspp_filters, "decoder_filters": args.decoder_filters}
+    )
+    with precision_policy(precision):  # built (and so trained) under the Keras dtype policy
+        model = compile_model(build_model(arch, args.image_size, params), loss="bce_dice", learning_rate=1e-4)
     n = args.batch_size * args.steps
     images, masks = synthetic_slices(n, args.image_size)
     seq = SliceSequence(images, masks, args.batch_size, AUGMENT, shuffle=True, seed=0, workers=args.workers)
     arrays = (to_unit_float(images)[..., None], masks.astype(np.float32)[..., None])
     # Warm-up: trace the train function for both input kinds.
-    warm_seq = SliceSequence(images[: args.batch_size * 2], masks[: args.batch_size * 2], args.batch_size,
-                             AUGMENT, shuffle=True, seed=1, workers=args.workers)
+    warm_seq = SliceSequence(
+        images[: args.batch_size * 2],
+        masks[: args.batch_size * 2],
+        args.batch_size,
+        AUGMENT,
+        shuffle=True,
+        seed=1,
+        workers=args.workers,
+    )
     _timed_fit(model, warm_seq, args.batch_size)
     _timed_fit(model, (arrays[0][: args.batch_size * 2], arrays[1][: args.batch_size * 2]), args.batch_size)
 
@@ -95,6 +117,7 @@ def bench_arch(arch: str, args: argparse.Namespace) -> dict:
             best[mode] = (min(best[mode][0], wall), min(best[mode][1], step))
     result = {
         "arch": arch,
+        "precision": precision,
         "params": params,
         "n_params": int(model.count_params()),
         "image_size": args.image_size,
@@ -124,25 +147,54 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=1, help="SliceSequence loader threads")
     p.add_argument("--json", action="store_true", help="also print one JSON line per architecture")
     p.add_argument("--check", action="store_true", help="exit with status 1 when a ratio is below 0.95")
+    p.add_argument(
+        "--precision",
+        default="float32",
+        help="Keras policies, comma-separated (float32,mixed_bfloat16: both, and their ratio)",
+    )
     args = p.parse_args(argv)
+    precisions = [x.strip() for x in args.precision.split(",") if x.strip()]
 
     archs = ("unet", "deeplabv3plus") if args.arch == "both" else (args.arch,)
-    print(f"keras {keras.__version__} ({keras.backend.backend()}), python {platform.python_version()}, "
-          f"{os.cpu_count()} CPUs", flush=True)
+    print(
+        f"keras {keras.__version__} ({keras.backend.backend()}), python {platform.python_version()}, "
+        f"{os.cpu_count()} CPUs",
+        flush=True,
+    )
     ok = True
     for arch in archs:
-        r = bench_arch(arch, args)
-        print(f"\n{arch} {r['params']} ({r['n_params']:,} params), {args.image_size} px, batch {args.batch_size}, "
-              f"{args.steps} steps:")
-        print(f"  (a) fit(SliceSequence + augmentation): {r['seq_images_per_s']:8.2f} images/s, "
-              f"median step {r['seq_step_s_median'] * 1000:9.1f} ms")
-        print(f"  (b) fit(in-memory float32 arrays):     {r['arrays_images_per_s']:8.2f} images/s, "
-              f"median step {r['arrays_step_s_median'] * 1000:9.1f} ms")
-        print(f"  ratio (a)/(b): whole epoch {r['ratio']:.3f}, steady state (median step) "
-              f"{r['ratio_steady']:.3f}  (target >= 0.95)", flush=True)
-        if args.json:
-            print(json.dumps(r))
-        ok &= min(r["ratio"], r["ratio_steady"]) >= 0.95
+        runs = {}
+        for precision in precisions:
+            r = runs[precision] = bench_arch(arch, args, precision)
+            print(
+                f"\n{arch} {r['params']} ({r['n_params']:,} params), {args.image_size} px, batch {args.batch_size}, "
+                f"{args.steps} steps, {precision}:"
+            )
+            print(
+                f"  (a) fit(SliceSequence + augmentation): {r['seq_images_per_s']:8.2f} images/s, "
+                f"median step {r['seq_step_s_median'] * 1000:9.1f} ms"
+            )
+            print(
+                f"  (b) fit(in-memory float32 arrays):     {r['arrays_images_per_s']:8.2f} images/s, "
+                f"median step {r['arrays_step_s_median'] * 1000:9.1f} ms"
+            )
+            print(
+                f"  ratio (a)/(b): whole epoch {r['ratio']:.3f}, steady state (median step) "
+                f"{r['ratio_steady']:.3f}  (target >= 0.95)",
+                flush=True,
+            )
+            if args.json:
+                print(json.dumps(r))
+            ok &= min(r["ratio"], r["ratio_steady"]) >= 0.95
+        if "float32" in runs and "mixed_bfloat16" in runs:
+            f, b = runs["float32"], runs["mixed_bfloat16"]
+            print(
+                f"  float32 -> bf16, {arch}: images/s x{b['seq_images_per_s'] / f['seq_images_per_s']:.2f} with the "
+                f"augmenting SliceSequence (median step x{f['seq_step_s_median'] / b['seq_step_s_median']:.2f}), "
+                f"x{b['arrays_images_per_s'] / f['arrays_images_per_s']:.2f} on in-memory arrays (median step "
+                f"x{f['arrays_step_s_median'] / b['arrays_step_s_median']:.2f})",
+                flush=True,
+            )
     return 0 if ok or not args.check else 1
 
 
