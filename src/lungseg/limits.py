@@ -169,16 +169,25 @@ def as_limits(limits: Limits | Mapping) -> Limits:
 # ----------------------------------------------------------------------------------------- checks
 
 
+#: ``max_voxels`` counts voxels of a CT's usual 2 bytes (int16): a wider stored type (float32, float64)
+#: is held to the same memory, ``max_voxels * VOXEL_BYTES`` decompressed bytes.
+VOXEL_BYTES = 2
+
+
 def check_volume_shape(
-    shape: tuple[int, ...], where: str, limits: Limits, inplane: tuple[int, ...] | None = None
+    shape: tuple[int, ...], where: str, limits: Limits, inplane: tuple[int, ...] | None = None,
+    itemsize: int | None = None,
 ) -> None:
-    """Refuse a volume whose shape is over ``max_voxels`` / ``max_slices`` / ``max_inplane``, or not positive.
+    """Refuse a volume whose shape is over ``max_voxels`` / ``max_slices`` / ``max_inplane``, or not positive,
+    or whose data (``itemsize`` bytes a voxel, when known) would decompress to more than
+    ``max_voxels * VOXEL_BYTES`` bytes.
 
     Args:
         shape: the data shape (any axis order).
         where: the message's prefix (``file 'x.nii.gz'``).
         inplane: the in-plane sizes, when known (DICOM Rows, Columns); else every axis but the
             largest is taken as in-plane.
+        itemsize: bytes per stored voxel (the header's dtype), when known.
     """
     dims = [int(s) for s in shape]
     if not dims or min(dims) < 1:
@@ -190,6 +199,13 @@ def check_volume_shape(
         raise InputError(
             f"{where}: the header gives {'x'.join(map(str, dims))} = {voxels:,} voxels, over the limit of "
             f"{limits.max_voxels:,} (inference.limits.max_voxels); refused before reading"
+        )
+    if itemsize is not None and voxels * int(itemsize) > limits.max_voxels * VOXEL_BYTES:
+        raise InputError(
+            f"{where}: the header gives {'x'.join(map(str, dims))} voxels of {int(itemsize)} bytes = "
+            f"{voxels * int(itemsize) / 1e9:.2f} GB of data, over the limit of "
+            f"{limits.max_voxels * VOXEL_BYTES / 1e9:.2f} GB (inference.limits.max_voxels x {VOXEL_BYTES} bytes); "
+            "refused before reading"
         )
     if inplane is not None:
         plane = [int(s) for s in inplane]

@@ -122,12 +122,13 @@ def _check_nifti_header(img, path: Path, limits: Limits) -> bool:
     Returns True when the stored voxel size (pixdim) is zero or not finite: nibabel then assumes 1 mm.
     """
     shape = tuple(int(s) for s in img.shape)
-    check_volume_shape(shape, f"file {str(path)!r}", limits)
     try:
         itemsize = np.dtype(img.get_data_dtype()).itemsize
         offset = int(img.header["vox_offset"])
     except (TypeError, ValueError, KeyError):
+        check_volume_shape(shape, f"file {str(path)!r}", limits)
         return False
+    check_volume_shape(shape, f"file {str(path)!r}", limits, itemsize=itemsize)  # voxels, then bytes
     with path.open("rb") as fh:
         gzipped = fh.read(2) == _GZIP_MAGIC
     check_payload_size(path, int(np.prod(shape, dtype=np.int64)) * itemsize, offset, gzipped)
