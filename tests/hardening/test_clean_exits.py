@@ -191,3 +191,24 @@ def test_memory_error_is_a_clear_exit_2(tmp_path, rule_models, monkeypatch, caps
     (line,) = error_lines(capsys.readouterr().err)
     assert code == 2 and "not enough memory" in line and "6.8 GiB" in line
     assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
+
+
+def test_an_extraction_folder_left_by_a_killed_run_is_swept_by_the_next_one(tmp_path, rule_models):
+    """#28 item 7 (row 11): SIGKILL leaves lungseg-dicom-<pid>-* in TMPDIR; the next run removes it (its
+    process is gone), keeps a live process's folder and its own is gone when it ends."""
+    src = _zip_series(tmp_path)
+    systmp, flag, out = tmp_path / "systmp", tmp_path / "flag", tmp_path / "out"
+    systmp.mkdir()
+    hook = HOOK.format(module="lungseg.inference.dicom", attr="read_series_folder", flag=str(flag))
+    proc = spawn_predict([str(src), "-o", str(out), "--models-dir", str(rule_models), "--no-progress"], systmp, hook)
+    wait_for(flag, proc)
+    proc.kill()
+    proc.wait(timeout=60)
+    (left,) = list(systmp.iterdir())
+    assert left.name.startswith(f"lungseg-dicom-{proc.pid}-") and any(left.iterdir())  # left behind by SIGKILL
+    alive = systmp / f"lungseg-dicom-{os.getpid()}-busy"  # a running process's folder is not touched
+    alive.mkdir()
+    rerun = spawn_predict([str(src), "-o", str(out), "--models-dir", str(rule_models), "--no-progress"], systmp)
+    _, err = rerun.communicate(timeout=300)
+    assert rerun.returncode == 0, err
+    assert [p.name for p in systmp.iterdir()] == [alive.name]

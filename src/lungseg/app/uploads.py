@@ -9,7 +9,6 @@ import hashlib
 import math
 import os
 import re
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from lungseg.errors import InputError
+from lungseg.inference.ownership import scratch_dir
 from lungseg.layout import IMAGE_SUFFIXES, NIFTI_SUFFIXES, ZIP_SUFFIX, file_suffix
 
 #: Environment variable and default of the upload size limit, in MB (10**6 bytes).
@@ -137,7 +137,7 @@ def digest_bytes(data: bytes) -> str:
 
 def with_temp_file(name: str, data: bytes, fn):
     """Write ``data`` to a temporary file named like the upload (same suffix) and call ``fn(path)``."""
-    with tempfile.TemporaryDirectory(prefix="lungseg-upload-") as tmp:
+    with scratch_dir("lungseg-upload-") as tmp:
         path = Path(tmp) / safe_file_name(name)
         path.write_bytes(data)
         return fn(path)

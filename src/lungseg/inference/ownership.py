@@ -17,6 +17,7 @@ gone (a run killed with SIGKILL) is removed by the next run that writes beside i
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -157,3 +158,25 @@ def sweep_stale(dst: Path) -> list[Path]:
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
+
+
+@contextlib.contextmanager
+def scratch_dir(prefix: str):
+    """A temporary folder in TMPDIR named ``<prefix><pid>-<random>``, removed on every exit. First, the
+    folders of that prefix whose process is gone (killed with SIGKILL, out of power) are swept, so a fault
+    never leaves them behind for good (#28 item 7)."""
+    base = Path(tempfile.gettempdir())
+    pattern = re.compile(rf"^{re.escape(prefix)}(\d+)-")
+    try:
+        entries = list(base.iterdir())
+    except OSError:
+        entries = []
+    for path in entries:
+        match = pattern.match(path.name)
+        if match and path.is_dir() and not path.is_symlink() and not pid_alive(int(match.group(1))):
+            shutil.rmtree(path, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f"{prefix}{os.getpid()}-"))
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import gzip
 import logging
-import tempfile
 import zipfile
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import numpy as np
 
 from lungseg.errors import DataValidationError, InputError
 from lungseg.inference import dicom
+from lungseg.inference.ownership import scratch_dir
 from lungseg.layout import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, ZIP_SUFFIX
 from lungseg.limits import Limits, as_limits, check_payload_size, check_volume_shape, check_zip
 from lungseg.volume import Volume, from_canonical_array, load_canonical, load_nifti
@@ -290,7 +290,7 @@ def _read_zip(path: Path, limits: Limits) -> tuple[Volume, str]:
     try:
         with zipfile.ZipFile(path) as zf:
             members = check_zip(zf, where, limits)
-            with tempfile.TemporaryDirectory(prefix="lungseg-dicom-") as tmp:
+            with scratch_dir("lungseg-dicom-") as tmp:  # swept by a later run if this one is killed
                 root = Path(tmp).resolve()
                 for info in members:
                     target = (root / info.filename).resolve()

@@ -24,7 +24,6 @@ import base64
 import binascii
 import gzip
 import json
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +91,7 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
 
     def _segment_one(self, row: int, text: Any) -> dict[str, str]:
         from lungseg.errors import LungsegError
+        from lungseg.inference.ownership import scratch_dir
         from lungseg.inference.readers import read_input
         from lungseg.inference.report import make_report
 
@@ -100,7 +100,7 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
         except (binascii.Error, ValueError) as exc:
             raise _bad_request(f"row {row}: {INPUT_COLUMN} is not base64 ({exc})") from exc
         suffix = ".nii.gz" if data[:2] == b"\x1f\x8b" else ".nii"
-        with tempfile.TemporaryDirectory(prefix="lungseg-serve-") as tmp:
+        with scratch_dir("lungseg-serve-") as tmp:
             path = Path(tmp) / f"row_{row}{suffix}"
             path.write_bytes(data)
             try:
