@@ -56,6 +56,18 @@ def _zip_series(tmp_path):
     return tmp_path / "scan.zip"
 
 
+def _reading_a_zip(tmp_path, rule_models):
+    """``lungseg predict`` on a zipped series in a child, held while it reads the extracted series:
+    (the zip, the child's TMPDIR, -o, the process)."""
+    src = _zip_series(tmp_path)
+    systmp, flag, out = tmp_path / "systmp", tmp_path / "flag", tmp_path / "out"
+    systmp.mkdir()
+    hook = HOOK.format(module="lungseg.inference.dicom", attr="read_series_folder", flag=str(flag))
+    proc = spawn_predict([str(src), "-o", str(out), "--models-dir", str(rule_models), "--no-progress"], systmp, hook)
+    wait_for(flag, proc)
+    return src, systmp, out, proc
+
+
 def _signal_and_wait(proc, signum):
     sent = time.perf_counter()
     proc.send_signal(signum)
@@ -69,12 +81,7 @@ def _signal_and_wait(proc, signum):
     ids=["SIGTERM", "SIGINT"],
 )
 def test_a_signal_while_a_zip_is_read_removes_the_extraction_folder(tmp_path, rule_models, signum, code, word):
-    src = _zip_series(tmp_path)
-    systmp, flag, out = tmp_path / "systmp", tmp_path / "flag", tmp_path / "out"
-    systmp.mkdir()
-    hook = HOOK.format(module="lungseg.inference.dicom", attr="read_series_folder", flag=str(flag))
-    proc = spawn_predict([str(src), "-o", str(out), "--models-dir", str(rule_models), "--no-progress"], systmp, hook)
-    wait_for(flag, proc)
+    src, systmp, out, proc = _reading_a_zip(tmp_path, rule_models)
     assert [p.name[:14] for p in systmp.iterdir()] == ["lungseg-dicom-"]  # extracted, being read
     rc, err, seconds = _signal_and_wait(proc, signum)
     assert rc == code, err
@@ -196,12 +203,7 @@ def test_memory_error_is_a_clear_exit_2(tmp_path, rule_models, monkeypatch, caps
 def test_an_extraction_folder_left_by_a_killed_run_is_swept_by_the_next_one(tmp_path, rule_models):
     """#28 item 7 (row 11): SIGKILL leaves lungseg-dicom-<pid>-* in TMPDIR; the next run removes it (its
     process is gone), keeps a live process's folder and its own is gone when it ends."""
-    src = _zip_series(tmp_path)
-    systmp, flag, out = tmp_path / "systmp", tmp_path / "flag", tmp_path / "out"
-    systmp.mkdir()
-    hook = HOOK.format(module="lungseg.inference.dicom", attr="read_series_folder", flag=str(flag))
-    proc = spawn_predict([str(src), "-o", str(out), "--models-dir", str(rule_models), "--no-progress"], systmp, hook)
-    wait_for(flag, proc)
+    src, systmp, out, proc = _reading_a_zip(tmp_path, rule_models)
     proc.kill()
     proc.wait(timeout=60)
     (left,) = list(systmp.iterdir())
