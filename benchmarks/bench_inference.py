@@ -365,14 +365,25 @@ def load_dev_cpu(folder: Path, k: int, models_dir: Path | None) -> dict[str, dic
     return out
 
 
+def _own_copy(loaded):
+    """A copy of a LoadedModel that ``loaded_in`` may set to another precision without touching the
+    original: an ensemble or TTA wrapper is copied too (``predict_in`` reassigns its members), a Keras
+    model is not (``with_precision`` returns a clone)."""
+    import copy
+
+    out = copy.copy(loaded)
+    if hasattr(out.model, "members") or not hasattr(out.model, "get_weights"):
+        out.model = copy.copy(out.model)
+    return out
+
+
 def run_dev_cpu(volume, loaded: dict, batch_size: int, precision: str, profile: bool) -> dict:
     """Seconds of one segment() call (after a warm-up) with ``loaded`` set to ``precision``, its model
     calls and its stages; the cProfile top functions when ``profile``."""
-    import copy
 
     from lungseg.models.precision import loaded_in
-    lung = loaded_in(copy.copy(loaded["lung"]), precision)
-    infection = loaded_in(copy.copy(loaded["infection"]), precision)
+    lung = loaded_in(_own_copy(loaded["lung"]), precision)
+    infection = loaded_in(_own_copy(loaded["infection"]), precision)
     segmenter = warm_segmenter(lung, infection, volume, batch_size)
     profiler = None
     with StageTimer() as stages:
