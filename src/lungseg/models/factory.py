@@ -62,7 +62,7 @@ def build_model(architecture: str, image_size: int, params: dict[str, Any] | Non
 
 def compile_model(model: keras.Model, loss: str = "bce", learning_rate: float = 5e-4,
                   threshold: float = 0.5, **compile_kwargs: Any) -> keras.Model:
-    """Compile with Adam, the named loss (``bce`` | ``dice`` | ``bce_dice``) and Dice + IoU metrics.
+    """Compile with Adam, the named loss (one of ``losses.LOSS_NAMES``) and Dice + IoU metrics.
 
     ``threshold`` binarises predictions for the metrics. ``compile_kwargs`` go to
     ``model.compile`` (e.g. ``run_eagerly``, ``jit_compile``, ``steps_per_execution``).
@@ -90,6 +90,12 @@ def custom_objects() -> dict[str, Any]:
         "BCELoss": _losses.BCELoss,
         "DiceLoss": _losses.DiceLoss,
         "BCEDiceLoss": _losses.BCEDiceLoss,
+        "tversky_loss": _losses.tversky_loss,
+        "focal_loss": _losses.focal_loss,
+        "structure_loss": _losses.structure_loss,
+        "BCETverskyLoss": _losses.BCETverskyLoss,
+        "FocalDiceLoss": _losses.FocalDiceLoss,
+        "StructureLoss": _losses.StructureLoss,
         "DiceCoefficient": _metrics.DiceCoefficient,
         "IoUScore": _metrics.IoUScore,
     }
