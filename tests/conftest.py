@@ -123,7 +123,7 @@ import yaml  # noqa: E402
 TINY_PREPROCESSING = {
     "window": [-1250, 250], "clahe_clip_limit": 2.0, "clahe_tile_grid": 4, "image_size": 32, "crop_margin": 2,
     "body_threshold": None, "lung_crop_source": "body", "min_lung_fraction": 0.005,
-    "infection_negative_fraction": 0.2, "seed": 0, "source_clahe_clip_limit": None,
+    "infection_negative_fraction": 0.2, "seed": 0, "source_clahe_clip_limit": None, "context": 1,
 }
 
 

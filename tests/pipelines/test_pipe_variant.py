@@ -145,3 +145,22 @@ def test_a_model_trained_in_bf16_is_saved_float32_and_predicts_in_float32_after_
     probs = loaded.predict(x, verbose=0)
     assert probs.dtype == np.float32 and np.isfinite(probs).all()
     np.testing.assert_allclose(probs, bf16.model.predict(x, verbose=0), atol=1e-6)
+
+
+def test_a_25d_variant_trains_on_stacks_records_its_context_and_evaluates(inputs):
+    """``preprocessing.context: 3``: the model input holds (N, S, S, 3) stacks, the model takes 3 channels,
+    its config records the context (what ``lungseg predict`` rebuilds), and the evaluation stacks alike."""
+    table_input, split, enhanced = inputs
+    cases = pd.DataFrame({"case_id": sorted(enhanced)})
+    stacked = build_model_input("infection", cases, enhanced, {**TINY_PREPROCESSING, "context": 3})
+    assert stacked["images"].shape == (*table_input["images"].shape, 3)
+    np.testing.assert_array_equal(stacked["images"][..., 1], table_input["images"])  # the middle slice is the 2D input
+    np.testing.assert_array_equal(stacked["masks"], table_input["masks"])
+    catalog = _catalog((stacked, split, enhanced))
+    SequentialRunner().run(create_variant_pipeline("infection_unet"), catalog)
+    v = "infection_unet"
+    config = catalog.load(f"{v}.model_config")
+    assert config["context"] == 3
+    model = catalog.load(f"{v}.model")
+    assert tuple(model.inputs[0].shape[1:]) == (32, 32, 3)
+    assert 0.0 <= catalog.load(f"{v}.metrics")["case_dice"] <= 1.0

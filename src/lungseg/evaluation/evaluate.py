@@ -56,7 +56,7 @@ def predict_case(model, config: dict[str, Any], image_u8: np.ndarray, lung: np.n
     idx = np.flatnonzero((lung > 0).any(axis=(1, 2))) if prep.crop_mode == "lung_mask" else np.arange(len(image_u8))
     if idx.size == 0:
         return pred
-    imgs, recs = crop_and_resize(image_u8[idx], prep, lung_mask=lung[idx])
+    imgs, recs = crop_and_resize(image_u8, prep, lung_mask=lung, index=idx)
     probs = restore_slices(predict_probabilities(model, imgs, batch_size), recs)
     pred[idx] = probs >= float(config["threshold"])
     return pred
@@ -96,8 +96,11 @@ def overlay_figure_data(x: np.ndarray, y: np.ndarray, pred: np.ndarray, per_slic
     picks = select_best_median_worst(dice_vals, eligible=eligible if eligible.any() else None)
     picks = {k: int(picks[k]) for k in ("best", "median", "worst")}
     rows = list(picks.values())
+    images = x[rows]
+    if images.ndim == 4 and images.shape[-1] > 1:  # a 2.5D stack: the slice itself is the middle channel
+        images = images[..., images.shape[-1] // 2]
     return {
-        "images": x[rows], "gt": y[rows], "pred": pred[rows],
+        "images": images, "gt": y[rows], "pred": pred[rows],
         "titles": [f"{k}: {per_slice.case_id.iloc[i]} slice {per_slice.slice_index.iloc[i]}, Dice {dice_vals[i]:.3f}"
                    for k, i in picks.items()],
         "suptitle": f"{variant}: held-out slices (ground truth vs prediction)",

@@ -27,14 +27,17 @@ from lungseg.imaging.masks import (
     remove_small_objects,
 )
 from lungseg.imaging.pipeline import (
+    CONTEXT_MIN_CORRELATION,
     CROP_MODES,
     PreprocessConfig,
+    context_neighbours,
     crop_and_resize,
     enhance,
     prepare_masks,
     prepare_slices,
     restore_masks,
     restore_slices,
+    slice_breaks,
 )
 from lungseg.imaging.postprocess import (
     clean_lung_mask,
@@ -67,6 +70,8 @@ __all__ = [
     "bounding_box",
     "clear_border_2d",
     "clean_lung_mask",
+    "CONTEXT_MIN_CORRELATION",
+    "context_neighbours",
     "crop_and_resize",
     "crop_pad_resize",
     "detect_source_kind",
@@ -82,6 +87,7 @@ __all__ = [
     "lung_box",
     "prepare_masks",
     "prepare_slices",
+    "slice_breaks",
     "random_affine",
     "random_augment",
     "records_from_array",

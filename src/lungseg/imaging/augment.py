@@ -75,6 +75,8 @@ def random_affine(shape: tuple[int, int], rng: np.random.Generator, params: Augm
 
 def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
     h, w = arr.shape[:2]
+    if arr.ndim == 3 and arr.shape[2] > 4:  # OpenCV warps at most 4 channels at once
+        return np.stack([_warp(arr[..., c], m, flag) for c in range(arr.shape[2])], axis=-1)
     return cv2.warpAffine(
         np.ascontiguousarray(arr), m, (w, h), flags=flag, borderMode=cv2.BORDER_CONSTANT, borderValue=0
     )
@@ -83,7 +85,8 @@ def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
 def random_augment(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, params: AugmentParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ONE random affine to a ``(H, W)`` float image and its ``(H, W)`` uint8 mask.
+    """Apply ONE random affine to a ``(H, W)`` float image (or an ``(H, W, C)`` 2.5D stack, every channel
+    alike) and its ``(H, W)`` uint8 mask.
 
     Image: bilinear; mask: nearest neighbour (labels are never blended); border constant 0.
     Shapes (a trailing channel of 1 is kept) and dtypes are kept.
@@ -92,11 +95,11 @@ def random_augment(
     msk = np.asarray(mask)
     img2 = img[..., 0] if img.ndim == 3 and img.shape[-1] == 1 else img
     msk2 = msk[..., 0] if msk.ndim == 3 and msk.shape[-1] == 1 else msk
-    if img2.ndim != 2 or img2.shape != msk2.shape:
+    if img2.ndim not in (2, 3) or img2.shape[:2] != msk2.shape or msk2.ndim != 2:
         raise DataValidationError(
-            f"random_augment needs an (H, W) image and a mask of the same shape, got {img.shape} and {msk.shape}"
+            f"random_augment needs an (H, W) or (H, W, C) image and an (H, W) mask, got {img.shape} and {msk.shape}"
         )
-    m = random_affine(img2.shape, rng, params)
+    m = random_affine(img2.shape[:2], rng, params)
     if m is None:
         return img.copy(), msk.copy()
     img_dtype, msk_dtype = img2.dtype, msk2.dtype
@@ -110,7 +113,7 @@ def random_augment(
 def augment_batch(
     images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, params: AugmentParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`random_augment` on each pair of an ``(N, H, W[, 1])`` batch; each pair gets its own draw."""
+    """:func:`random_augment` on each pair of an ``(N, H, W[, C])`` batch; each pair gets its own draw."""
     imgs = np.asarray(images)
     msks = np.asarray(masks)
     if imgs.shape[0] != msks.shape[0]:

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import cv2
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -24,6 +25,11 @@ logger = logging.getLogger(__name__)
 
 CROP_MODES = ("body", "lung_mask")
 _PROGRESS_MIN_SLICES = 64
+#: Neighbouring slices whose (64 px, standardised) images correlate less than this are not neighbours:
+#: a gap in a stack of selected slices. Contiguous CT correlates above 0.9 (the covid20-dev stacks:
+#: 0.90-0.99 within a run, 0.50-0.65 across their gaps).
+CONTEXT_MIN_CORRELATION = 0.8
+_CORRELATION_PX = 64
 
 
 @dataclass(frozen=True)
@@ -40,6 +46,9 @@ class PreprocessConfig:
     clahe_tile_grid: int = 8
     crop_margin: int = 4
     body_threshold: int | None = None
+    #: 2.5D input: each slice is given with its ``(context - 1) / 2`` neighbours on either side as
+    #: channels (1: a plain 2D slice; 3 or 5: a 2.5D stack, channels last, the slice itself in the middle).
+    context: int = 1
 
     def __post_init__(self) -> None:
         size = self.image_size
@@ -66,6 +75,11 @@ class PreprocessConfig:
             raise ConfigError(f"crop_margin must be >= 0, got {self.crop_margin}")
         if thr is not None and not 0 <= thr <= 255:
             raise ConfigError(f"body_threshold must be None or in 0..255, got {self.body_threshold}")
+        context = self.context
+        if isinstance(context, float) and context.is_integer():
+            context = int(context)
+        if isinstance(context, bool) or not isinstance(context, (int, np.integer)) or context < 1 or context % 2 == 0:
+            raise ConfigError(f"context must be an odd number of slices >= 1 (1: 2D, 3 or 5: 2.5D), got {self.context!r}")
         # normalise to plain Python types so to_dict() is JSON-serialisable
         for name, value in (
             ("image_size", int(size)),
@@ -74,6 +88,7 @@ class PreprocessConfig:
             ("clahe_tile_grid", grid),
             ("crop_margin", margin),
             ("body_threshold", thr),
+            ("context", int(context)),
         ):
             object.__setattr__(self, name, value)
 
@@ -116,20 +131,64 @@ def enhance(ct: np.ndarray, source_kind: str, config: PreprocessConfig) -> np.nd
     return u8.copy() if u8 is vol else u8
 
 
+def slice_breaks(image_u8: np.ndarray, min_correlation: float = CONTEXT_MIN_CORRELATION) -> np.ndarray:
+    """``bool (Z - 1,)``: True where slices ``z`` and ``z + 1`` are not neighbours in the body.
+
+    Their images, shrunk to 64 px and standardised, correlate below ``min_correlation``: a stack of
+    selected slices with a gap (as the covid20-dev stacks have), or two patients in one file.
+    """
+    img = np.asarray(image_u8)
+    if img.ndim != 3:
+        raise DataValidationError(f"slice_breaks expects a (Z, H, W) volume, got shape {img.shape}")
+    if img.shape[0] < 2:
+        return np.zeros(0, dtype=bool)
+    px = _CORRELATION_PX
+    small = np.stack([cv2.resize(np.asarray(s, np.float32), (px, px), interpolation=cv2.INTER_AREA)
+                      for s in img]).reshape(img.shape[0], -1)
+    small -= small.mean(axis=1, keepdims=True)
+    norm = np.sqrt((small * small).mean(axis=1))
+    flat = norm < 1e-3  # a uniform slice: its neighbour relation is unknown, keep it
+    small /= np.where(flat, 1.0, norm)[:, None]
+    r = (small[1:] * small[:-1]).mean(axis=1)
+    return (r < min_correlation) & ~flat[1:] & ~flat[:-1]
+
+
+def context_neighbours(n_slices: int, context: int, breaks: np.ndarray | None = None) -> np.ndarray:
+    """``int (Z, context)``: the slice indices that make up each slice's 2.5D stack.
+
+    Slice ``z`` takes ``z - r .. z + r`` (``r = context // 2``); past the volume's ends or across a
+    break (:func:`slice_breaks`), the last slice on ``z``'s side is repeated.
+    """
+    r = int(context) // 2
+    z = np.arange(n_slices)
+    if breaks is None or not np.any(breaks):
+        lo, hi = np.zeros(n_slices, int), np.full(n_slices, n_slices - 1)
+    else:
+        run = np.concatenate([[0], np.cumsum(np.asarray(breaks, bool))])  # the contiguous run of each slice
+        starts = np.flatnonzero(np.diff(np.concatenate([[-1], run])))
+        ends = np.concatenate([starts[1:] - 1, [n_slices - 1]])
+        lo, hi = starts[run], ends[run]
+    offsets = np.arange(-r, r + 1)
+    return np.clip(z[:, None] + offsets[None, :], lo[:, None], hi[:, None])
+
+
 def crop_and_resize(
     image_u8: np.ndarray,
     config: PreprocessConfig,
     lung_mask: np.ndarray | None = None,
     *,
+    index: np.ndarray | None = None,
     progress: bool | None = None,
 ) -> tuple[np.ndarray, list[ResizeRecord]]:
-    """Geometry stage: enhanced ``uint8 (Z, H, W)`` (output of :func:`enhance`) -> ``uint8 (Z, S, S)``
-    and one :class:`ResizeRecord` per slice.
+    """Geometry stage: enhanced ``uint8 (Z, H, W)`` (output of :func:`enhance`) -> ``uint8 (N, S, S)``
+    and one :class:`ResizeRecord` per slice of ``index`` (every slice by default).
 
     The crop box of slice ``k`` is ``body_box(image_u8[k])``, or, when ``crop_mode == 'lung_mask'``,
     ``lung_box(lung_mask[k])`` (two largest components; an empty slice falls back to its body box).
     Then ``crop_pad_resize(..., 'area')``. ``lung_mask`` is ignored in ``'body'`` mode.
-    ``progress`` None shows a bar for volumes of 64 slices or more.
+    With ``config.context`` > 1 the result is ``uint8 (N, S, S, context)``: each slice's neighbours
+    (:func:`context_neighbours`, taken from the whole of ``image_u8`` whatever ``index`` holds), cut with
+    that slice's own box. ``progress`` None shows a bar for 64 slices or more.
     """
     img = np.asarray(image_u8)
     if img.ndim != 3 or 0 in img.shape:
@@ -143,14 +202,28 @@ def crop_and_resize(
         lung_mask = np.asarray(lung_mask)
         if lung_mask.shape != img.shape:
             raise DataValidationError(f"the lung mask has shape {lung_mask.shape} but the CT has shape {img.shape}")
+    index = np.arange(img.shape[0]) if index is None else np.asarray(index, dtype=np.int64).reshape(-1)
+    if index.size and (index.min() < 0 or index.max() >= img.shape[0]):
+        raise DataValidationError(f"slice index out of range 0..{img.shape[0] - 1}")
     size = int(config.image_size)
-    out = np.empty((img.shape[0], size, size), dtype=np.uint8)
+    context = int(config.context)
+    if context > 1:
+        neighbours = context_neighbours(img.shape[0], context, slice_breaks(img))
+        out = np.empty((index.size, size, size, context), dtype=np.uint8)
+    else:
+        out = np.empty((index.size, size, size), dtype=np.uint8)
     records: list[ResizeRecord] = []
-    for k in _progress(img.shape[0], progress, "crop and resize"):
+    for j in _progress(index.size, progress, "crop and resize"):
+        k = int(index[j])
         box = lung_box(lung_mask[k], n_components=2, margin=config.crop_margin) if use_mask else None
         if box is None:
             box = body_box(img[k], threshold=config.body_threshold, margin=config.crop_margin)
-        out[k], rec = crop_pad_resize(img[k], box, size, interpolation="area")
+        out_k, rec = crop_pad_resize(img[k], box, size, interpolation="area")
+        if context > 1:
+            for c, n in enumerate(neighbours[k]):
+                out[j, ..., c] = out_k if n == k else crop_pad_resize(img[n], box, size, interpolation="area")[0]
+        else:
+            out[j] = out_k
         records.append(rec)
     return out, records
 
@@ -161,12 +234,13 @@ def prepare_slices(
     config: PreprocessConfig,
     lung_mask: np.ndarray | None = None,
     *,
+    index: np.ndarray | None = None,
     progress: bool | None = None,
 ) -> tuple[np.ndarray, list[ResizeRecord]]:
-    """CT ``(Z, H, W)`` (HU or 0-255, native dtype) -> model-input images ``uint8 (Z, S, S)`` and one
-    :class:`ResizeRecord` per slice.
+    """CT ``(Z, H, W)`` (HU or 0-255, native dtype) -> model-input images ``uint8 (N, S, S)`` (``(N, S, S,
+    context)`` for a 2.5D config) and one :class:`ResizeRecord` per slice of ``index`` (every slice by default).
 
-    Exactly ``crop_and_resize(enhance(ct, source_kind, config), config, lung_mask)``:
+    Exactly ``crop_and_resize(enhance(ct, source_kind, config), config, lung_mask, index=index)``:
     ``window_to_uint8`` -> ``apply_clahe`` -> per-slice crop box (``body_box`` of the enhanced slice,
     or ``lung_box`` of ``lung_mask[k]`` when ``crop_mode == 'lung_mask'``; a slice with an empty lung
     mask falls back to its body box) -> ``crop_pad_resize('area')``. Raises :class:`ConfigError` if
@@ -177,7 +251,7 @@ def prepare_slices(
         raise DataValidationError(f"prepare_slices expects a non-empty (Z, H, W) CT volume, got shape {vol.shape}")
     if config.crop_mode == "lung_mask" and lung_mask is None:
         raise ConfigError("crop_mode 'lung_mask' needs a lung mask, but none was given")
-    return crop_and_resize(enhance(vol, source_kind, config), config, lung_mask, progress=progress)
+    return crop_and_resize(enhance(vol, source_kind, config), config, lung_mask, index=index, progress=progress)
 
 
 def _as_records(records) -> list[ResizeRecord]:

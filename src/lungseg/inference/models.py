@@ -175,7 +175,7 @@ def _resolve_path(spec: Path) -> Path:
 
 
 def _check_model(model: Any, config: dict, source: str) -> None:
-    """Check that the model takes (N, S, S, 1) images of the config's size."""
+    """Check that the model takes (N, S, S, C) images of the config's size and context (C slices)."""
     try:
         shape = tuple(model.inputs[0].shape)
     except (AttributeError, IndexError, TypeError):
@@ -184,6 +184,12 @@ def _check_model(model: Any, config: dict, source: str) -> None:
     if len(shape) == 4 and shape[1] not in (None, size):
         raise ConfigError(
             f"model {source!r} takes {shape[1]}x{shape[2]} images but its config says image_size {size}"
+        )
+    context = int(config.get("context", 1))
+    if len(shape) == 4 and shape[3] not in (None, context):
+        raise ConfigError(
+            f"model {source!r} takes {shape[3]} channel(s) but its config says context {context} "
+            "(the number of neighbouring slices stacked as channels)"
         )
 
 

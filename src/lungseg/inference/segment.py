@@ -57,14 +57,16 @@ class Segmentation:
 
 
 def predict_probabilities(model, images_u8: np.ndarray, batch_size: int = 16) -> np.ndarray:
-    """Sigmoid probabilities (N, S, S) float32 of uint8 model-input images (N, S, S), one
-    ``predict_on_batch`` call per ``batch_size`` slices. Shared by inference and evaluation."""
+    """Sigmoid probabilities (N, S, S) float32 of uint8 model-input images (N, S, S) or 2.5D stacks
+    (N, S, S, C), one ``predict_on_batch`` call per ``batch_size`` slices. Shared by inference and evaluation."""
     from lungseg.imaging import to_unit_float
 
     n = int(images_u8.shape[0])
-    out = np.empty(images_u8.shape, dtype=np.float32)
+    out = np.empty(images_u8.shape[:3], dtype=np.float32)
     for start in range(0, n, batch_size):
-        batch = to_unit_float(images_u8[start : start + batch_size])[..., None]
+        batch = to_unit_float(images_u8[start : start + batch_size])
+        if batch.ndim == 3:
+            batch = batch[..., None]
         pred = np.asarray(model.predict_on_batch(batch))
         out[start : start + batch.shape[0]] = pred.reshape(batch.shape[:3])
     return out
@@ -164,10 +166,17 @@ class Segmenter:
         with tqdm(total=len(index), desc=desc, unit="slice", disable=not progress, leave=False) as bar:
             for a in range(0, len(index), self.chunk_slices):
                 idx = index[a : a + self.chunk_slices]
-                contiguous = idx[-1] - idx[0] + 1 == len(idx)
-                sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx  # a view when possible
+                r = int(config.context) // 2
+                if r:  # a 2.5D model: the chunk's slices and their neighbours, enhanced together
+                    lo, hi = max(0, int(idx[0]) - r), min(ct.shape[0], int(idx[-1]) + r + 1)
+                    sel, local = slice(lo, hi), idx - lo
+                else:
+                    contiguous = idx[-1] - idx[0] + 1 == len(idx)
+                    sel = slice(int(idx[0]), int(idx[-1]) + 1) if contiguous else idx  # a view when possible
+                    local = None
                 sub_mask = None if lung_mask is None else lung_mask[sel]
-                images, records = prepare_slices(ct[sel], source_kind, config, lung_mask=sub_mask, progress=False)
+                images, records = prepare_slices(ct[sel], source_kind, config, lung_mask=sub_mask, index=local,
+                                                 progress=False)
                 small = self.predict_slices(loaded, images)
                 if probs_out is None:  # thresholded inside each crop box: no full-size float32 chunk
                     binary[a : a + len(idx)] = restore_masks(small, records, loaded.threshold)

@@ -43,12 +43,13 @@ def augment_params(augment: dict[str, Any] | AugmentParams | bool | None) -> Aug
 
 
 class SliceSequence(keras.utils.PyDataset):
-    """Batches ``(x, y)`` of float32 ``(B, S, S, 1)`` for ``model.fit``.
+    """Batches ``(x, y)`` of float32 ``(B, S, S, C)`` / ``(B, S, S, 1)`` for ``model.fit``.
 
     ``x`` is in [0, 1]; ``y`` is 0/1. The last batch may be smaller.
 
     Args:
-        images_u8: ``uint8`` ``(N, S, S)`` images (kept by reference, never copied whole).
+        images_u8: ``uint8`` ``(N, S, S)`` images, or ``(N, S, S, C)`` 2.5D stacks (kept by reference,
+            never copied whole).
         masks: ``(N, S, S)`` binary masks (0/1, any integer or bool dtype).
         batch_size: slices per batch.
         augment: augmentation parameters (see :class:`lungseg.imaging.AugmentParams`), or None.
@@ -70,11 +71,11 @@ class SliceSequence(keras.utils.PyDataset):
         super().__init__(**kwargs)
         images = np.asarray(images_u8)
         masks = np.asarray(masks)
-        if images.ndim != 3 or images.shape[1] != images.shape[2]:
-            raise DataValidationError(f"SliceSequence needs (N, S, S) images, got shape {images.shape}")
+        if images.ndim not in (3, 4) or images.shape[1] != images.shape[2]:
+            raise DataValidationError(f"SliceSequence needs (N, S, S) images or (N, S, S, C) stacks, got shape {images.shape}")
         if images.dtype != np.uint8:
             raise DataValidationError(f"SliceSequence needs uint8 images (0-255), got dtype {images.dtype}")
-        if masks.shape != images.shape:
+        if masks.shape != images.shape[:3]:
             raise DataValidationError(f"SliceSequence: masks shape {masks.shape} != images shape {images.shape}")
         if not (masks.dtype == np.bool_ or np.issubdtype(masks.dtype, np.integer)):
             raise DataValidationError(f"SliceSequence needs integer 0/1 masks, got dtype {masks.dtype}")
@@ -127,7 +128,9 @@ class SliceSequence(keras.utils.PyDataset):
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self._epoch, idx])
             images, masks = augment_batch(images, masks, rng, self.augment)
-        x = to_unit_float(images)[..., np.newaxis]
+        x = to_unit_float(images)
+        if x.ndim == 3:
+            x = x[..., np.newaxis]
         y = masks.astype(np.float32)[..., np.newaxis]
         return x, y
 

@@ -96,8 +96,11 @@ def build_deeplabv3plus(
     name: str = "deeplabv3plus",
     low_level_filters: int = 48,
     bn_momentum: float = 0.99,
+    *,
+    channels: int = 1,
 ) -> keras.Model:
-    """Build DeepLabV3+ mapping ``(S, S, 1)`` float32 images in [0, 1] to ``(S, S, 1)`` probabilities.
+    """Build DeepLabV3+ mapping ``(S, S, 1)`` float32 images in [0, 1] to ``(S, S, 1)`` probabilities
+    (``channels=3``: a 2.5D stack of three neighbouring slices, fed to the backbone as its RGB).
 
     Args:
         image_size: side ``S``; a multiple of 16, at least 32.
@@ -141,8 +144,10 @@ def build_deeplabv3plus(
             layer.momentum = bn_momentum  # read at call time and saved in the layer config
     backbone = keras.Model(resnet.input, [low, high], name="resnet50_backbone")
 
-    inputs = keras.Input(shape=(image_size, image_size, 1), dtype="float32", name="image")
-    x = layers.Concatenate(name="grey_to_rgb")([inputs, inputs, inputs])
+    if channels not in (1, 3):
+        raise ConfigError(f"DeepLabV3+ takes 1 channel or a 2.5D stack of 3 slices (its RGB), got context {channels}")
+    inputs = keras.Input(shape=(image_size, image_size, channels), dtype="float32", name="image")
+    x = layers.Concatenate(name="grey_to_rgb")([inputs, inputs, inputs]) if channels == 1 else inputs
     x = layers.Rescaling(255.0, name="to_0_255")(x)
     x = layers.Normalization(mean=list(IMAGENET_BGR_MEANS), variance=[1.0, 1.0, 1.0],
                              name="imagenet_mean")(x)

@@ -25,7 +25,8 @@ ARCHITECTURES = tuple(BUILDERS)
 def allowed_params(architecture: str) -> tuple[str, ...]:
     """The keyword parameters ``build_model`` accepts for ``architecture`` (besides ``image_size``)."""
     builder = _builder(architecture)
-    return tuple(p for p in inspect.signature(builder).parameters if p != "image_size")
+    return tuple(p.name for p in inspect.signature(builder).parameters.values()
+                 if p.name != "image_size" and p.kind is not inspect.Parameter.KEYWORD_ONLY)
 
 
 def _builder(architecture: str):
@@ -35,8 +36,10 @@ def _builder(architecture: str):
     return BUILDERS[key]
 
 
-def build_model(architecture: str, image_size: int, params: dict[str, Any] | None = None) -> keras.Model:
-    """Build ``'unet'`` or ``'deeplabv3plus'`` for ``(image_size, image_size, 1)`` inputs.
+def build_model(architecture: str, image_size: int, params: dict[str, Any] | None = None,
+                channels: int = 1) -> keras.Model:
+    """Build ``'unet'`` or ``'deeplabv3plus'`` for ``(image_size, image_size, channels)`` inputs
+    (``channels``: the preprocessing's ``context``, 1 for plain slices).
 
     ``params`` are the builder's keyword arguments (see :func:`allowed_params`).
 
@@ -57,7 +60,7 @@ def build_model(architecture: str, image_size: int, params: dict[str, Any] | Non
             )
     if isinstance(image_size, bool) or not isinstance(image_size, int) or image_size < 1:
         raise ConfigError(f"image_size must be a positive integer, got {image_size!r}")
-    return builder(image_size=image_size, **params)
+    return builder(image_size=image_size, **params, channels=int(channels))
 
 
 def compile_model(model: keras.Model, loss: str = "bce", learning_rate: float = 5e-4,

@@ -36,6 +36,7 @@ LUNG_CROP_SOURCES = ("body", "lung_mask")
 PREPROCESSING_KEYS = (
     "window", "clahe_clip_limit", "clahe_tile_grid", "image_size", "crop_margin", "body_threshold",
     "lung_crop_source", "min_lung_fraction", "infection_negative_fraction", "seed", "source_clahe_clip_limit",
+    "context",
 )
 #: Keys of the ``split`` parameters.
 SPLIT_KEYS = ("method", "val_fraction", "n_folds", "fold", "seed")
@@ -46,17 +47,22 @@ def check_preprocessing_params(params: Any) -> dict[str, Any]:
     return check_section(params, "preprocessing", PREPROCESSING_KEYS)
 
 
+def per_task(params: dict[str, Any], key: str, task: str) -> Any:
+    """``preprocessing.<key>`` of ``task``: one value for both tasks, or a mapping per task
+    (``image_size: {lung: 192, infection: 128}``)."""
+    value = params[key]
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(TASKS))
+        if unknown or task not in value:
+            raise ConfigError(f"parameter 'preprocessing.{key}': give one value or one per task "
+                              f"({', '.join(TASKS)}), got {dict(value)!r}")
+        return value[task]
+    return value
+
+
 def image_size_for(params: dict[str, Any], task: str) -> Any:
-    """``preprocessing.image_size`` of ``task``: one size for both tasks, or a mapping per task
-    (``{lung: 192, infection: 128}``)."""
-    size = params["image_size"]
-    if isinstance(size, Mapping):
-        unknown = sorted(set(size) - set(TASKS))
-        if unknown or task not in size:
-            raise ConfigError(f"parameter 'preprocessing.image_size': give one size or one per task "
-                              f"({', '.join(TASKS)}), got {dict(size)!r}")
-        return size[task]
-    return size
+    """``preprocessing.image_size`` of ``task`` (see :func:`per_task`)."""
+    return per_task(params, "image_size", task)
 
 
 def source_equalised(params: dict[str, Any]) -> bool:
@@ -69,8 +75,9 @@ def enhance_config(params: dict[str, Any]) -> PreprocessConfig:
     unless the source already applied it (then equalising again would apply it twice)."""
     params = check_preprocessing_params(params)
     clip = 0.0 if params["source_clahe_clip_limit"] is not None else params["clahe_clip_limit"]
-    size = image_size_for(params, TASKS[0])  # enhancing does not resize; any task's size is valid here
-    return PreprocessConfig.from_dict({**params, "clahe_clip_limit": clip, "image_size": size})
+    size = image_size_for(params, TASKS[0])  # enhancing does not resize or stack; any task's values do
+    return PreprocessConfig.from_dict({**params, "clahe_clip_limit": clip, "image_size": size,
+                                       "context": per_task(params, "context", TASKS[0])})
 
 
 def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
@@ -90,7 +97,8 @@ def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
     clip = params["source_clahe_clip_limit"]
     clip = params["clahe_clip_limit"] if clip is None else clip
     return PreprocessConfig.from_dict({**params, "crop_mode": crop_mode, "clahe_clip_limit": clip,
-                                       "image_size": image_size_for(params, task)})
+                                       "image_size": image_size_for(params, task),
+                                       "context": per_task(params, "context", task)})
 
 
 def build_model_input(
@@ -121,7 +129,7 @@ def build_model_input(
         if one_lung.any():
             logger.info("%s task: case %s has %d slice(s) with one lung only", task, case, int(one_lung.sum()))
         lung_sel = lung[idx]
-        imgs, recs = crop_and_resize(rec["image"][idx], config, lung_mask=lung_sel)
+        imgs, recs = crop_and_resize(rec["image"], config, lung_mask=lung, index=idx)
         target = (lung_sel > 0) if task == "lung" else (infection[idx] > 0)
         masks.append(prepare_masks(target.astype(np.uint8), recs))
         images.append(imgs)

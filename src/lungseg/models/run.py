@@ -137,14 +137,15 @@ def train_variant(
     fingerprint = run_fingerprint(arch, arch_params, params, prep, x_train, y_train, x_val)
     repeats = int(params["repeats"])
     if repeats > 1:  # small sets: several differently augmented passes per epoch
-        x_train, y_train = np.tile(x_train, (repeats, 1, 1)), np.tile(y_train, (repeats, 1, 1))
+        x_train = np.tile(x_train, (repeats,) + (1,) * (x_train.ndim - 1))
+        y_train = np.tile(y_train, (repeats, 1, 1))
     logger.info("Training %s/%s at %d px: %d train / %d val slices", task, arch, size, len(x_train), len(x_val))
 
     batch = int(params["batch_size"])
     train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed)
     lr = learning_rate_for(params["lr_schedule"], float(params["learning_rate"]), int(params["epochs"]) * len(train_seq))
     with strategy_scope(params["distribution_strategy"]), precision_policy(params["precision"]):
-        model = build_model(arch, size, arch_params)  # fails early on an unsuitable image size
+        model = build_model(arch, size, arch_params, channels=int(prep.get("context", 1)))  # fails early on a bad size
         compile_model(model, loss=params["loss"], learning_rate=lr)
     val_seq = SliceSequence(x_val, y_val, batch, None, shuffle=False, seed=seed)
     backup = params["backup_dir"]

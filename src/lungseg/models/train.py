@@ -100,7 +100,7 @@ def check_training_data(images: np.ndarray, masks: np.ndarray, task: str) -> Non
             f"{task} task: the training set is empty (0 slices after filtering); check the slice filter "
             "parameters, the case split and that the masks of the training cases are not empty"
         )
-    if masks.shape != images.shape:
+    if masks.shape != images.shape[:3]:
         raise TrainingDataError(f"{task} task: masks shape {masks.shape} does not match images shape {images.shape}")
     if not np.any(masks):
         raise TrainingDataError(

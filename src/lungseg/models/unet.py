@@ -38,8 +38,11 @@ def build_unet(
     dropout: float = 0.0,
     name: str = "unet",
     bn_momentum: float = 0.99,
+    *,
+    channels: int = 1,
 ) -> keras.Model:
-    """Build a U-Net mapping ``(S, S, 1)`` float32 images in [0, 1] to ``(S, S, 1)`` sigmoid probabilities.
+    """Build a U-Net mapping ``(S, S, channels)`` float32 images in [0, 1] (1 channel, or a 2.5D stack of
+    neighbouring slices) to ``(S, S, 1)`` sigmoid probabilities.
 
     Encoder level ``k`` (``k = 0 .. depth-1``) has two 3x3 conv + BatchNorm + ReLU with
     ``base_filters * 2**k`` filters, then a 2x2 max-pool; the bottleneck has ``base_filters * 2**depth``
@@ -71,7 +74,8 @@ def build_unet(
             f"divisible by 2**depth = {2**depth} (e.g. {max(1, round(image_size / 2**depth)) * 2**depth})"
         )
 
-    inputs = keras.Input(shape=(image_size, image_size, 1), dtype="float32", name="image")
+    channels = _check_int("channels", channels, 1)
+    inputs = keras.Input(shape=(image_size, image_size, channels), dtype="float32", name="image")
     x = inputs
     skips = []
     for level in range(depth):
