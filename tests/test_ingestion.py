@@ -105,7 +105,8 @@ def test_unreadable_nifti(tiny_dataset):
 
 def test_shape_mismatch(tiny_dataset):
     write_nifti(tiny_dataset / "lung_mask/case_a.nii.gz", np.zeros((8, 48, 40), np.uint8))
-    _expect(tiny_dataset, r"shape \(40, 48, 8\) but the CT .ct_scans/case_a_org.nii.gz. has shape \(48, 48, 8\)", case="case_a")
+    _expect(tiny_dataset, r"lung_mask's shape \(40, 48, 8\) does not match the CT's shape \(48, 48, 8\) "
+            r".'ct_scans/case_a_org.nii.gz'.", case="case_a", file="lung_mask/case_a.nii.gz")
 
 
 def test_mask_value_outside_label_set(tiny_dataset):

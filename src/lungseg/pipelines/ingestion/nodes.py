@@ -20,7 +20,7 @@ from lungseg.config import check_section
 from lungseg.errors import ConfigError, DataValidationError
 from lungseg.imaging import detect_source_kind, looks_unwindowed
 from lungseg.layout import REQUIRED_COLUMNS, case_id_from_path, check_case_id, resolve_relative
-from lungseg.volume import check_affine, geometry_mismatch, load_canonical
+from lungseg.volume import load_canonical, load_mask
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +35,8 @@ SKIPPED_COLUMNS = ["case_id", "file", "problem"]
 #: ``ingestion`` parameters (conf/base/parameters_ingestion.yml).
 INGESTION_KEYS = ("skip_invalid_cases", "raw_root", "geometry_tolerance")
 TOLERANCE_KEYS = ("spacing_rel", "direction", "origin_mm")
+#: The grid check without ``geometry_tolerance``: the stored shape and the orientation only.
+NO_TOLERANCE = {key: float("inf") for key in TOLERANCE_KEYS}
 
 
 def check_metadata(
@@ -99,39 +101,6 @@ def _loader(volumes: dict[str, Loader], rel_path: str, case: str) -> Loader:
     return load
 
 
-def _read_mask(img, *, case: str, file: str, kind: str, ct, tolerance: dict | None) -> np.ndarray:
-    """Load a mask in canonical order and check its grid (shape and affine, as the CT's) and its label
-    set; returns uint8 labels. ``ct`` is ``(ct_file, ct_image)``."""
-    ct_file, ct_img = ct
-    shape = tuple(int(s) for s in img.shape[:3])
-    ct_shape = tuple(int(s) for s in ct_img.shape[:3])
-    if shape != ct_shape:
-        raise DataValidationError(
-            f"{kind} has shape {shape} but the CT {ct_file!r} has shape {ct_shape}", case=case, file=file
-        )
-    check_affine(img.affine, case=case, file=file)
-    if tolerance is None:  # a caller without geometry_tolerance: shape and orientation only
-        tolerance = {"spacing_rel": np.inf, "direction": np.inf, "origin_mm": np.inf}
-    why = geometry_mismatch(ct_img.affine, ct_shape, img.affine, shape, **tolerance)
-    if why:
-        raise DataValidationError(
-            f"{kind} is not on the CT's grid ({ct_file!r}): its {why}; the labels would be misaligned",
-            case=case, file=file,
-        )
-    arr = load_canonical(img, case=case, file=file).array
-    lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
-    allowed = LABEL_SETS[kind]
-    if not np.issubdtype(arr.dtype, np.integer):
-        if not np.isfinite(arr).all() or not np.array_equal(arr, np.round(arr)):
-            raise DataValidationError(f"{kind} holds non-integer values; labels must be {allowed}", case=case, file=file)
-    if lo < 0 or hi > max(allowed):
-        found = np.unique(arr[(arr < 0) | (arr > max(allowed))])[:5].tolist()
-        raise DataValidationError(
-            f"{kind} holds value(s) {found} outside its label set {allowed}", case=case, file=file
-        )
-    return arr.astype(np.uint8, copy=False)
-
-
 def _read_case(case: str, paths: dict[str, str], volumes: dict[str, Loader], tolerance: dict | None = None) -> dict[str, Any]:
     """Load one case, validate it and return canonical arrays plus facts about it."""
     ct_file = paths["ct_scan"]
@@ -141,14 +110,18 @@ def _read_case(case: str, paths: dict[str, str], volumes: dict[str, Loader], tol
     if np.issubdtype(ct.dtype, np.floating) and not np.isfinite(ct).all():
         n_bad = int(np.size(ct) - np.isfinite(ct).sum())
         raise DataValidationError(f"CT holds {n_bad} NaN or infinite voxel(s)", case=case, file=ct_file)
-    grid = {"ct": (ct_file, ct_img), "tolerance": tolerance}
-    lung = _read_mask(_loader(volumes, paths["lung_mask"], case)(), case=case, file=paths["lung_mask"],
-                      kind="lung_mask", **grid)
-    infection = _read_mask(_loader(volumes, paths["infection_mask"], case)(), case=case,
-                           file=paths["infection_mask"], kind="infection_mask", **grid)
+    if tolerance is None:  # a caller without geometry_tolerance: shape and orientation only
+        tolerance = NO_TOLERANCE
+
+    def mask(kind: str) -> np.ndarray:
+        file = paths[kind]
+        return load_mask(_loader(volumes, file, case)(), ct_vol, what=kind, case=case, file=file,
+                         tolerance=tolerance, labels=LABEL_SETS[kind])
+
+    lung = mask("lung_mask")
+    infection = mask("infection_mask")
     if paths.get("lung_and_infection_mask"):
-        combined = _read_mask(_loader(volumes, paths["lung_and_infection_mask"], case)(), case=case,
-                              file=paths["lung_and_infection_mask"], kind="lung_and_infection_mask", **grid)
+        combined = mask("lung_and_infection_mask")
         mismatch = int(np.count_nonzero((combined == 3) != (infection > 0)))
         if mismatch:
             logger.warning("Case %s: combined mask and infection mask disagree on %d voxel(s)", case, mismatch)
