@@ -5,7 +5,7 @@ Canonical means: reoriented with nibabel to axis codes ``("L", "P", "S")`` and t
 patient's right, and the left lung has the larger column index (see docs/architecture.md).
 
 :func:`load_mask` is the one reader of label masks on their CT's grid: the dataset's masks at ingestion
-(the ingestion pipeline), and the ground truth of the CLI batch and of the web UI
+(:mod:`lungseg.ingest`), and the ground truth of the CLI batch and of the web UI
 (:mod:`lungseg.inference.ground_truth`).
 """
 

@@ -25,7 +25,7 @@ from hardening_helpers import (
 from kedro_datasets.partitions import PartitionedDataset
 
 from lungseg.errors import DataValidationError
-from lungseg.pipelines.ingestion.nodes import ingest_cases
+from lungseg.ingest import ingest_dataset
 
 
 def _params(root, **extra):
@@ -36,7 +36,7 @@ def _params(root, **extra):
 def _ingest(root, **extra):
     meta = pd.read_csv(root / "metadata.csv")
     volumes = PartitionedDataset(path=str(root), dataset="lungseg.datasets.NiftiDataset").load()
-    return ingest_cases(meta, volumes, _params(root, **extra))
+    return ingest_dataset(meta, volumes, _params(root, **extra))
 
 
 def _dataset(root, shape=(8, 48, 48)):
