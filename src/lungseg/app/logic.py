@@ -3,7 +3,7 @@
 Nothing here imports Streamlit. Reading, segmenting and reporting reuse ``lungseg.inference``,
 display windowing reuses ``lungseg.imaging`` and the scores reuse ``lungseg.evaluation.metrics``.
 Uploads live in :mod:`lungseg.app.uploads` and the "Evaluation" section (the ground-truth rule) in
-:mod:`lungseg.app.evaluate`; their names are re-exported here, so the page uses ``logic.<name>`` only.
+:mod:`lungseg.app.ground_truth_view`; their names are re-exported here, so the page uses ``logic.<name>`` only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.app.evaluate import (
+from lungseg.app.ground_truth_view import (
     BINARY_TASKS,
     METRIC_LABELS,
     METRIC_NAMES,
@@ -57,7 +57,7 @@ from lungseg.inference.ground_truth import PNG_LABEL_SCALE
 from lungseg.layout import MODELS_DIR, TASKS, variant_name
 
 # fmt: off
-__all__ = [  # the page's whole vocabulary, defined here or re-exported from uploads / evaluate
+__all__ = [  # the page's whole vocabulary, defined here or re-exported from uploads / ground_truth_view
     "BINARY_TASKS", "DEFAULT_MAX_UPLOAD_MB", "INPUT_SUFFIXES", "MAX_UPLOAD_ENV", "METRIC_LABELS", "METRIC_NAMES",
     "MODELS_DIR", "MODELS_DIR_ENV", "PNG_LABEL_SCALE", "REQUIRED_MODELS", "TASK_CHOICES", "TRAIN_COMMANDS",
     "VOLUME_SUFFIXES", "LoadedInput", "ModelChoice", "check_upload", "colour_mask", "default_models_dir",
