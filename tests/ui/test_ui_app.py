@@ -165,8 +165,8 @@ def test_no_model_names_the_training_command(monkeypatch, tmp_path):
     _assert_no_exception(at)
     errors = [e.value for e in at.sidebar.error]
     assert len(errors) == 1
-    assert "make demo" in errors[0] and "kedro run --pipeline=lung_unet" in errors[0]
-    assert "kedro run --pipeline=infection_unet" in errors[0]
+    assert "make demo" in errors[0] and "kedro run --pipelines=lung_unet" in errors[0]
+    assert "kedro run --pipelines=infection_unet" in errors[0]
     # the app keeps working: an upload still shows the image, with a warning
     img, _ = synthetic_case()
     at = _upload(at, "ct_upload", "slice.png", png_bytes(img))

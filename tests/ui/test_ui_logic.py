@@ -134,7 +134,7 @@ def test_missing_models_message_names_commands():
     assert logic.missing_tasks("Both", {}) == ["lung", "infection"]
     msg = logic.missing_model_message(["lung", "infection"], "/tmp/models")
     assert "make demo" in msg
-    assert "kedro run --pipeline=lung_unet" in msg and "kedro run --pipeline=infection_unet" in msg
+    assert "kedro run --pipelines=lung_unet" in msg and "kedro run --pipelines=infection_unet" in msg
     assert "/tmp/models" in msg
 
 

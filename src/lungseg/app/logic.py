@@ -84,7 +84,7 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "Both": ("lung", "infection"),
 }
 #: The command that trains a model of each task.
-TRAIN_COMMANDS: dict[str, str] = {task: f"kedro run --pipeline={variant_name(task, 'unet')}" for task in TASKS}
+TRAIN_COMMANDS: dict[str, str] = {task: f"kedro run --pipelines={variant_name(task, 'unet')}" for task in TASKS}
 
 
 # --------------------------------------------------------------------------------------------
