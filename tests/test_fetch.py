@@ -325,7 +325,7 @@ except Exception as exc:
 
 def _phrases_present(text: str) -> None:
     flat = " ".join(text.split())
-    assert "lungseg fetch-data" in flat and "kedro run --env=demo --pipeline=infection_unet" in flat
+    assert "lungseg fetch-data" in flat and "kedro run --env=demo --pipelines=infection_unet" in flat
     assert "metadata.csv does not exist" in flat
 
 

@@ -15,8 +15,8 @@ from kedro_datasets.partitions import PartitionedDataset
 
 from lungseg.datasets import NiftiDataset, NpzDataset
 from lungseg.errors import DataValidationError
+from lungseg.ingest import ingest_dataset
 from lungseg.layout import resolve_relative
-from lungseg.pipelines.ingestion.nodes import ingest_cases
 
 
 def _volumes(root: Path) -> dict:
@@ -25,7 +25,7 @@ def _volumes(root: Path) -> dict:
 
 def _ingest(root: Path, **params):
     meta = pd.read_csv(root / "metadata.csv")
-    return ingest_cases(meta, _volumes(root), {"skip_invalid_cases": False, **params})
+    return ingest_dataset(meta, _volumes(root), {"skip_invalid_cases": False, **params})
 
 
 def test_ingests_both_intensity_kinds_and_kaggle_paths(tiny_dataset):
@@ -105,7 +105,8 @@ def test_unreadable_nifti(tiny_dataset):
 
 def test_shape_mismatch(tiny_dataset):
     write_nifti(tiny_dataset / "lung_mask/case_a.nii.gz", np.zeros((8, 48, 40), np.uint8))
-    _expect(tiny_dataset, r"shape \(40, 48, 8\) but the CT .ct_scans/case_a_org.nii.gz. has shape \(48, 48, 8\)", case="case_a")
+    _expect(tiny_dataset, r"lung_mask's shape \(40, 48, 8\) does not match the CT's shape \(48, 48, 8\) "
+            r".'ct_scans/case_a_org.nii.gz'.", case="case_a", file="lung_mask/case_a.nii.gz")
 
 
 def test_mask_value_outside_label_set(tiny_dataset):
@@ -128,14 +129,14 @@ def test_nan_or_inf_in_ct(tiny_dataset, bad):
 def test_metadata_missing_column(tiny_dataset):
     meta = pd.read_csv(tiny_dataset / "metadata.csv").drop(columns=["infection_mask"])
     with pytest.raises(DataValidationError, match=r"metadata.csv.*missing required column\(s\) \['infection_mask'\]"):
-        ingest_cases(meta, _volumes(tiny_dataset), {})
+        ingest_dataset(meta, _volumes(tiny_dataset), {})
 
 
 def test_path_escaping_root(tiny_dataset):
     meta = pd.read_csv(tiny_dataset / "metadata.csv")
     meta.loc[1, "ct_scan"] = "../../etc/passwd"
     with pytest.raises(DataValidationError, match="escapes the dataset root") as info:
-        ingest_cases(meta, _volumes(tiny_dataset), {})
+        ingest_dataset(meta, _volumes(tiny_dataset), {})
     assert "case_b" in str(info.value) and "../../etc/passwd" in str(info.value)
 
 
@@ -204,6 +205,6 @@ def test_npz_dataset_roundtrip(tmp_path):
 def test_skip_invalid_cases_also_skips_a_bad_path(tiny_dataset):
     meta = pd.read_csv(tiny_dataset / "metadata.csv")
     meta.loc[1, "ct_scan"] = "../../etc/passwd"
-    table, _, skipped = ingest_cases(meta, _volumes(tiny_dataset), {"skip_invalid_cases": True})
+    table, _, skipped = ingest_dataset(meta, _volumes(tiny_dataset), {"skip_invalid_cases": True})
     assert list(table["case_id"]) == ["case_a", "case_c"]
     assert skipped.loc[0, "case_id"] == "case_b" and "escapes the dataset root" in skipped.loc[0, "problem"]

@@ -289,7 +289,7 @@ def cmd_models(args: argparse.Namespace) -> int:
     for task, entries in found.items():
         print(f"{task}:")
         if not entries:
-            print(f"  (none; train one with `kedro run --pipeline={task}_unet` or `make demo`)")
+            print(f"  (none; train one with `kedro run --pipelines={task}_unet` or `make demo`)")
         for e in entries:
             print(f"  {e['variant']:<26} {e['version']:<26} {e['path']}")
     return EXIT_OK

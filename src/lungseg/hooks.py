@@ -171,8 +171,8 @@ def missing_data_message(raw_root: str, pipeline_names: str) -> str:
         f"No dataset at {raw_root}: {raw_root.rstrip('/')}/metadata.csv does not exist, and the pipeline "
         f"{pipeline_names} starts from it. Two ways on: `lungseg fetch-data{dest}` downloads the real COVID-19 CT "
         "Lung and Infection Segmentation Dataset (Zenodo 3757476, about 1.1 GB, checksummed; add --from DIR_OR_ZIP "
-        "for archives already downloaded), or `kedro run --env=demo --pipeline=infection_unet` trains on the "
-        "embedded synthetic data instead (generate it once with `kedro run --env=demo --pipeline=synthetic_data`; "
+        "for archives already downloaded), or `kedro run --env=demo --pipelines=infection_unet` trains on the "
+        "embedded synthetic data instead (generate it once with `kedro run --env=demo --pipelines=synthetic_data`; "
         "`make demo` does both). To read the data from another folder, set raw_root in conf/<env>/globals.yml."
     )
 

@@ -1,12 +1,18 @@
-"""Volumes in lungseg's canonical orientation, and the way back to the file's own grid.
+"""Volumes in lungseg's canonical orientation, the way back to the file's own grid, and masks read onto a CT's grid.
 
 Canonical means: reoriented with nibabel to axis codes ``("L", "P", "S")`` and transposed to ``(z, y, x)``.
 ``vol.array[k]`` is then an axial slice in the radiological view: row 0 is anterior, column 0 is the
 patient's right, and the left lung has the larger column index (see docs/architecture.md).
+
+:func:`load_mask` is the one reader of label masks on their CT's grid: the dataset's masks at ingestion
+(:mod:`lungseg.ingest`), and the ground truth of the CLI batch and of the web UI
+(:mod:`lungseg.inference.ground_truth`).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -15,6 +21,8 @@ import numpy as np
 from nibabel import orientations as nio
 
 from lungseg.errors import DataValidationError
+
+logger = logging.getLogger(__name__)
 
 CANONICAL_AXCODES = ("L", "P", "S")
 
@@ -250,3 +258,116 @@ def from_canonical_array(
         ornt=ornt,
         source=source,
     )
+
+
+# ---------------------------------------------------------------------------------- masks on a CT's grid
+
+
+def describe_shape(shape: Sequence[int], is_2d: bool) -> str:
+    """A canonical shape in words: ``HxW pixels`` for a 2D image, ``(z, y, x)`` for a volume."""
+    if is_2d and len(shape) == 3 and shape[0] == 1:
+        return f"{shape[1]}x{shape[2]} pixels"
+    return f"{tuple(int(s) for s in shape)} (z, y, x)"
+
+
+def _canonical_shape(img: nib.spatialimages.SpatialImage) -> tuple[int, int, int]:
+    """The (z, y, x) shape of a 3D image once reoriented, from its header (no voxel is read)."""
+    ornt = nio.ornt_transform(nio.io_orientation(img.affine), nio.axcodes2ornt(CANONICAL_AXCODES))
+    xyz = [0, 0, 0]
+    for i in range(3):
+        xyz[int(ornt[i, 0])] = int(img.shape[i])
+    return xyz[2], xyz[1], xyz[0]
+
+
+def _mask_grid(img, ct: Volume, tolerance, *, what: str, case, file) -> None:
+    """The grid checks of :func:`load_mask` (header only)."""
+    if isinstance(img, np.ndarray):  # a 2D image's mask: no affine, its canonical shape is all there is
+        shape, ct_shape = img.shape, tuple(int(s) for s in ct.array.shape)
+        stored = False
+    else:
+        check_affine(img.affine, case=case, file=file)
+        stored = tolerance is not None
+        if stored:
+            shape, ct_shape = tuple(int(s) for s in img.shape[:3]), tuple(int(s) for s in ct.shape[:3])
+        else:
+            shape = _canonical_shape(img) if len(img.shape) >= 3 else tuple(int(s) for s in img.shape)
+            ct_shape = tuple(int(s) for s in ct.array.shape)
+    if shape != ct_shape:
+        if stored:  # the shapes as stored in the files
+            mine, theirs, ct_file = str(shape), str(ct_shape), f" ({ct.source!r})" if ct.source else ""
+        else:
+            is_2d = isinstance(img, np.ndarray) or ct_shape[0] == 1
+            mine, theirs, ct_file = describe_shape(shape, is_2d), describe_shape(ct_shape, is_2d), ""
+        raise DataValidationError(
+            f"{what}'s shape {mine} does not match the CT's shape {theirs}{ct_file}; they must be on the same grid",
+            case=case, file=file,
+        )
+    if isinstance(img, np.ndarray):
+        return
+    if stored:
+        why = geometry_mismatch(ct.affine, ct.shape, img.affine, img.shape, **tolerance)
+        if why:
+            raise DataValidationError(
+                f"{what} is not on the grid of its CT {ct.source!r}: its {why}; the labels would be misaligned",
+                case=case, file=file,
+            )
+        return
+    codes, ct_codes = nib.aff2axcodes(img.affine), nib.aff2axcodes(ct.affine)
+    if codes != ct_codes:
+        logger.warning("case %s: %s %s is oriented %s, the CT %s; compared after reorienting both",
+                       case, what, file, "".join(codes), "".join(ct_codes))
+
+
+def load_mask(
+    img: nib.spatialimages.SpatialImage | np.ndarray,
+    ct: Volume,
+    *,
+    what: str = "the mask",
+    case: str | None = None,
+    file: str | Path | None = None,
+    tolerance: Mapping[str, float] | None = None,
+    labels: Sequence[int] | None = None,
+) -> np.ndarray:
+    """Read a label mask onto the canonical (z, y, x) grid of its CT, checking its grid and its values.
+
+    The one mask and grid reader: the dataset's masks at ingestion, and the ground truth of the CLI batch
+    and of the web UI (which then map 0/255 and labels x 85 to labels, see
+    :func:`lungseg.inference.ground_truth.normalise_labels`).
+
+    Args:
+        img: a 3D nibabel image, or the canonical array of a 2D image's mask (a PNG read as ``(1, H, W)``),
+            which has no grid of its own: only its shape is compared.
+        ct: the canonical :class:`Volume` of the CT (its ``source`` names it in messages).
+        what: the mask in messages (``"lung_mask"``, ``"the ground-truth mask"``).
+        case, file: the case and the mask's file, for messages.
+        tolerance: the keyword arguments of :func:`geometry_mismatch` (``spacing_rel``, ``direction``,
+            ``origin_mm``). Given, the mask must be stored on the CT's own grid: the same stored shape,
+            the same orientation (a flipped or transposed axis would mirror the labels) and an affine within
+            the tolerance. None: the mask is reoriented like the CT and its canonical shape must be the CT's;
+            another orientation is only logged.
+        labels: the allowed label values (a range from 0); default any whole number 0-255.
+
+    Returns:
+        The mask as uint8 (z, y, x), in memory (never a view of the file's data).
+
+    Raises:
+        DataValidationError: naming the case and the file: a degenerate affine, unreadable or non-3D data,
+            another shape or grid than the CT's, NaN, fractions, or values outside ``labels``.
+    """
+    _mask_grid(img, ct, tolerance, what=what, case=case, file=file)
+    arr = img if isinstance(img, np.ndarray) else load_canonical(img, case=case, file=file).array
+    expected = f"labels {tuple(labels)}" if labels is not None else "whole numbers 0-255"
+    if not np.issubdtype(arr.dtype, np.integer):
+        if not np.isfinite(arr).all():
+            raise DataValidationError(f"{what} holds NaN or infinite values; expected {expected}", case=case, file=file)
+        if not np.array_equal(arr, np.round(arr)):
+            raise DataValidationError(f"{what} holds non-integer values; expected {expected}", case=case, file=file)
+    if arr.dtype != np.uint8 or labels is not None:
+        top = max(labels) if labels is not None else 255
+        lo, hi = (arr.min(), arr.max()) if arr.size else (0, 0)
+        if lo < 0 or hi > top:
+            found = np.unique(arr[(arr < 0) | (arr > top)])[:5].tolist()
+            where = f"its label set {tuple(labels)}" if labels is not None else "0-255"
+            raise DataValidationError(f"{what} holds value(s) {found} outside {where}", case=case, file=file)
+    out = arr.astype(np.uint8, copy=False)
+    return np.array(out) if out.base is not None else out

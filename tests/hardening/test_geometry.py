@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import nibabel as nib
 import numpy as np
@@ -24,7 +25,7 @@ from hardening_helpers import (
 from kedro_datasets.partitions import PartitionedDataset
 
 from lungseg.errors import DataValidationError
-from lungseg.pipelines.ingestion.nodes import ingest_cases
+from lungseg.ingest import ingest_dataset
 
 
 def _params(root, **extra):
@@ -35,7 +36,7 @@ def _params(root, **extra):
 def _ingest(root, **extra):
     meta = pd.read_csv(root / "metadata.csv")
     volumes = PartitionedDataset(path=str(root), dataset="lungseg.datasets.NiftiDataset").load()
-    return ingest_cases(meta, volumes, _params(root, **extra))
+    return ingest_dataset(meta, volumes, _params(root, **extra))
 
 
 def _dataset(root, shape=(8, 48, 48)):
@@ -62,6 +63,32 @@ def test_a_mask_with_a_flipped_axis_is_refused_naming_the_case_and_both_files(tm
     assert "orientation LPI differs from LPS" in msg and "misaligned" in msg
     table, _, skipped = _ingest(root, skip_invalid_cases=True)
     assert list(table["case_id"]) == ["case_a"] and list(skipped["case_id"]) == ["case_b"]
+
+
+def test_ingestion_and_the_batch_ground_truth_share_one_grid_check(tmp_path, caplog):
+    """lungseg.volume.load_mask reads both: a mask with a flipped axis is refused in the same words by
+    ingestion and by the batch's ground-truth reader (with a tolerance); the UI's (none) reorients it, warning."""
+    from lungseg.inference.ground_truth import read_mask
+    from lungseg.volume import load_canonical
+
+    root = _dataset(tmp_path / "raw")
+    ct_file = root / "ct_scans/case_b_org.nii.gz"
+    flipped = nib.load(str(ct_file)).affine.copy()
+    flipped[2, 2] *= -1
+    mask = root / "lung_mask/case_b.nii.gz"
+    _rewrite_with_affine(mask, flipped)
+    with pytest.raises(DataValidationError) as ingested:
+        _ingest(root)
+    ct = load_canonical(nib.load(str(ct_file)), file=str(ct_file))
+    with pytest.raises(DataValidationError) as scored:
+        read_mask(mask, ct, case="case_b", tolerance=_params(root)["geometry_tolerance"])
+    for info in (ingested, scored):
+        msg = str(info.value)
+        assert "case 'case_b'" in msg and "lung_mask/case_b.nii.gz" in msg and "case_b_org.nii.gz" in msg
+        assert "is not on the grid of its CT" in msg and "orientation LPI differs from LPS" in msg
+    with caplog.at_level(logging.WARNING, logger="lungseg.volume"):
+        labels = read_mask(mask, ct, case="case_b")
+    assert labels.shape == ct.array.shape and "is oriented LPI, the CT LPS" in caplog.text
 
 
 def test_a_mask_transposed_in_plane_is_refused_on_a_non_square_case(tmp_path):

@@ -96,7 +96,7 @@ def _ingestion_params(raw_root):
 
 
 def test_ingestion_refuses_a_hostile_mask_name_by_row(tiny_dataset):
-    from lungseg.pipelines.ingestion.nodes import check_metadata
+    from lungseg.ingest import check_metadata
 
     meta = pd.read_csv(tiny_dataset / "metadata.csv")
     meta.loc[1, "lung_mask"] = "lung_mask/evil name;x.nii.gz"

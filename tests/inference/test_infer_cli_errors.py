@@ -65,9 +65,9 @@ def test_missing_model_names_the_training_command(tmp_path, capsys):
     ct = np.full((40, 40, 3), -1000, np.int16)
     nib.save(nib.Nifti1Image(ct, np.diag([-1.0, -1.0, 1.0, 1.0])), str(tmp_path / "ct.nii.gz"))
     code, out = _predict(tmp_path, tmp_path / "ct.nii.gz")
-    _assert_clean_failure(capsys, tmp_path, code, out, "no trained lung model", "kedro run --pipeline=lung_unet", "make demo")
+    _assert_clean_failure(capsys, tmp_path, code, out, "no trained lung model", "kedro run --pipelines=lung_unet", "make demo")
     code, out = _predict(tmp_path, tmp_path / "ct.nii.gz", "--lung-model", str(tmp_path / "gone.keras"))
-    _assert_clean_failure(capsys, tmp_path, code, out, "gone.keras", "kedro run --pipeline=lung_unet")
+    _assert_clean_failure(capsys, tmp_path, code, out, "gone.keras", "kedro run --pipelines=lung_unet")
 
 
 def test_foreign_output_folder_is_not_overwritten(tmp_path, capsys):
@@ -131,4 +131,4 @@ def test_ui_without_the_app_script_is_a_clear_error(monkeypatch, tmp_path, capsy
 def test_models_command_lists_none_with_the_training_hint(tmp_path, capsys):
     assert cli.main(["models", "--models-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "lung:" in out and "kedro run --pipeline=infection_unet" in out
+    assert "lung:" in out and "kedro run --pipelines=infection_unet" in out

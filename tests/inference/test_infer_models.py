@@ -59,8 +59,8 @@ def test_list_and_find_latest(tmp_path):
 def test_no_model_names_the_training_commands(tmp_path):
     with pytest.raises(ModelNotFoundError) as exc:
         find_latest_model("infection", tmp_path)
-    assert "kedro run --pipeline=infection_unet" in str(exc.value) and "make demo" in str(exc.value)
-    with pytest.raises(ModelNotFoundError, match="kedro run --pipeline=lung_unet"):
+    assert "kedro run --pipelines=infection_unet" in str(exc.value) and "make demo" in str(exc.value)
+    with pytest.raises(ModelNotFoundError, match="kedro run --pipelines=lung_unet"):
         load_model_spec(None, "lung", tmp_path)
 
 

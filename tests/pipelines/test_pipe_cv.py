@@ -1,4 +1,4 @@
-"""``kedro run --pipeline=infection_unet_cv`` end to end on tiny synthetic cases, 2 folds.
+"""``kedro run --pipelines=infection_unet_cv`` end to end on tiny synthetic cases, 2 folds.
 
 Checks the out-of-fold tables (every patient scored once, by the fold that never saw it), the
 combined system's table, the nested MLflow runs (one per variant, one per fold under it, the same keys

@@ -1,4 +1,4 @@
-"""MLflow runs that line up in Compare: ``kedro run --pipeline=system`` (two variants) end to end.
+"""MLflow runs that line up in Compare: ``kedro run --pipelines=system`` (two variants) end to end.
 
 One parent run, one nested child run per variant with the same parameter and metric keys (no
 variant prefix), the tags to filter on, the training and validation datasets (``mlflow.log_input``),

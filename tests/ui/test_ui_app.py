@@ -165,8 +165,8 @@ def test_no_model_names_the_training_command(monkeypatch, tmp_path):
     _assert_no_exception(at)
     errors = [e.value for e in at.sidebar.error]
     assert len(errors) == 1
-    assert "make demo" in errors[0] and "kedro run --pipeline=lung_unet" in errors[0]
-    assert "kedro run --pipeline=infection_unet" in errors[0]
+    assert "make demo" in errors[0] and "kedro run --pipelines=lung_unet" in errors[0]
+    assert "kedro run --pipelines=infection_unet" in errors[0]
     # the app keeps working: an upload still shows the image, with a warning
     img, _ = synthetic_case()
     at = _upload(at, "ct_upload", "slice.png", png_bytes(img))
@@ -463,11 +463,11 @@ def test_the_sidebar_precision_reloads_the_models_in_bf16_and_the_report_says_so
 
 def test_load_model_sets_the_prediction_precision(models_dir):
     choices = logic.model_choices(models_dir)
-    loaded = logic.load_model(choices["lung"][0].path, "lung", models_dir, "mixed_bfloat16")
+    loaded = logic.load_ui_model(choices["lung"][0].path, "lung", models_dir, "mixed_bfloat16")
     conv = [layer for layer in loaded.model.layers if layer.weights][0]
     assert loaded.precision == "mixed_bfloat16" and conv.dtype_policy.compute_dtype == "bfloat16"
     assert conv.weights[0].dtype == "float32"
     from lungseg.errors import ConfigError
 
     with pytest.raises(ConfigError, match="precision must be one of"):
-        logic.load_model(choices["lung"][0].path, "lung", models_dir, "fp16")
+        logic.load_ui_model(choices["lung"][0].path, "lung", models_dir, "fp16")

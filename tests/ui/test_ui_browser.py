@@ -119,9 +119,9 @@ def _expected_dice(models_dir: Path, image: bytes, labels) -> float:
 
     loaded = logic.read_upload("slice.png", image)
     choices = logic.model_choices(models_dir)
-    lung = logic.load_model(choices["lung"][0].path, "lung", models_dir)
-    infection = logic.load_model(choices["infection"][0].path, "infection", models_dir)
-    seg = logic.segment(loaded, lung, infection, "Both")
+    lung = logic.load_ui_model(choices["lung"][0].path, "lung", models_dir)
+    infection = logic.load_ui_model(choices["infection"][0].path, "infection", models_dir)
+    seg = logic.segment_upload(loaded, lung, infection, "Both")
     return metrics.dice(seg.lung_labels > 0, labels[None] > 0)
 
 

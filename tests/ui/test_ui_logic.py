@@ -134,7 +134,7 @@ def test_missing_models_message_names_commands():
     assert logic.missing_tasks("Both", {}) == ["lung", "infection"]
     msg = logic.missing_model_message(["lung", "infection"], "/tmp/models")
     assert "make demo" in msg
-    assert "kedro run --pipeline=lung_unet" in msg and "kedro run --pipeline=infection_unet" in msg
+    assert "kedro run --pipelines=lung_unet" in msg and "kedro run --pipelines=infection_unet" in msg
     assert "/tmp/models" in msg
 
 
@@ -203,7 +203,7 @@ def test_downloads_png_and_nifti_on_input_grid():
     mask[0, 12:14, 32:34] = 3
     data, name, _ = logic.mask_download(loaded, mask, "Both")
     assert name == "slice_labels.png"
-    np.testing.assert_array_equal(logic.read_ground_truth("gt.png", data, loaded), mask)
+    np.testing.assert_array_equal(logic.read_ground_truth_upload("gt.png", data, loaded), mask)
 
     # a volume stored in RAS-ish orientation: the download must come back on the file's own grid
     vol = np.random.default_rng(1).integers(-1000, 400, (40, 36, 4)).astype(np.int16)
@@ -265,33 +265,33 @@ def test_evaluate_known_scores():
         logic.evaluate(_seg(lungs, None), inf_gt, "Lungs", binary_task="infection")
 
 
-def test_read_ground_truth_checks(tmp_path):
+def test_read_ground_truth_upload_checks(tmp_path):
     img = _ct_slice()
     loaded = logic.read_upload("slice.png", _png(img))
     gt = np.zeros((48, 48), np.uint8)
     gt[5:10, 5:10] = 255
-    out = logic.read_ground_truth("gt.png", _png(gt), loaded)
+    out = logic.read_ground_truth_upload("gt.png", _png(gt), loaded)
     assert out.shape == (1, 48, 48) and set(np.unique(out)) == {0, 1}
     with pytest.raises(InputError, match=r"shape 40x48 pixels .* 48x48 pixels"):
-        logic.read_ground_truth("gt.png", _png(gt[:40]), loaded)
+        logic.read_ground_truth_upload("gt.png", _png(gt[:40]), loaded)
     with pytest.raises(InputError, match="colour"):
-        logic.read_ground_truth("gt.png", _png(np.dstack([gt, gt * 0, gt])), loaded)
+        logic.read_ground_truth_upload("gt.png", _png(np.dstack([gt, gt * 0, gt])), loaded)
     with pytest.raises(InputError, match="corrupt"):
-        logic.read_ground_truth("gt.png", b"garbage", loaded)
+        logic.read_ground_truth_upload("gt.png", b"garbage", loaded)
     with pytest.raises(InputError, match="unsupported ground-truth mask type"):
-        logic.read_ground_truth("gt.nii.gz", b"garbage", loaded)
+        logic.read_ground_truth_upload("gt.nii.gz", b"garbage", loaded)
 
     vol = np.zeros((40, 36, 4), np.int16)
     loaded3 = logic.read_upload("ct.nii.gz", _nifti_bytes(vol + 100, np.diag([1.0, 1.0, 2.5, 1.0])))
     labels = np.zeros_like(vol, dtype=np.uint8)
     labels[30:, :, 1] = 3  # right-most voxels in x of a RAS file: the patient's left
-    out3 = logic.read_ground_truth("gt.nii.gz", _nifti_bytes(labels, np.diag([1.0, 1.0, 2.5, 1.0])), loaded3)
+    out3 = logic.read_ground_truth_upload("gt.nii.gz", _nifti_bytes(labels, np.diag([1.0, 1.0, 2.5, 1.0])), loaded3)
     assert out3.shape == loaded3.shape and out3.sum() == labels.sum()
     np.testing.assert_array_equal(loaded3.volume.to_original(out3), labels)
     with pytest.raises(InputError, match="cannot read"):
-        logic.read_ground_truth("gt.nii.gz", b"\x1f\x8b not gzip", loaded3)
+        logic.read_ground_truth_upload("gt.nii.gz", b"\x1f\x8b not gzip", loaded3)
     with pytest.raises(InputError, match=r"file 'gt.nii.gz': .*non-integer values"):
-        logic.read_ground_truth(
+        logic.read_ground_truth_upload(
             "gt.nii.gz", _nifti_bytes(labels * np.float32(0.5), np.diag([1.0, 1.0, 2.5, 1.0])), loaded3
         )
 

@@ -254,5 +254,5 @@ def test_slice_report_in_pixels_and_the_left_out_dense_tissue_warning():
     assert 0.4 * bites < fraction <= bites  # the closing finds the inner part of each bite
     assert fraction > report_view.LEFT_OUT_WARN_FRACTION
     loaded = logic.LoadedInput("slice.png", from_canonical_array(ct), "uint8", True, "digest")
-    report = logic.make_report(_seg(lungs, np.zeros_like(lungs)), loaded)
+    report = logic.ui_report(_seg(lungs, np.zeros_like(lungs)), loaded)
     assert "leave out dense tissue" in report["warning"] and report["dense_tissue_left_out_percent_of_lung"] > 5

@@ -3,7 +3,7 @@
 Nothing here imports Streamlit. Reading, segmenting and reporting reuse ``lungseg.inference``,
 display windowing reuses ``lungseg.imaging`` and the scores reuse ``lungseg.evaluation.metrics``.
 Uploads live in :mod:`lungseg.app.uploads` and the "Evaluation" section (the ground-truth rule) in
-:mod:`lungseg.app.evaluate`; their names are re-exported here, so the page uses ``logic.<name>`` only.
+:mod:`lungseg.app.ground_truth_view`; their names are re-exported here, so the page uses ``logic.<name>`` only.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from lungseg.app.evaluate import (
+from lungseg.app.ground_truth_view import (
     BINARY_TASKS,
     METRIC_LABELS,
     METRIC_NAMES,
@@ -30,7 +30,7 @@ from lungseg.app.evaluate import (
     per_lung_dice,
     per_slice_dice,
     predicted_for,
-    read_ground_truth,
+    read_ground_truth_upload,
     scored_tasks,
     task_error_map,
     volume_rows,
@@ -57,16 +57,17 @@ from lungseg.inference.ground_truth import PNG_LABEL_SCALE
 from lungseg.layout import MODELS_DIR, TASKS, variant_name
 
 # fmt: off
-__all__ = [  # the page's whole vocabulary, defined here or re-exported from uploads / evaluate
+__all__ = [  # the page's whole vocabulary, defined here or re-exported from uploads / ground_truth_view
     "BINARY_TASKS", "DEFAULT_MAX_UPLOAD_MB", "INPUT_SUFFIXES", "MAX_UPLOAD_ENV", "METRIC_LABELS", "METRIC_NAMES",
     "MODELS_DIR", "MODELS_DIR_ENV", "PNG_LABEL_SCALE", "REQUIRED_MODELS", "TASK_CHOICES", "TRAIN_COMMANDS",
     "VOLUME_SUFFIXES", "LoadedInput", "ModelChoice", "check_upload", "colour_mask", "default_models_dir",
     "default_slice", "describe_error", "digest_bytes", "display_colours", "display_labels", "display_slice",
-    "evaluate", "file_stem", "file_suffix", "ground_truth_for", "infection_mask", "is_label_map", "load_model",
-    "lung_mask", "make_report", "mask_download", "mask_nifti_bytes", "mask_png_bytes", "missing_model_message",
-    "missing_tasks", "model_choices", "overlay", "per_lung_dice", "per_slice_dice", "png_values", "predicted_for",
-    "read_ground_truth", "read_upload", "report_headline", "safe_file_name", "scored_tasks", "segment",
-    "selected_mask", "server_max_upload_mb", "task_error_map", "upload_limit_mb", "volume_rows",
+    "evaluate", "file_stem", "file_suffix", "ground_truth_for", "infection_mask", "is_label_map", "load_ui_model",
+    "lung_mask", "mask_download", "mask_nifti_bytes", "mask_png_bytes", "missing_model_message", "missing_tasks",
+    "model_choices", "overlay", "per_lung_dice", "per_slice_dice", "png_values", "predicted_for",
+    "read_ground_truth_upload", "read_upload", "report_headline", "safe_file_name", "scored_tasks",
+    "segment_upload", "selected_mask", "server_max_upload_mb", "task_error_map", "ui_report", "upload_limit_mb",
+    "volume_rows",
 ]
 # fmt: on
 
@@ -83,7 +84,7 @@ REQUIRED_MODELS: dict[str, tuple[str, ...]] = {
     "Both": ("lung", "infection"),
 }
 #: The command that trains a model of each task.
-TRAIN_COMMANDS: dict[str, str] = {task: f"kedro run --pipeline={variant_name(task, 'unet')}" for task in TASKS}
+TRAIN_COMMANDS: dict[str, str] = {task: f"kedro run --pipelines={variant_name(task, 'unet')}" for task in TASKS}
 
 
 # --------------------------------------------------------------------------------------------
@@ -130,7 +131,7 @@ def missing_model_message(tasks: Sequence[str], models_dir: str | Path) -> str:
 PRECISION_CHOICES = ("float32", "mixed_bfloat16", "auto")
 
 
-def load_model(path: str | Path, task: str, models_dir: str | Path, precision: str = "float32"):
+def load_ui_model(path: str | Path, task: str, models_dir: str | Path, precision: str = "float32"):
     """Load one trained model (its ``model.keras`` path) with :func:`lungseg.inference.models.load_model_spec`,
     set to predict in ``precision`` (:func:`lungseg.models.precision.loaded_in`; the weights stay float32)."""
     from lungseg.inference.models import load_model_spec
@@ -144,7 +145,7 @@ def load_model(path: str | Path, task: str, models_dir: str | Path, precision: s
 # segmentation and report
 
 
-def segment(loaded: LoadedInput, lung_model, infection_model, choice: str, batch_size: int = 8):
+def segment_upload(loaded: LoadedInput, lung_model, infection_model, choice: str, batch_size: int = 8):
     """Segment an uploaded image with :class:`lungseg.inference.segment.Segmenter` (the project's guard bounds)."""
     from lungseg.inference.segment import Segmenter
     from lungseg.inference.settings import InferenceSettings
@@ -183,14 +184,14 @@ def selected_mask(seg, choice: str) -> np.ndarray:
     return np.asarray(seg.combined(), dtype=np.uint8)
 
 
-def make_report(seg, loaded: LoadedInput, models: Mapping[str, Any] | None = None) -> dict:
+def ui_report(seg, loaded: LoadedInput, models: Mapping[str, Any] | None = None) -> dict:
     """The report of a segmentation: :func:`lungseg.inference.report.make_report` for a volume, areas
     in pixels and percentages for a 2D slice (:func:`lungseg.app.report_view.slice_report`); the
     models used (name, version, score) and the share of dense tissue the predicted lungs leave out."""
     from lungseg.app.report_view import LEFT_OUT_WARN_FRACTION, left_out_dense
-    from lungseg.inference.report import make_report as _make_report
+    from lungseg.inference.report import make_report
 
-    report = _make_report(seg, loaded.volume.spacing)
+    report = make_report(seg, loaded.volume.spacing)
     if loaded.is_2d:
         report = slice_report(report, seg)
     if models:

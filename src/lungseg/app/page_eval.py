@@ -53,7 +53,7 @@ def evaluation_section(loaded: logic.LoadedInput, choice: str, seg_key, seg) -> 
         "_gt",
         gt_key,
         f"Reading the ground truth {gt_file.name!r}",
-        logic.read_ground_truth,
+        logic.read_ground_truth_upload,
         gt_file.name,
         gt_file.getvalue(),
         loaded,

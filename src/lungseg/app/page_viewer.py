@@ -150,52 +150,24 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
             volume, viewer.display_volume(volume.array, loaded.source_kind, controls["preset"]), 255, factor
         ),
     )
+
+    def mask_overlay(slot: str, key: Any, mask, opacity: float) -> dict:
+        """One NiiVue overlay of the boolean ``mask()`` (``slot``: lungs, infection, tp, fp, fn), cached per ``key``."""
+        data = _cache(f"nv_{slot}", key, lambda: viewer.viewer_nifti(volume, mask(), 1, factor, masks=True))
+        return {"data": data, "name": f"{slot}.nii.gz", "colormap": viewer.OVERLAY_COLORMAPS[slot], "opacity": opacity}
+
     overlays = []
     if controls["lung_opacity"] > 0 and not controls["error_task"]:  # the error map's green is its true positives
-        lungs = _cache(
-            "nv_lungs",
-            seg_key,
-            lambda: viewer.viewer_nifti(volume, np.asarray(seg.lung_labels) > 0, 1, factor, masks=True),
-        )
-        overlays.append(
-            {
-                "data": lungs,
-                "name": "lungs.nii.gz",
-                "colormap": viewer.OVERLAY_COLORMAPS["lungs"],
-                "opacity": controls["lung_opacity"],
-            }
-        )
+        lungs = mask_overlay("lungs", seg_key, lambda: np.asarray(seg.lung_labels) > 0, controls["lung_opacity"])
+        overlays.append(lungs)
     if controls["error_task"] and evaluation:
         codes = _error_codes(seg, evaluation, controls["error_task"])
         if codes is not None:
+            key = (evaluation["key"], controls["error_task"])
             for code, slot in ((1, "tp"), (2, "fp"), (3, "fn")):
-                data = _cache(
-                    f"nv_{slot}",
-                    (evaluation["key"], controls["error_task"]),
-                    lambda c=code: viewer.viewer_nifti(volume, codes == c, 1, factor, masks=True),
-                )
-                overlays.append(
-                    {
-                        "data": data,
-                        "name": f"{slot}.nii.gz",
-                        "colormap": viewer.OVERLAY_COLORMAPS[slot],
-                        "opacity": controls["opacity"],
-                    }
-                )
+                overlays.append(mask_overlay(slot, key, lambda c=code: codes == c, controls["opacity"]))
     elif "infection" in logic.TASK_CHOICES[choice]:
-        infection = _cache(
-            "nv_infection",
-            seg_key,
-            lambda: viewer.viewer_nifti(volume, np.asarray(seg.infection) > 0, 1, factor, masks=True),
-        )
-        overlays.append(
-            {
-                "data": infection,
-                "name": "infection.nii.gz",
-                "colormap": viewer.OVERLAY_COLORMAPS["infection"],
-                "opacity": controls["opacity"],
-            }
-        )
+        overlays.append(mask_overlay("infection", seg_key, lambda: np.asarray(seg.infection) > 0, controls["opacity"]))
     niivue_viewer(
         nifti_data=ct,
         filename=f"{logic.file_stem(loaded.name)}.nii.gz",

@@ -25,7 +25,7 @@ from lungseg.app.report_view import models_line
 def _cached_model(path: str, task: str, models_dir: str, mtime: float, precision: str = "float32"):
     """Load a trained model once per (path, modification time, precision) for all sessions."""
     del mtime  # only part of the cache key: a model rewritten in place is loaded again
-    return logic.load_model(path, task, models_dir, precision)
+    return logic.load_ui_model(path, task, models_dir, precision)
 
 
 def _model_mtime(path: str) -> float:
@@ -130,11 +130,11 @@ def _segment(loaded: logic.LoadedInput, choice: str, models_dir: str, selected: 
             return None
         models[task] = model
     with st.spinner("Segmenting..."):
-        seg = guarded("Segmentation", logic.segment, loaded, models.get("lung"), models.get("infection"), choice)
+        seg = guarded("Segmentation", logic.segment_upload, loaded, models.get("lung"), models.get("infection"), choice)
     if seg is None:
         return None
     models_used = {task: c.describe() for task, c in selected.items()}
-    report = guarded("Making the report", logic.make_report, seg, loaded, models_used) or {}
+    report = guarded("Making the report", logic.ui_report, seg, loaded, models_used) or {}
     if report:
         report["precision"] = getattr(models.get("lung"), "precision", precision)
     st.session_state["_seg"] = (key, seg, report)

@@ -48,5 +48,5 @@ def cmd_fetch_data(args: argparse.Namespace) -> int:
           f"licence and citation ({result.license_file.name}) are next to the data.")
     if args.source is None:
         print(f"lungseg: the downloaded archives stay in {cache}; delete them to free space.")
-    print("lungseg: next: kedro run --pipeline=ingestion (or a variant, e.g. --pipeline=infection_unet)")
+    print("lungseg: next: kedro run --pipelines=ingestion (or a variant, e.g. --pipelines=infection_unet)")
     return 0

@@ -15,7 +15,7 @@ Ground truth
     empty). A binary mask is the mask of its column's task; a label map gives lung = labels 1-3 and
     infection = label 3. The columns stay empty for a case without ground truth, and the infection ones
     when the infection task was not run. A ground-truth mask that cannot be used (missing, unreadable,
-    bad values, another shape than the CT) is reported in the case's ``eval_error`` column; the case
+    bad values, another shape or grid than the CT's) is reported in the case's ``eval_error`` column; the case
     keeps ``status`` ``ok`` (its segmentation was written) and the batch goes on.
     :func:`ground_truth_summary_lines` gives the mean lines ("mean lung Dice 0.953 over 4 cases (IoU 0.911)").
 """
@@ -83,27 +83,6 @@ def _claim(outdir: Path, *added: str) -> None:
 # ------------------------------------------------------------------------------------- ground truth
 
 
-def check_ground_truth_grid(path: Path, ct_volume, case: str, tolerance: dict[str, float]) -> None:
-    """A ground-truth mask must share its CT's grid (shape and affine within ``tolerance``, see
-    :func:`lungseg.volume.geometry_mismatch`); else a DataValidationError naming the case and both files."""
-    import nibabel as nib
-
-    from lungseg.volume import check_affine, geometry_mismatch
-
-    try:
-        img = nib.load(str(path))
-    except Exception:  # noqa: BLE001 - the ground-truth reader reports unreadable files in its own words
-        return
-    if tuple(int(s) for s in img.shape[:3]) != tuple(int(s) for s in ct_volume.shape[:3]):
-        return  # the ground-truth reader names a shape mismatch in its own words
-    check_affine(img.affine, case=case, file=path)
-    why = geometry_mismatch(ct_volume.affine, ct_volume.shape, img.affine, img.shape, **tolerance)
-    if why:
-        raise DataValidationError(
-            f"not on the grid of its CT {ct_volume.source!r}: its {why}; not scored", case=case, file=path
-        )
-
-
 def ground_truth_metrics(
     seg, ct_volume, item: BatchCase, tasks: Sequence[str], tolerance: dict[str, float] | None = None
 ) -> dict[str, float | None]:
@@ -114,7 +93,8 @@ def ground_truth_metrics(
         ct_volume: the case's CT volume.
         item: the case, with its ground-truth paths.
         tasks: the tasks that were run (infection metrics only when ``"infection"`` is among them).
-        tolerance: when given, each mask must share the CT's affine within it (:func:`check_ground_truth_grid`).
+        tolerance: when given, each NIfTI mask must be stored on the CT's own grid, its affine within it
+            (:func:`lungseg.inference.ground_truth.read_mask`).
 
     Returns:
         ``{"lung_dice", "lung_iou", "infection_dice", "infection_iou"}``, None where there is no
@@ -136,9 +116,7 @@ def ground_truth_metrics(
         if task not in tuple(tasks):
             logger.info("case %s: %s not scored (the %s task was not run)", item.case, column, task)
             continue
-        if tolerance is not None:
-            check_ground_truth_grid(path, ct_volume, item.case, tolerance)
-        gt = read_ground_truth(path, task, ct_volume, case=item.case)
+        gt = read_ground_truth(path, task, ct_volume, case=item.case, tolerance=tolerance)
         pred = predicted(seg, task)
         out[f"{task}_dice"] = dice(pred, gt)
         out[f"{task}_iou"] = iou(pred, gt)

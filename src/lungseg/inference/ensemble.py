@@ -97,4 +97,4 @@ def fold_folder_for(models: str | Path, task: str) -> Path:
             raise ConfigError(f"folder {str(place)!r} holds several {task} cross-validations "
                               f"({', '.join(p.name for p in found)}); name one with --{task}-model")
     raise ModelNotFoundError(f"folder {str(path)!r}: no {task} fold models found; train them with "
-                             f"`kedro run --pipeline={cv_name(variant_name(task, 'unet'))}`")
+                             f"`kedro run --pipelines={cv_name(variant_name(task, 'unet'))}`")

@@ -2,7 +2,9 @@
 
 Reading
     A mask is a NIfTI file (a volume; a 2D NIfTI is one slice) or a PNG (a 2D image). It is read onto
-    the canonical (z, y, x) grid, like the CT, and must have the CT's shape (no resampling). Its values
+    the canonical (z, y, x) grid, like the CT, by :func:`lungseg.volume.load_mask` (ingestion's reader
+    too), and must be on the CT's grid (no resampling): in the batch, stored on the CT's own grid within
+    ``inference.limits``' geometry tolerance; in the UI, of the CT's shape once reoriented. Its values
     must be whole numbers: labels 0-3, a binary 0/1 or 0/255 mask, or a "Both" PNG written as labels x 85
     (0/85/170/255, as ``lungseg predict`` and the web UI write it), read back as labels 0-3. Anything else
     (NaN, fractions, other values, a colour PNG, another shape) is a :class:`DataValidationError` naming
@@ -19,29 +21,19 @@ The prediction compared is ``lung_labels > 0`` for the lung task and ``infection
 
 from __future__ import annotations
 
-import logging
-from collections.abc import Sequence
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
 
 from lungseg.errors import DataValidationError
-from lungseg.layout import IMAGE_SUFFIXES, NIFTI_SUFFIXES, check_task, file_suffix
-
-logger = logging.getLogger(__name__)
+from lungseg.layout import NIFTI_SUFFIXES, check_task, file_suffix
 
 #: A "Both" PNG mask holds labels x 85 (as the CLI and the UI write it).
 PNG_LABEL_SCALE = 85
 #: The mask files accepted for a 2D image and for a volume.
 MASK_SUFFIXES_2D: tuple[str, ...] = (".png",)
 MASK_SUFFIXES_3D: tuple[str, ...] = NIFTI_SUFFIXES
-
-
-def describe_shape(shape: Sequence[int], is_2d: bool) -> str:
-    """A shape in words: ``HxW pixels`` for a 2D image, ``(z, y, x)`` for a volume."""
-    if is_2d and len(shape) == 3 and shape[0] == 1:
-        return f"{shape[1]}x{shape[2]} pixels"
-    return f"{tuple(int(s) for s in shape)} (z, y, x)"
 
 
 def _values(gt: np.ndarray) -> list[int]:
@@ -98,6 +90,7 @@ def predicted(seg, task: str) -> np.ndarray:
 
 
 def _read_png(path: Path, case: str | None, name: str) -> np.ndarray:
+    """A PNG mask as a single-channel canonical (1, H, W) array (its values checked by :func:`load_mask`)."""
     import cv2
 
     raw = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
@@ -112,18 +105,14 @@ def _read_png(path: Path, case: str | None, name: str) -> np.ndarray:
                 "(labels 0-3 or a binary 0/1 or 0/255 mask)", case=case, file=name,
             )
         raw = channels[..., 0]
-    if raw.dtype != np.uint8:
-        if raw.max(initial=0) > 255:
-            raise DataValidationError("mask values above 255; expected labels 0-3 or 0/1 or 0/255",
-                                      case=case, file=name)
-        raw = raw.astype(np.uint8)
     return raw[None]
 
 
-def _read_nifti(path: Path, target, case: str | None, name: str) -> np.ndarray:
+def _open_nifti(path: Path, case: str | None, name: str):
+    """A NIfTI mask as a 3D nibabel image (a 2D NIfTI is one slice, as the CT reader accepts it)."""
     import nibabel as nib
 
-    from lungseg.volume import load_canonical, load_nifti
+    from lungseg.volume import load_nifti
 
     try:
         img = load_nifti(path)  # nib.load, gzip through python-isal
@@ -132,70 +121,55 @@ def _read_nifti(path: Path, target, case: str | None, name: str) -> np.ndarray:
             f"cannot read the NIfTI ground-truth mask (corrupt file?): {type(exc).__name__}: {exc}",
             case=case, file=name,
         ) from exc
-    if len(img.shape) == 2:  # a single slice stored as 2D NIfTI, as the CT reader accepts
+    if len(img.shape) == 2:
         img = nib.Nifti1Image(np.asanyarray(img.dataobj)[..., None], img.affine, header=img.header)
-    mask = load_canonical(img, case=case, file=name)
-    arr = np.asarray(mask.array)
-    if arr.dtype != np.uint8:
-        if not np.all(np.isfinite(arr)):
-            raise DataValidationError("the ground truth holds NaN or infinite values", case=case, file=name)
-        if not np.array_equal(np.rint(arr), arr):
-            raise DataValidationError("the ground truth holds non-integer values; expected labels 0-3",
-                                      case=case, file=name)
-        if arr.min(initial=0) < 0 or arr.max(initial=0) > 255:
-            raise DataValidationError("mask values outside 0-255; expected labels 0-3 or 0/1", case=case, file=name)
-    if arr.shape == tuple(target.array.shape) and getattr(target, "affine", None) is not None:
-        codes, ct_codes = nib.aff2axcodes(mask.affine), nib.aff2axcodes(target.affine)
-        if codes != ct_codes:
-            logger.warning("case %s: ground-truth mask %s is oriented %s, the CT %s; compared after reorienting both",
-                           case, name, "".join(codes), "".join(ct_codes))
-    return np.array(arr, dtype=np.uint8)  # a copy: never a memory map of the file
+    return img
 
 
-def read_mask(path: str | Path, target, *, case: str | None = None, name: str | None = None) -> np.ndarray:
+def read_mask(path: str | Path, target, *, case: str | None = None, name: str | None = None,
+              tolerance: Mapping[str, float] | None = None) -> np.ndarray:
     """Read a ground-truth mask onto the canonical grid of ``target``, as uint8 labels (z, y, x).
+
+    The grid and value checks are :func:`lungseg.volume.load_mask`'s, the reader ingestion uses too.
 
     Args:
         path: a NIfTI (``.nii``, ``.nii.gz``) or PNG mask.
         target: the canonical :class:`lungseg.volume.Volume` of the CT it belongs to.
         case: the case id, for messages.
         name: the file name shown in messages (default: ``path``), e.g. an upload's own name.
+        tolerance: given (the batch: ``inference.limits``' geometry tolerance), a NIfTI mask must be stored
+            on the CT's own grid within it; None (the UI), it is reoriented and only its shape is compared.
 
     Returns:
         The mask with 0/255 mapped to 0/1 and labels x 85 to labels 0-3 (see the module docstring).
 
     Raises:
-        DataValidationError: missing, unreadable or unsupported file, bad values, or not the CT's shape.
+        DataValidationError: missing, unreadable or unsupported file, bad values, or not the CT's grid.
     """
+    from lungseg.volume import load_mask
+
     path = Path(path)
     name = str(path) if name is None else name
     if not path.is_file():
         raise DataValidationError("ground-truth mask not found", case=case, file=name)
     suffix = file_suffix(path.name)
     if suffix in MASK_SUFFIXES_2D:
-        gt = _read_png(path, case, name)
+        mask = _read_png(path, case, name)
     elif suffix in MASK_SUFFIXES_3D:
-        gt = _read_nifti(path, target, case, name)
+        mask = _open_nifti(path, case, name)
     else:
         accepted = ", ".join(MASK_SUFFIXES_3D + MASK_SUFFIXES_2D)
         raise DataValidationError(f"unsupported ground-truth mask type ({suffix or 'no extension'}); "
                                   f"accepted types: {accepted}", case=case, file=name)
-    ct_shape = tuple(int(s) for s in target.array.shape)
-    if gt.shape != ct_shape:
-        is_2d = suffix in IMAGE_SUFFIXES or ct_shape[0] == 1
-        raise DataValidationError(
-            f"the ground-truth mask's shape {describe_shape(gt.shape, is_2d)} does not match the CT's shape "
-            f"{describe_shape(ct_shape, is_2d)}; they must be on the same grid",
-            case=case, file=name,
-        )
+    gt = load_mask(mask, target, what="the ground-truth mask", case=case, file=name, tolerance=tolerance)
     return normalise_labels(gt, name, case=case)
 
 
 def read_ground_truth(path: str | Path, task: str, target, *, case: str | None = None,
-                      name: str | None = None) -> np.ndarray:
+                      name: str | None = None, tolerance: Mapping[str, float] | None = None) -> np.ndarray:
     """The boolean ground truth of ``task`` from a mask file given for that task (see :func:`read_mask`).
 
     A label map gives ``task`` by the rule (lung: labels 1-3, infection: label 3); a binary mask is
     taken as the mask of ``task``.
     """
-    return task_truth(read_mask(path, target, case=case, name=name), task, binary_task=task)
+    return task_truth(read_mask(path, target, case=case, name=name, tolerance=tolerance), task, binary_task=task)

@@ -50,7 +50,7 @@ class LoadedModel:
 
 def training_hint(task: str) -> str:
     """The commands that train a model of ``task`` (named in every 'model not found' message)."""
-    return (f"train one with `kedro run --pipeline={task}_unet` on the real dataset "
+    return (f"train one with `kedro run --pipelines={task}_unet` on the real dataset "
             f"(add --env=demo for the synthetic one), or `make demo` for the small demo models")
 
 

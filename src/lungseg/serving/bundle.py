@@ -146,7 +146,7 @@ def local_bundle(uri_or_folder: str | Path) -> Path:
         except Exception as exc:
             raise ModelNotFoundError(
                 f"model {spec!r}: not found in the MLflow store {mlflow.get_tracking_uri()!r} ({type(exc).__name__}: "
-                f"{exc}); register one with `kedro run --pipeline=system --params=registry.register=true`"
+                f"{exc}); register one with `kedro run --pipelines=system --params=registry.register=true`"
             ) from exc
     else:
         folder = Path(spec).expanduser()

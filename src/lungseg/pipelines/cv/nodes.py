@@ -1,5 +1,6 @@
-"""Cross-validation nodes: wiring only. The work is in :mod:`lungseg.models.cv` (folds, one model
-per fold) and :mod:`lungseg.evaluation.cv` (out-of-fold metrics); MLflow logging in :mod:`lungseg.tracking`."""
+"""Cross-validation nodes: wiring only. The work is in :mod:`lungseg.models.folds` (folds, one model
+per fold) and :mod:`lungseg.evaluation.out_of_fold` (out-of-fold metrics); MLflow logging in
+:mod:`lungseg.tracking`."""
 
 from __future__ import annotations
 
@@ -10,9 +11,9 @@ import numpy as np
 import pandas as pd
 
 from lungseg.config import check_section
-from lungseg.evaluation.cv import combined_oof_metrics, fold_segmenter, oof_case_metrics, summarize_cv
+from lungseg.evaluation.out_of_fold import combined_oof_metrics, fold_segmenter, oof_case_metrics, summarize_cv
 from lungseg.limits import load_guard
-from lungseg.models.cv import fold_table, train_folds
+from lungseg.models.folds import fold_table, train_folds
 from lungseg.models.inputs import source_equalised
 from lungseg.pipelines.evaluation.nodes import EVALUATION_KEYS
 from lungseg.tracking import history_to_steps, log_child_run, split_inputs, summary_to_metrics
@@ -76,7 +77,7 @@ def log_fold_runs(fold_models: dict[str, dict], histories: dict[str, dict], tabl
     """One nested MLflow run per fold (same keys in every fold): its settings, its epochs, its
     held-out cases' mean metrics and its training and validation cases (``mlflow.log_input``).
     Returns the fold -> run id table."""
-    from lungseg.models.cv import fold_split
+    from lungseg.models.folds import fold_split
 
     rows = []
     for name, item in sorted(fold_models.items()):

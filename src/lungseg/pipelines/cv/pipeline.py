@@ -1,6 +1,6 @@
 """Cross-validation pipelines: ``<variant>_cv`` for each variant.
 
-``kedro run --pipeline=infection_unet_cv`` trains ``split.n_folds`` models per task (patients held
+``kedro run --pipelines=infection_unet_cv`` trains ``split.n_folds`` models per task (patients held
 out by fold, every patient exactly once), scores each case with the fold model that never saw it,
 and, for an infection variant, scores the combined system (lung U-Net folds, then the infection
 folds inside the predicted lungs) exactly as ``lungseg predict`` runs it. Each fold is a nested

@@ -1,4 +1,4 @@
-"""Inference pipeline: ``kedro run --pipeline=inference`` segments a folder / metadata.csv of CTs."""
+"""Inference pipeline: ``kedro run --pipelines=inference`` segments a folder / metadata.csv of CTs."""
 
 from kedro.pipeline import Node, Pipeline
 

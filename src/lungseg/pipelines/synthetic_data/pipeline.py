@@ -1,4 +1,4 @@
-"""Synthetic-data pipeline: ``kedro run --pipeline=synthetic_data``."""
+"""Synthetic-data pipeline: ``kedro run --pipelines=synthetic_data``."""
 
 from kedro.pipeline import Pipeline, node
 

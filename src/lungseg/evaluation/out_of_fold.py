@@ -139,7 +139,7 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
 
     settings = InferenceSettings(guard=guard, batch_size=batch_size, input_equalised=input_equalised,
                                  flip_tta=flip_tta, lung_fill_holes=lung_fill_holes)
-    from lungseg.models.cv import fold_name
+    from lungseg.models.folds import fold_name
     from lungseg.volume import from_canonical_array
 
     segmenters: dict[str, Segmenter] = {}

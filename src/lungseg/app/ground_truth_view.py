@@ -51,14 +51,14 @@ __all__ = [
     "per_lung_dice",
     "per_slice_dice",
     "predicted_for",
-    "read_ground_truth",
+    "read_ground_truth_upload",
     "scored_tasks",
     "task_error_map",
     "volume_rows",
 ]
 
 
-def read_ground_truth(name: str, data: bytes, loaded: LoadedInput, *, max_mb: float | None = None) -> np.ndarray:
+def read_ground_truth_upload(name: str, data: bytes, loaded: LoadedInput, *, max_mb: float | None = None) -> np.ndarray:
     """Read an uploaded ground-truth mask onto the image's canonical grid, as uint8 labels (z, y, x).
 
     A PNG for a 2D image, a NIfTI for a volume, read by :func:`lungseg.inference.ground_truth.read_mask`.
