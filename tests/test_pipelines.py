@@ -101,6 +101,7 @@ def test_variant_run_writes_models_and_reports(trained_project):
     assert models[0].parent.name == configs[0].parent.name  # same version: the config travels with the model
     config = json.loads(configs[0].read_text())
     assert config["task"] == "infection" and config["crop_mode"] == "lung_mask" and config["image_size"] == 32
+    assert config["dataset"] == "tiny" and config["environment"] == "test"  # provenance (#29): the run's env
     rep = p / "data/08_reporting/infection_unet"
     for name in ("metrics.json", "metrics.csv", "slice_metrics.csv", "case_metrics.csv", "history.json",
                  "training_curves.png", "overlays.png"):

@@ -18,7 +18,7 @@ from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from lungseg.config import check_runtime_params
 from lungseg.errors import ConfigError
-from lungseg.layout import VARIANTS, is_cv_name, strip_cv, variant_architecture, variant_task
+from lungseg.layout import RUN_ENV_VARIABLE, VARIANTS, is_cv_name, strip_cv, variant_architecture, variant_task
 from lungseg.tracking import child_run_tags, child_runs_table, flatten_dict, log_param
 
 logger = logging.getLogger(__name__)
@@ -213,6 +213,38 @@ def _optional_param(catalog, name: str) -> Any:
         return catalog.load(f"params:{name}")
     except Exception:  # the parameter is optional for the hook
         return None
+
+
+# ----------------------------------------------------------------------------- the run's environment
+
+class RunEnvironmentHook:
+    """Tell the nodes of a run its Kedro environment: ``$LUNGSEG_KEDRO_ENV``
+    (:data:`lungseg.layout.RUN_ENV_VARIABLE`; ``local`` without ``--env``), which training records in
+    ``model_config.json`` as ``environment`` (the provenance ``lungseg models`` and ``lungseg predict``
+    show). An environment variable reaches the nodes of every runner, ParallelRunner's processes
+    included; the previous value comes back when the run ends."""
+
+    def __init__(self) -> None:
+        self._previous: str | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._previous = os.environ.get(RUN_ENV_VARIABLE)
+        os.environ[RUN_ENV_VARIABLE] = str(run_params.get("env") or "local")
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._restore()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is None:
+            os.environ.pop(RUN_ENV_VARIABLE, None)
+        else:
+            os.environ[RUN_ENV_VARIABLE] = self._previous
 
 
 # ----------------------------------------------------------------------------- raw data missing
