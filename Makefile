@@ -53,7 +53,7 @@ demo: $(STAMP)
 	@echo "==> done."
 	@echo "    models:        data/06_models/infection_unet/, data/06_models/lung_unet/"
 	@echo "    reports:       data/08_reporting/infection_unet/ (metrics.json, metrics.csv, curves, overlays)"
-	@echo "    MLflow runs:   $(BIN)/mlflow ui --backend-store-uri sqlite:///mlflow.db  (or: make mlflow)"
+	@echo "    MLflow runs:   make mlflow  (then choose 'Model training' in MLflow's UI)"
 	@echo "    pipeline DAG:  $(BIN)/kedro viz run  (or: make viz)"
 	@echo "==> results on the held-out synthetic cases ($(RESULTS)):"
 	@$(BIN)/python -c "import pandas as pd; t = pd.read_csv('$(RESULTS)'); \

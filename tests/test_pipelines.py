@@ -101,6 +101,7 @@ def test_variant_run_writes_models_and_reports(trained_project):
     assert models[0].parent.name == configs[0].parent.name  # same version: the config travels with the model
     config = json.loads(configs[0].read_text())
     assert config["task"] == "infection" and config["crop_mode"] == "lung_mask" and config["image_size"] == 32
+    assert config["dataset"] == "tiny" and config["environment"] == "test"  # provenance (#29): the run's env
     rep = p / "data/08_reporting/infection_unet"
     for name in ("metrics.json", "metrics.csv", "slice_metrics.csv", "case_metrics.csv", "history.json",
                  "training_curves.png", "overlays.png"):
@@ -121,8 +122,12 @@ def test_variant_run_is_one_complete_mlflow_run(trained_project):
     assert len(runs) == 1
     run = runs[0]
     assert run.info.run_name == "infection_unet"
-    assert {k: run.data.tags[k] for k in ("task", "architecture", "dataset", "environment")} == {
-        "task": "infection", "architecture": "unet", "dataset": "tiny", "environment": "test"}
+    assert {k: run.data.tags[k] for k in ("task", "architecture", "dataset", "env")} == {
+        "task": "infection", "architecture": "unet", "dataset": "tiny", "env": "test"}
+    assert "environment" not in run.data.tags  # one environment tag: kedro-mlflow's env (#29)
+    assert run.data.tags["runner"] == "SequentialRunner"  # the class, not its repr
+    # a KedroSession from Python (sys.argv is the interpreter's): the equivalent command, --env included
+    assert run.data.tags["kedro_command"] == "kedro run --pipelines=infection_unet --env=test"
     assert run.data.params["training.learning_rate"] == "0.001"  # flattened, without the variant (lines up in Compare)
     assert run.data.tags["variant"] == "infection_unet" and not any(k.startswith("infection_unet.") for k in run.data.params)
     client = mlflow.MlflowClient()

@@ -79,6 +79,17 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _parse_spacing(text: str) -> tuple[float, float, float]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(v > 0 and v == v and v != float("inf") for v in values):
+        raise argparse.ArgumentTypeError(
+            f"invalid voxel size {text!r}: give three positive numbers in mm, X,Y,Z (e.g. 0.7,0.7,5)")
+    return values  # type: ignore[return-value]
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lungseg", description="Lung and COVID-19 infection segmentation in chest CT.")
     _add_verbosity(parser, False)
@@ -113,7 +124,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "AMX-BF16 / AVX512-BF16); check the masks against float32 on your own models first")
     p.add_argument("--batch-size", type=_positive_int, default=16, help="slices per model call (default: %(default)s)")
     p.add_argument("--tasks", type=_parse_tasks, default=TASKS, help="lung, infection or lung,infection (default)")
-    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--spacing", type=_parse_spacing, default=None, metavar="X,Y,Z",
+                   help="the voxel size in mm (x: left-right, y: front-back, z: between slices), overriding the "
+                   "input's header, e.g. for 0-255 files whose header says a placeholder 1x1x1 mm; one input only")
+    p.add_argument("--no-progress", action="store_true",
+                   help="hide progress bars (they are off anyway when stderr is not a terminal)")
     p.add_argument("--tta", action="store_true", help="flip test-time augmentation: also predict the mirrored "
                    "slices and average (twice the model calls)")
     p.add_argument("--fill-lung-holes", action="store_true",
@@ -282,8 +297,10 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_models(args: argparse.Namespace) -> int:
-    """``lungseg models``: list trained models, newest first."""
+    """``lungseg models``: list trained models, newest first, each with its provenance: the training
+    dataset, the Kedro environment (when recorded) and the recorded score."""
     from lungseg.inference.models import list_trained_models
+    from lungseg.inference.provenance import model_summary
 
     found = list_trained_models(args.models_dir)
     for task, entries in found.items():
@@ -292,6 +309,7 @@ def cmd_models(args: argparse.Namespace) -> int:
             print(f"  (none; train one with `kedro run --pipelines={task}_unet` or `make demo`)")
         for e in entries:
             print(f"  {e['variant']:<26} {e['version']:<26} {e['path']}")
+            print(f"  {'':<26} {model_summary(e)}")
     return EXIT_OK
 
 

@@ -9,10 +9,31 @@ limits of ``inference.limits``; only then are the models loaded and the CT segme
 from __future__ import annotations
 
 import argparse
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from lungseg.errors import ConfigError, ImplausibleInputError, InputError
+
+
+def show_progress(args: argparse.Namespace) -> bool:
+    """Progress bars unless ``--no-progress``, and only on a terminal: redirected to a file, a bar is one
+    endless carriage-return line (a batch logs one line per case instead)."""
+    stream = sys.stderr
+    return not args.no_progress and bool(getattr(stream, "isatty", lambda: False)())
+
+
+def _warn(text: str) -> None:
+    print(f"lungseg: warning: {text}", file=sys.stderr)
+
+
+def _print_provenance(provenance: dict) -> None:
+    """One ``lungseg: <task> model ...: trained on ...`` line per model (dataset, environment, score)."""
+    from lungseg.inference.provenance import provenance_line
+
+    for task, described in provenance.items():
+        if described is not None:
+            print(f"lungseg: {provenance_line(task, described)}")
 
 
 def predict(args: argparse.Namespace, load_models: Callable) -> int:
@@ -32,10 +53,12 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
     from lungseg.inference.batch import is_batch_input
 
     if is_batch_input(src):
+        if getattr(args, "spacing", None) is not None:
+            raise ConfigError("--spacing applies to one input, not to a batch (cases may differ in voxel size)")
         return _batch(args, src, outdir, load_models, output_lock)
     if getattr(args, "cases", None) is not None:
         raise ConfigError("--cases applies to batch mode only (a folder of NIfTI files or a metadata.csv)")
-    from lungseg.inference.readers import read_input
+    from lungseg.inference.readers import override_spacing, read_input
     from lungseg.inference.report import check_output_dir
     from lungseg.limits import load_guard, load_limits
 
@@ -44,18 +67,27 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
     limits, guard = load_limits(), load_guard()
     with output_lock(outdir):
         volume, kind = read_input(src, limits)
+        if getattr(args, "spacing", None) is not None:
+            volume = override_spacing(volume, args.spacing)
         lung, infection = load_models(args)
         from lungseg.inference.report import make_report, write_outputs
         from lungseg.inference.segment import Segmenter
 
         segmenter = Segmenter.from_models(lung, infection, _settings(args, guard))
-        seg = segmenter.segment(volume, kind, tasks=args.tasks, progress=not args.no_progress)
+        _print_provenance({t: p for t, p in segmenter.provenance.items() if t == "lung" or t in args.tasks})
+        seg = segmenter.segment(volume, kind, tasks=args.tasks, progress=show_progress(args))
         report = make_report(seg, volume.spacing)
         report["models"] = {"lung": lung.source, "infection": infection.source if infection else None}
         report["precision"] = getattr(lung, "precision", "float32")  # the prediction precision (--precision)
         written = write_outputs(volume, seg, report, outdir, overwrite=overwrite)
     names = ", ".join(sorted(p.relative_to(outdir).as_posix() for p in written.values()))
     print(f"lungseg: outputs written to {outdir}: {names}")
+    if report.get("severity_withheld"):
+        _warn(f"{src.name}: no severity grade: {report['severity_withheld']}; its figures are not for "
+              "interpretation (report.json: severity_withheld)")
+    if report.get("volumes_nominal"):
+        note = volume.meta.get("spacing_note") or "the voxel size was assumed"
+        _warn(f"{src.name}: volumes in ml are nominal: {note}; give the voxel size with --spacing X,Y,Z")
     if seg.implausible_input:
         raise ImplausibleInputError(
             f"{src.name}: {seg.implausible_input}; no figures reported (report.json: implausible_input)"
@@ -92,11 +124,21 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
     with output_lock(outdir):
         lung, infection = load_models(args)
         segmenter = Segmenter.from_models(lung, infection, _settings(args, guard))
-        summary = run_batch(segmenter, cases, outdir, args.tasks, not args.no_progress, limits=limits,
+        _print_provenance({t: p for t, p in segmenter.provenance.items() if t == "lung" or t in args.tasks})
+        summary = run_batch(segmenter, cases, outdir, args.tasks, show_progress(args), limits=limits,
                             overwrite=overwrite)
         path = write_summary(summary, outdir)
     failed = summary[summary["status"] != "ok"]
     print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")
+    withheld = summary.loc[summary["severity_withheld"].fillna("").astype(str) != "", "case"]
+    if len(withheld):
+        reason = summary.loc[withheld.index[0], "severity_withheld"]
+        _warn(f"no severity grade for {len(withheld)} of {len(summary)} cases ({', '.join(withheld)}): {reason}; "
+              f"their figures are not for interpretation (the severity_withheld column of {path})")
+    nominal = summary.loc[summary["spacing_assumed"].map(lambda v: v is True or str(v) == "True"), "case"]
+    if len(nominal):
+        _warn(f"volumes in ml are nominal for {len(nominal)} case(s) ({', '.join(nominal)}): their voxel size was "
+              f"assumed or is probably a placeholder (the spacing_assumed column of {path})")
     for line in ground_truth_summary_lines(summary):
         print(f"lungseg: {line}")
     not_evaluated = evaluation_failures(summary)

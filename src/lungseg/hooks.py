@@ -4,6 +4,10 @@ variant), and a readable stop when the raw dataset is missing."""
 from __future__ import annotations
 
 import logging
+import os
+import re
+import shlex
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +18,7 @@ from kedro_mlflow.framework.hooks.mlflow_hook import MlflowHook
 
 from lungseg.config import check_runtime_params
 from lungseg.errors import ConfigError
-from lungseg.layout import VARIANTS, is_cv_name, strip_cv, variant_architecture, variant_task
+from lungseg.layout import RUN_ENV_VARIABLE, VARIANTS, is_cv_name, strip_cv, variant_architecture, variant_task
 from lungseg.tracking import child_run_tags, child_runs_table, flatten_dict, log_param
 
 logger = logging.getLogger(__name__)
@@ -34,9 +38,60 @@ def run_tags(pipeline_name: str | None, env: str | None, dataset: str | None) ->
         "task": task,
         "architecture": arch,
         "dataset": dataset or "unknown",
-        "environment": env or "local",
+        "env": env or "local",
         "cross_validation": str(is_cv_name(name)).lower(),
     }
+
+
+#: ``sys.argv[0]`` of a run started from a shell: the ``kedro`` script, or ``python -m kedro``.
+_KEDRO_SCRIPT = re.compile(r"(^|[/\\])kedro(\.exe)?$|[/\\]kedro[/\\]__main__\.py$")
+
+
+def kedro_command(argv: list[str] | None, run_params: dict[str, Any]) -> str:
+    """The command line of a run, for the ``kedro_command`` tag.
+
+    From a shell (``kedro run --env=demo --pipelines=infection_unet``, or ``python -m kedro run ...``):
+    ``sys.argv`` itself, as typed, with ``kedro`` for the script's path. From Python (a
+    ``KedroSession`` in a script or a notebook, whose ``sys.argv`` is the interpreter's): the
+    equivalent ``kedro run`` command rebuilt from the run's parameters, with the ``--env``, the
+    ``--runner`` and the ``--params`` that kedro-mlflow's own tag leaves out.
+    """
+    argv = list(argv or [])
+    if argv and _KEDRO_SCRIPT.search(argv[0]):
+        return shlex.join(["kedro", *argv[1:]])
+    cmd = ["kedro", "run"]
+    names = run_params.get("pipeline_names") or run_params.get("pipeline_name")
+    if names:
+        cmd.append("--pipelines=" + (names if isinstance(names, str) else ",".join(names)))
+    if run_params.get("env"):
+        cmd.append(f"--env={run_params['env']}")
+    for flag, key in (("--tags", "tags"), ("--nodes", "node_names"), ("--from-nodes", "from_nodes"),
+                      ("--to-nodes", "to_nodes"), ("--from-inputs", "from_inputs"), ("--to-outputs", "to_outputs")):
+        if run_params.get(key):
+            cmd.append(f"{flag}={','.join(run_params[key])}")
+    runner = runner_name(run_params.get("runner"))
+    if runner and runner != "SequentialRunner":
+        cmd.append(f"--runner={runner}")
+    if run_params.get("load_versions"):
+        cmd.append("--load-versions=" + ",".join(f"{k}:{v}" for k, v in run_params["load_versions"].items()))
+    params = run_params.get("runtime_params") or run_params.get("extra_params")
+    if params:
+        cmd.append("--params=" + ",".join(f"{k}={v}" for k, v in params.items()))
+    return shlex.join(cmd)
+
+
+def runner_name(runner: Any) -> str | None:
+    """A runner's class name: Kedro puts the runner's repr into the run parameters
+    (``<kedro.runner.sequential_runner.SequentialRunner object at 0x7f...>``), and ``"None"`` when the
+    session was given no runner (it then runs a ``SequentialRunner``)."""
+    if runner is None or runner == "":
+        return None
+    if runner == "None":
+        return "SequentialRunner"
+    if not isinstance(runner, str):
+        return type(runner).__name__ if not isinstance(runner, type) else runner.__name__
+    found = re.match(r"<(?:[\w.]+\.)?(\w+) object at 0x[0-9a-fA-F]+>$", runner.strip())
+    return found.group(1) if found else runner.rsplit(".", 1)[-1]
 
 
 def variant_of(namespace: str | None) -> str | None:
@@ -69,8 +124,11 @@ class LungsegMlflowHook(MlflowHook):
       node's variant is made active in ``before_node_run`` and stays active until a node of another
       variant (or a shared node) starts: Kedro saves a node's outputs after ``after_node_run``, so
       the node's MLflow datasets are logged into its variant's run.
-    * Every run is tagged ``task``, ``architecture``, ``dataset``, ``environment`` (and ``variant``
-      for a variant's run); the parent holds the table of its children (``comparison/variant_runs.csv``).
+    * Every run is tagged ``task``, ``architecture``, ``dataset``, ``env`` (the Kedro environment, the
+      tag kedro-mlflow sets from the run parameters; ``local`` without ``--env``) and ``variant`` for a
+      variant's run; the parent holds the table of its children (``comparison/variant_runs.csv``).
+    * ``kedro_command`` is the command line as typed (:func:`kedro_command`), ``runner`` the runner's
+      class name (Kedro's run parameters hold its repr).
     """
 
     def __init__(self) -> None:
@@ -94,6 +152,10 @@ class LungsegMlflowHook(MlflowHook):
         names = run_params.get("pipeline_name") or run_params.get("pipeline_names") or ["__default__"]
         name = names if isinstance(names, str) else "+".join(names)
         mlflow.set_tags(run_tags(name, run_params.get("env"), dataset))
+        mlflow.set_tag("kedro_command", kedro_command(sys.argv, run_params))
+        runner = runner_name(run_params.get("runner"))
+        if runner:
+            mlflow.set_tag("runner", runner)
         if not self._nested and variants:
             mlflow.set_tag("variant", strip_cv(variants[0]))
 
@@ -151,6 +213,38 @@ def _optional_param(catalog, name: str) -> Any:
         return catalog.load(f"params:{name}")
     except Exception:  # the parameter is optional for the hook
         return None
+
+
+# ----------------------------------------------------------------------------- the run's environment
+
+class RunEnvironmentHook:
+    """Tell the nodes of a run its Kedro environment: ``$LUNGSEG_KEDRO_ENV``
+    (:data:`lungseg.layout.RUN_ENV_VARIABLE`; ``local`` without ``--env``), which training records in
+    ``model_config.json`` as ``environment`` (the provenance ``lungseg models`` and ``lungseg predict``
+    show). An environment variable reaches the nodes of every runner, ParallelRunner's processes
+    included; the previous value comes back when the run ends."""
+
+    def __init__(self) -> None:
+        self._previous: str | None = None
+
+    @hook_impl
+    def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._previous = os.environ.get(RUN_ENV_VARIABLE)
+        os.environ[RUN_ENV_VARIABLE] = str(run_params.get("env") or "local")
+
+    @hook_impl
+    def after_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._restore()
+
+    @hook_impl
+    def on_pipeline_error(self, error, run_params: dict[str, Any], pipeline, catalog) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        if self._previous is None:
+            os.environ.pop(RUN_ENV_VARIABLE, None)
+        else:
+            os.environ[RUN_ENV_VARIABLE] = self._previous
 
 
 # ----------------------------------------------------------------------------- raw data missing

@@ -150,6 +150,18 @@ def strip_nifti_suffix(name: str) -> str:
 #: Where the training pipeline saves models (``<variant>/model.keras/<version>/model.keras``).
 MODELS_DIR = "data/06_models"
 
+# ------------------------------------------------------------------------------ synthetic phantoms
+
+#: The ``descrip`` field the synthetic generator writes into the header of every NIfTI file it makes
+#: (:mod:`lungseg.synthetic.nifti`): how inference tells the generator's phantoms from other CT
+#: (:mod:`lungseg.inference.provenance`). Files generated before it existed carry no marker.
+SYNTHETIC_PHANTOM_DESCRIP = "lungseg synthetic phantom"
+#: A training dataset whose name starts with this is the synthetic generator's (``synthetic_demo``).
+SYNTHETIC_DATASET_PREFIX = "synthetic"
+#: The environment variable the Kedro hooks set during a run: the run's Kedro environment, which
+#: training records in ``model_config.json`` (``environment``).
+RUN_ENV_VARIABLE = "LUNGSEG_KEDRO_ENV"
+
 # ------------------------------------------------------------------------------- dataset and cases
 
 #: The columns of the dataset's ``metadata.csv``, in its order (ingestion requires all four).

@@ -2,7 +2,7 @@
 
 from kedro.config import OmegaConfigLoader
 
-from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook
+from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook, RunEnvironmentHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -20,4 +20,5 @@ CONFIG_LOADER_ARGS = {
 # kedro-mlflow's hook is replaced by its subclass LungsegMlflowHook (unprefixed keys, one nested MLflow run
 # per variant); the plugin's own instance would log every parameter a second time with its variant prefix.
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # the name as installed metadata spells it
-HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook(CONFIG_LOADER_CLASS, CONFIG_LOADER_ARGS))
+HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook(CONFIG_LOADER_CLASS, CONFIG_LOADER_ARGS),
+         RunEnvironmentHook())  # the run's Kedro environment for the nodes: training records it

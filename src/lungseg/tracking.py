@@ -177,10 +177,11 @@ def log_param(name: str, value: Any, long_params_strategy: str = "fail") -> None
 # ----------------------------------------------------------------------------- one run per variant
 def child_run_tags(variant: str, dataset: str | None, env: str | None) -> dict[str, str]:
     """Tags of a variant's run (``infection_unet`` or, for a cross-validation, ``infection_unet_cv``):
-    ``task``, ``architecture``, ``dataset``, ``environment``, ``variant`` and ``cross_validation``."""
+    ``task``, ``architecture``, ``dataset``, ``env`` (the Kedro environment, the parent's tag), ``variant``
+    and ``cross_validation``."""
     base = strip_cv(variant)
     return {"variant": base, "task": variant_task(base), "architecture": variant_architecture(base),
-            "dataset": dataset or "unknown", "environment": env or "local",
+            "dataset": dataset or "unknown", "env": env or "local",
             "cross_validation": str(is_cv_name(variant)).lower()}
 
 

@@ -91,7 +91,14 @@ def test_a_slab_or_a_single_slice_gets_no_volumes_and_no_severity_and_says_so(sl
     assert rep["severity"] is None and rep["severity_label"] is None
     assert rep["infection_percent"]["left"] == pytest.approx(100 * 4 / 24)
     assert not re.search(r"\d ml", rep["message"]) and not re.search(r"severity \d", rep["message"])
-    assert rep["message"].startswith(f"Lungs found in {what}")
+    if slices == 1:  # a 2D image: its areas in pixels, as the web UI gives them (#29 item 5)
+        left, right = int((seg.lung_labels == 1).sum()), int((seg.lung_labels == 2).sum())
+        assert rep["area_pixels"]["lung"] == {"left": left, "right": right, "total": left + right}
+        assert rep["area_pixels"]["infection"]["total"] == 4
+        assert rep["message"].startswith(f"Lungs {left + right} pixels (left {left}, right {right}); infection 4 pixels")
+        assert "no volumes in ml and no severity grade" in rep["message"]
+    else:
+        assert rep["message"].startswith(f"Lungs found in {what}") and "area_pixels" not in rep
     assert make_report(_segmentation(), (4.0, 0.7, 0.8))["partial_scan"] is None
 
 

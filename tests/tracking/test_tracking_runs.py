@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 from conftest import make_kedro_project, run_kedro, write_case
 
-from lungseg.hooks import strip_variant, variant_of
+from lungseg.hooks import kedro_command, runner_name, strip_variant, variant_of
 
 TINY_TRAINING = {
     "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0, "reduce_lr": None,
@@ -51,6 +51,21 @@ def test_variants_and_their_params_are_recognised():
     assert strip_variant("lung_unet.model", None) == "lung_unet.model"
 
 
+def test_kedro_command_is_the_command_line_and_the_runner_its_class_name():
+    typed = ["/work/.venv/bin/kedro", "run", "--env=demo", "--pipelines=infection_unet"]
+    assert kedro_command(typed, {"env": "demo"}) == "kedro run --env=demo --pipelines=infection_unet"
+    module = ["/x/site-packages/kedro/__main__.py", "run", "--params", "training.epochs=2"]
+    assert kedro_command(module, {}) == "kedro run --params training.epochs=2"
+    # from Python (a script, a notebook): rebuilt, with what kedro-mlflow's own tag leaves out
+    session = {"pipeline_names": ["system"], "env": "demo", "runtime_params": {"training.epochs": 2},
+               "runner": "<kedro.runner.parallel_runner.ParallelRunner object at 0x7f12ab>", "tags": None}
+    assert kedro_command(["-c"], session) == ("kedro run --pipelines=system --env=demo --runner=ParallelRunner "
+                                              "--params=training.epochs=2")
+    assert runner_name("<kedro.runner.sequential_runner.SequentialRunner object at 0x7f3c2d1e5b10>") == "SequentialRunner"
+    assert runner_name("ThreadRunner") == "ThreadRunner" and runner_name(None) is None
+    assert runner_name("None") == "SequentialRunner"  # a session given no runner runs a SequentialRunner
+
+
 def test_one_parent_and_one_child_per_variant_with_identical_keys(system_run):
     _, runs = system_run
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
@@ -69,11 +84,15 @@ def test_one_parent_and_one_child_per_variant_with_identical_keys(system_run):
     assert not [k for k in keys if k.startswith(SYSTEM)]  # no variant prefix anywhere
     for name, child in children.items():
         task, arch = name.split("_")
-        assert {k: child.data.tags[k] for k in ("task", "architecture", "dataset", "environment", "variant")} == {
-            "task": task, "architecture": arch, "dataset": "tiny", "environment": "test", "variant": name}
+        assert {k: child.data.tags[k] for k in ("task", "architecture", "dataset", "env", "variant")} == {
+            "task": task, "architecture": arch, "dataset": "tiny", "env": "test", "variant": name}
+        assert "environment" not in child.data.tags
         assert child.data.params["model.base_filters"] == "4" and child.data.params["training.epochs"] == "2"
         assert 0.0 <= child.data.metrics["eval_case_dice"] <= 1.0
     assert parent.data.tags["task"] == "lung+infection" and parent.data.tags["dataset"] == "tiny"
+    assert parent.data.tags["env"] == "test" and "environment" not in parent.data.tags
+    assert parent.data.tags["kedro_command"] == "kedro run --pipelines=system --env=test"
+    assert parent.data.tags["runner"] == "SequentialRunner"
     found = mlflow.search_runs(experiment_names=["lungseg"], filter_string="tags.task = 'infection'",
                                output_format="list")
     assert [r.info.run_name for r in found] == ["infection_unet"]

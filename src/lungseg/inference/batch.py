@@ -58,9 +58,12 @@ SUMMARY_COLUMNS = [
     "lung_ml_left", "lung_ml_right", "lung_ml_total",
     "infection_ml_left", "infection_ml_right", "infection_ml_total",
     "infection_percent_left", "infection_percent_right", "infection_percent_total",
-    "severity_left", "severity_right", "severity_total",
+    "severity_left", "severity_right", "severity_total", "severity_withheld", "n_lesions",
     *METRIC_COLUMNS, "eval_error",
+    "report_json", "lesions_csv", "metrics_csv",
 ]
+#: The summary columns that hold a case's files, relative to the batch folder (``<case>/lesions.csv``).
+FILE_COLUMNS = {"report_json": "report", "lesions_csv": "lesions", "metrics_csv": "metrics"}
 
 
 def check_batch_output_dir(outdir: str | Path, overwrite: bool = False) -> Path:
@@ -84,7 +87,8 @@ def _claim(outdir: Path, *added: str) -> None:
 
 
 def ground_truth_metrics(
-    seg, ct_volume, item: BatchCase, tasks: Sequence[str], tolerance: dict[str, float] | None = None
+    seg, ct_volume, item: BatchCase, tasks: Sequence[str], tolerance: dict[str, float] | None = None,
+    keep: dict | None = None,
 ) -> dict[str, float | None]:
     """Dice and IoU of a case's prediction against its ground-truth masks (see the module docstring).
 
@@ -95,6 +99,8 @@ def ground_truth_metrics(
         tasks: the tasks that were run (infection metrics only when ``"infection"`` is among them).
         tolerance: when given, each NIfTI mask must be stored on the CT's own grid, its affine within it
             (:func:`lungseg.inference.ground_truth.read_mask`).
+        keep: when given, receives each scored task's boolean ground truth (``keep[task]``) and the lung
+            mask's labels (``keep["lung_labels"]``), for the per-lung and per-slice scores.
 
     Returns:
         ``{"lung_dice", "lung_iou", "infection_dice", "infection_iou"}``, None where there is no
@@ -104,7 +110,7 @@ def ground_truth_metrics(
         DataValidationError: a ground-truth mask cannot be used.
     """
     from lungseg.imaging.overlap import dice, iou
-    from lungseg.inference.ground_truth import predicted, read_ground_truth
+    from lungseg.inference.ground_truth import predicted, read_mask, task_truth
 
     if item.ground_truth_problem:
         raise DataValidationError(item.ground_truth_problem, case=item.case)
@@ -116,7 +122,12 @@ def ground_truth_metrics(
         if task not in tuple(tasks):
             logger.info("case %s: %s not scored (the %s task was not run)", item.case, column, task)
             continue
-        gt = read_ground_truth(path, task, ct_volume, case=item.case, tolerance=tolerance)
+        labels = read_mask(path, ct_volume, case=item.case, tolerance=tolerance)
+        gt = task_truth(labels, task, binary_task=task)
+        if keep is not None:
+            keep[task] = gt
+            if task == "lung":
+                keep["lung_labels"] = labels
         pred = predicted(seg, task)
         out[f"{task}_dice"] = dice(pred, gt)
         out[f"{task}_iou"] = iou(pred, gt)
@@ -213,7 +224,9 @@ def run_batch(
             volume, kind = read_input(item.file, limits)
             seg = segmenter.segment(volume, kind, tasks=tasks, progress=False)
             report = make_report(seg, volume.spacing)
-            write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
+            if item.has_ground_truth:  # scored before writing: report.json and metrics.csv hold the scores
+                _score(row, report, seg, volume, item, tasks, limits)
+            written = write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
             _claim(outdir, case)
         except LungsegError as exc:
             logger.error("case %s failed: %s", case, exc)
@@ -238,19 +251,34 @@ def run_batch(
                     row[f"infection_percent_{side}"] = report["infection_percent"][side]
                 if report["severity"] is not None:
                     row[f"severity_{side}"] = report["severity"][side]
-            if item.has_ground_truth:
-                try:
-                    row.update(ground_truth_metrics(seg, volume, item, tasks, limits.geometry_tolerance))
-                    row["eval_error"] = ""
-                except LungsegError as exc:
-                    logger.warning("case %s: not evaluated: %s", case, exc)
-                    row["eval_error"] = str(exc)
+            row.update(severity_withheld=report.get("severity_withheld") or "", n_lesions=len(report.get("lesions") or []),
+                       **{col: f"{case}/{written[key].name}" for col, key in FILE_COLUMNS.items() if key in written})
         row["seconds"] = round(time.perf_counter() - start, 3)
         rows.append(row)
+        if not progress:  # no bar (not a terminal, or --no-progress): one line per case
+            logger.info("case %d of %d: %s %s (%.1f s)", len(rows), len(items), case,
+                        row["status"] if row["status"] == "ok" else f"failed: {row['error']}", row["seconds"])
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for line in ground_truth_summary_lines(summary):
         logger.info("%s", line)
     return summary
+
+
+def _score(row: dict, report: dict, seg, volume, item: BatchCase, tasks: Sequence[str], limits) -> None:
+    """Score a case against its ground truth: the summary's metric columns (or ``eval_error``), and the
+    report's score tables (:func:`lungseg.inference.export.ground_truth_scores`, ``metrics.csv``)."""
+    from lungseg.inference.export import ground_truth_scores
+
+    truths: dict = {}
+    try:
+        row.update(ground_truth_metrics(seg, volume, item, tasks, limits.geometry_tolerance, keep=truths))
+        row["eval_error"] = ""
+    except LungsegError as exc:
+        logger.warning("case %s: not evaluated: %s", item.case, exc)
+        row["eval_error"] = str(exc)
+        return
+    lung_labels = truths.pop("lung_labels", None)
+    report.update(ground_truth_scores(seg, truths, lung_labels))
 
 
 def evaluation_failures(summary: pd.DataFrame) -> list[str]:
@@ -268,7 +296,7 @@ def write_summary(summary: pd.DataFrame, outdir: str | Path) -> Path:
     fd, tmp = tempfile.mkstemp(prefix=f".{SUMMARY_FILE}.", dir=outdir)
     try:
         with os.fdopen(fd, "w", newline="") as fh:
-            summary.to_csv(fh, index=False)
+            summary.to_csv(fh, index=False, float_format="%.10g")  # no float noise (828.2860000000001)
         os.replace(tmp, outdir / SUMMARY_FILE)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

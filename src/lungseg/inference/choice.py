@@ -147,3 +147,35 @@ def rank_models(
         # stable sort: scored first, best first; unscored keep list_trained_models' order (newest first)
         ranked[task].sort(key=lambda m: (m.score is None, -(m.score or 0.0)))
     return ranked
+
+
+def _models_dir_of(path: Path) -> Path | None:
+    """The models folder a model lies in, by the training pipeline's layout; None outside it."""
+    from lungseg.inference.models import MODEL_FILE
+
+    if path.is_dir():  # a cross-validation's fold folder <models>/<variant>_cv
+        return path.parent
+    if path.parent.parent.name == MODEL_FILE and len(path.parents) > 3:  # <models>/<variant>/model.keras/<v>/model.keras
+        return path.parents[3]
+    if path.name == MODEL_FILE and len(path.parents) > 1:  # <models>/<variant>/model.keras
+        return path.parents[1]
+    return None
+
+
+def recorded_score(path: str | Path) -> tuple[float | None, str | None]:
+    """The score recorded for the model at ``path`` (a ``model.keras`` file or a fold folder), as
+    :func:`rank_models` finds it: ``(score, what it is)``, or ``(None, None)`` when the model lies
+    outside a models folder's layout or no score was recorded for it."""
+    path = Path(path)
+    try:
+        models_dir = _models_dir_of(path)
+        if models_dir is None:
+            return None, None
+        target = path.resolve()
+        for entries in rank_models(models_dir).values():
+            for model in entries:
+                if Path(model.path).resolve() == target:
+                    return model.score, model.score_name
+    except OSError:
+        logger.debug("no recorded score for %s", path, exc_info=True)
+    return None, None

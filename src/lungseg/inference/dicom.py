@@ -40,6 +40,7 @@ class DicomSeries:
         series_uid: the SeriesInstanceUID that was read.
         description: its SeriesDescription ("" when absent).
         n_series: how many image series the input held (the largest one was read).
+        spacing_assumed: the series has no PixelSpacing: 1 mm pixels were assumed.
     """
 
     data_xyz: np.ndarray
@@ -47,6 +48,7 @@ class DicomSeries:
     series_uid: str
     description: str
     n_series: int
+    spacing_assumed: bool = False
 
 
 def read_series_folder(folder: Path, origin: str | Path | None = None, *, limits: Limits | dict) -> DicomSeries:
@@ -121,7 +123,8 @@ def read_series_files(files: Iterable[Path], origin: str | Path, limits: Limits 
     check_volume_shape((len(members), rows, cols), where, limits, inplane=(rows, cols))
     data, affine = _assemble(members, origin, limits)
     logger.info("read DICOM series %s %r: %d slices of %dx%d", uid, description, data.shape[2], data.shape[1], data.shape[0])
-    return DicomSeries(data, affine, uid, description, len(ranked))
+    no_spacing = _float_list(members[0][1], "PixelSpacing", 2) is None
+    return DicomSeries(data, affine, uid, description, len(ranked), spacing_assumed=no_spacing)
 
 
 def _check_dims(ds, where: str, limits: Limits) -> None:

@@ -20,7 +20,11 @@ from lungseg.layout import cv_name, variant_name
 logger = logging.getLogger(__name__)
 
 #: Config keys that describe how one member was trained, not how its input is prepared.
-PER_MEMBER_KEYS = frozenset({"train_cases", "val_cases", "run_fingerprint", "trained_at", "fold", "dataset"})
+PER_MEMBER_KEYS = frozenset({"train_cases", "val_cases", "run_fingerprint", "trained_at", "fold", "dataset",
+                             "environment", "recorded_score"})
+#: Per-member keys the ensemble's config keeps: the members' value when they agree, else their values
+#: joined with "+" (the provenance of the ensemble, :mod:`lungseg.inference.provenance`).
+SHARED_PROVENANCE_KEYS = ("dataset", "environment")
 
 
 def is_fold_folder(path: str | Path) -> bool:
@@ -43,6 +47,16 @@ def ensemble_config(configs: dict[str, dict], source: str) -> dict:
                 f"an ensemble needs one preprocessing config"
             )
     shared = {k: v for k, v in first.items() if k not in PER_MEMBER_KEYS}
+    for key in SHARED_PROVENANCE_KEYS:
+        values = sorted({str(configs[n][key]) for n in names if configs[n].get(key) is not None})
+        if values:
+            shared[key] = "+".join(values)
+    scores = [configs[n].get("recorded_score") for n in names]
+    if scores[0] is not None and all(sc == scores[0] for sc in scores):  # a bundle's ensemble score
+        shared["recorded_score"] = scores[0]
+    trained = sorted(str(configs[n]["trained_at"]) for n in names if configs[n].get("trained_at"))
+    if trained:
+        shared["trained_at"] = trained[-1]  # the newest member's
     return {**shared, "ensemble_members": names, "ensemble_size": len(names)}
 
 

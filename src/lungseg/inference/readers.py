@@ -62,9 +62,53 @@ def read_input(path: str | Path, limits: Limits | dict) -> tuple[Volume, str]:
     if not path.exists():
         raise InputError(f"file {str(path)!r}: no such file or folder")
     try:
-        return _read_any(path, limits)
+        volume, kind = _read_any(path, limits)
     except MemoryError as exc:
         raise InputError(f"file {str(path)!r}: not enough memory to read it ({exc or 'MemoryError'})") from exc
+    _flag_placeholder_spacing(volume, kind, path)
+    return volume, kind
+
+
+#: Why a voxel size is not trusted (``volume.meta["spacing_note"]``, report.json ``spacing_note``).
+PLACEHOLDER_SPACING_NOTE = ("1 x 1 x 1 mm on 0-255 data, the voxel size converted or anonymised files are often "
+                            "given: probably a placeholder")
+
+
+def _flag_placeholder_spacing(volume: Volume, kind: str, path: Path) -> None:
+    """Flag a voxel size that is probably not the scan's (``volume.meta["spacing_assumed"]`` and a
+    ``spacing_note``): exactly 1 x 1 x 1 mm on 0-255 data (common for converted or anonymised files;
+    a CT in HU at exactly 1 mm isotropic is kept). Zero pixdim, a DICOM series without PixelSpacing and
+    a 2D image were flagged by their readers. Volumes in ml are then nominal; ``--spacing`` overrides."""
+    if volume.meta.get("spacing_assumed"):
+        return
+    if kind == "uint8" and volume.array.shape[0] > 1 and all(abs(float(s) - 1.0) < 1e-6 for s in volume.spacing):
+        volume.meta.update(spacing_assumed=True, spacing_note=PLACEHOLDER_SPACING_NOTE)
+        logger.warning("%s: %s; volumes in ml are nominal (report.json: spacing_assumed); give the true voxel size "
+                       "with --spacing X,Y,Z", path.name, PLACEHOLDER_SPACING_NOTE)
+
+
+def override_spacing(volume: Volume, spacing_xyz: tuple[float, float, float]) -> Volume:
+    """``volume`` with the voxel size ``spacing_xyz`` (mm along x = the patient's left-right, y =
+    anterior-posterior, z = the axial slice direction, as ``lungseg predict --spacing X,Y,Z``).
+
+    The figures (volumes in ml, the guard's extents, lesion positions in mm) use it; the outputs are still
+    written on the input's own grid and affine, so they overlay the input file. ``meta`` records
+    ``spacing_source: "--spacing"`` and the header's voxel size (``header_spacing_mm``, z, y, x), and
+    ``affine_mm``: the input's affine with its axes rescaled to the given voxel size (for positions in mm).
+    """
+    import dataclasses
+
+    sx, sy, sz = (float(s) for s in spacing_xyz)
+    _check_spacing((sz, sy, sx), "--spacing")
+    canonical = np.array([sx, sy, sz])  # canonical (x, y, z) axes
+    affine = np.asarray(volume.affine, dtype=float).copy()
+    for i in range(3):  # file axis i is canonical axis ornt[i, 0]
+        norm = float(np.linalg.norm(affine[:3, i]))
+        if norm > 0:
+            affine[:3, i] *= canonical[int(volume.ornt[i, 0])] / norm
+    meta = {k: v for k, v in volume.meta.items() if k not in ("spacing_assumed", "spacing_note")}
+    meta.update(spacing_source="--spacing", header_spacing_mm=[float(s) for s in volume.spacing], affine_mm=affine)
+    return dataclasses.replace(volume, spacing=(sz, sy, sx), meta=meta)
 
 
 def _read_any(path: Path, limits: Limits) -> tuple[Volume, str]:
@@ -175,6 +219,7 @@ def _read_nifti(path: Path, limits: Limits) -> tuple[Volume, str]:
     volume.meta.update({"input_kind": "nifti", "input": str(path)})
     if spacing_assumed:
         volume.meta["spacing_assumed"] = True
+        volume.meta["spacing_note"] = "the header's voxel size (pixdim) is zero; 1 mm assumed"
         logger.warning("%s: the header's voxel size (pixdim) is zero; 1 mm assumed, so volumes in ml are not "
                        "reliable (report.json: spacing_assumed)", path.name)
     kind = detect_source_kind(arr)
@@ -275,7 +320,8 @@ def _read_image(path: Path, limits: Limits) -> tuple[Volume, str]:
         scale = 255.0 / (hi - lo) if hi > lo else 0.0
         img = np.clip((img.astype(np.float32) - lo) * scale, 0, 255).round().astype(np.uint8)
     volume = from_canonical_array(img[None].astype(np.uint8), (1.0, 1.0, 1.0), source=str(path))
-    volume.meta.update({"input_kind": "image", "input": str(path), "spacing_assumed": True})  # a picture has no voxel size
+    volume.meta.update({"input_kind": "image", "input": str(path), "spacing_assumed": True,  # a picture has no voxel size
+                        "spacing_note": "a 2D image has no voxel size: areas in pixels"})
     logger.info("read %s: 2D image %dx%d, intensities taken as 0-255", path.name, img.shape[0], img.shape[1])
     return volume, "uint8"
 
@@ -318,4 +364,6 @@ def _read_dicom(path: Path, series: dicom.DicomSeries) -> tuple[Volume, str]:
             "n_series": series.n_series,
         }
     )
+    if series.spacing_assumed:
+        volume.meta.update(spacing_assumed=True, spacing_note="the DICOM series has no PixelSpacing; 1 mm pixels assumed")
     return volume, "hu"

@@ -68,18 +68,29 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
 
     Args:
         seg: the segmentation (canonical grid).
-        spacing: voxel size (sz, sy, sx) in mm.
+        spacing: voxel size (sz, sy, sx) in mm (taken at float32 precision, as a NIfTI header stores it:
+            :func:`lungseg.inference.export.figure_spacing`).
 
     Returns:
         a JSON-serialisable dict: ``voxel_volume_ml``, ``voxels`` (counts), ``lung_volume_ml``,
         ``infection_volume_ml``, ``infection_percent`` and ``severity`` (each with ``left``, ``right``,
         ``total``), ``severity_label``, ``severity_scale``, ``no_lungs_found``, ``implausible_input``
-        and ``message``. Volumes are exactly voxel count × voxel volume. Infection figures are None
+        and ``message``. Volumes are voxel count × voxel volume (every float to 10 significant
+        digits, :func:`lungseg.inference.export.tidy`). Infection figures are None
         when the infection task was not run. When the plausibility guard refused the input or the
         result (``seg.implausible_input``, also when no lung was found), ``implausible_input`` says
         why, and the involvement and severity are None: no grade is given for such an input.
+        ``provenance`` names each model's training dataset, environment and recorded score
+        (:mod:`lungseg.inference.provenance`); when models trained on synthetic phantoms ran on an
+        input that is not one, ``severity`` is None and ``severity_withheld`` says why
+        (``seg.severity_withheld``). ``volumes_nominal`` is True when the voxel size was assumed or is
+        probably a placeholder (``seg.spacing_assumed``): the ml figures then follow from it, and the
+        message says "nominal". A single slice gets its areas in pixels (``area_pixels``).
     """
-    voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
+    from lungseg.inference.export import figure_spacing, tidy
+
+    spacing = figure_spacing(spacing)  # 0.7 mm from a float32 header is 0.7, not 0.699999988
+    voxel_ml = float(np.prod(spacing)) / 1000.0
     lungs = np.asarray(seg.lung_labels)
     infected = np.asarray(seg.infection) > 0
     counts = {
@@ -116,6 +127,9 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
         "implausible_input": implausible,
         "partial_scan": partial,
         "plausibility": getattr(seg, "guard_figures", None),
+        "provenance": getattr(seg, "provenance", None),
+        "severity_withheld": None,
+        "volumes_nominal": bool(getattr(seg, "spacing_assumed", False)),
     }
     if ran_infection and implausible:
         report["infection_volume_ml"] = {k: v * voxel_ml for k, v in inf_n.items()}
@@ -128,25 +142,38 @@ def make_report(seg: Segmentation, spacing: Sequence[float]) -> dict:
             severity=grades,
             severity_label={side: SEVERITY_LABELS[g] for side, g in grades.items()},
         )
+    withheld = getattr(seg, "severity_withheld", None)
+    if withheld and report["severity"] is not None:
+        report.update(severity=None, severity_label=None, severity_withheld=withheld)
     if partial:  # no whole lungs: the percentages of the lung in view only, no ml and no grade
-        report.update(lung_volume_ml=None, infection_volume_ml=None, severity=None, severity_label=None)
+        report.update(lung_volume_ml=None, infection_volume_ml=None, severity=None, severity_label=None,
+                      volumes_nominal=False)
+    if int(lungs.shape[0]) == 1:  # a 2D image: its areas in pixels
+        report["area_pixels"] = {"lung": lung_n, "infection": inf_n if ran_infection else None}
+    nominal = " (nominal: the voxel size was assumed)" if report["volumes_nominal"] else ""
     if implausible and implausible != NO_LUNGS:
         report["message"] = f"Implausible input: {implausible}. No involvement or severity is given."
     elif no_lungs:
         report["message"] = "No lungs were found in this image; the masks are empty. Is it a chest CT?"
+    elif partial and int(lungs.shape[0]) == 1:
+        shown = (f"; infection {inf_n['total']} pixels ({report['infection_percent']['total']:.1f}% of the lungs)"
+                 if report["infection_percent"] else "")
+        report["message"] = (f"Lungs {lung_n['total']} pixels (left {lung_n['left']}, right {lung_n['right']}){shown}; "
+                             "a single slice: no volumes in ml and no severity grade.")
     elif partial:
         shown = (f"; infection {report['infection_percent']['total']:.1f}% of the lung in view"
                  if report["infection_percent"] else "")
         report["message"] = f"Lungs found in {partial}{shown}."
     elif ran_infection:
+        grade = (f"severity withheld: {withheld}" if report["severity_withheld"] else
+                 f"severity {report['severity']['total']} {report['severity_label']['total']}")
         report["message"] = (
-            f"Lungs {report['lung_volume_ml']['total']:.1f} ml; infection {report['infection_volume_ml']['total']:.1f} ml "
-            f"({report['infection_percent']['total']:.1f}% of the lungs, severity {report['severity']['total']} "
-            f"{report['severity_label']['total']})."
+            f"Lungs {report['lung_volume_ml']['total']:.1f} ml; infection {report['infection_volume_ml']['total']:.1f} ml"
+            f"{nominal} ({report['infection_percent']['total']:.1f}% of the lungs, {grade})."
         )
     else:
-        report["message"] = f"Lungs {report['lung_volume_ml']['total']:.1f} ml (infection not run)."
-    return report
+        report["message"] = f"Lungs {report['lung_volume_ml']['total']:.1f} ml{nominal} (infection not run)."
+    return tidy(report)  # floats to 10 significant digits: no float noise (828.2860000000001) in any front end
 
 
 # ----------------------------------------------------------------------------------------- overlays
@@ -235,7 +262,11 @@ def write_outputs(
     ``overlays/slice_XXX.png`` for the slices with most lung, most infection and the middle one;
     ``report.json``. For a 2D image input also ``lung_mask.png`` (0 background, 255 lung),
     ``infection_mask.png`` (0/255) and ``lung_and_infection_mask.png`` (labels × 85: 85 left lung,
-    170 right lung, 255 infection), all of the input's size.
+    170 right lung, 255 infection), all of the input's size. ``lesions.csv``: the lesion table
+    (:mod:`lungseg.inference.export`), also in report.json (``lesions``); ``metrics.csv`` when the
+    report holds ground-truth scores (``ground_truth_scores``, a batch with masks). Floats in
+    report.json and the CSV files are written to 10 significant digits. ``report`` gains ``lesions``
+    (the table written) unless it already holds them.
 
     Everything is written into a staging folder beside ``outdir`` that is then moved in, so a
     failure leaves nothing half-written. ``outdir`` must be absent, empty, or a previous lungseg
@@ -286,6 +317,25 @@ def _write_outputs(volume: Volume, seg: Segmentation, report: dict, outdir: Path
                 written[f"overlay_{k:03d}"] = rel
             overlays[why] = rel
 
+        from lungseg.inference.export import (
+            LESION_COLUMNS,
+            LESIONS_FILE,
+            METRIC_TABLE_COLUMNS,
+            METRICS_FILE,
+            lesion_table,
+            tidy,
+            write_csv,
+        )
+
+        lesions = report.get("lesions")
+        if lesions is None:
+            lesions = report["lesions"] = lesion_table(volume, seg, volumes_in_ml=report.get("lung_volume_ml") is not None)
+        write_csv(tmp / LESIONS_FILE, lesions, LESION_COLUMNS)
+        written["lesions"] = LESIONS_FILE
+        if report.get("ground_truth_scores"):
+            write_csv(tmp / METRICS_FILE, report["ground_truth_scores"], METRIC_TABLE_COLUMNS)
+            written["metrics"] = METRICS_FILE
+
         if volume.meta.get("input_kind") == "image" and canonical_shape[0] == 1:
             pngs = {
                 "lung_mask_png": ("lung_mask.png", (seg.lung_labels[0] > 0).astype(np.uint8) * 255),
@@ -302,6 +352,13 @@ def _write_outputs(volume: Volume, seg: Segmentation, report: dict, outdir: Path
             "input_kind": volume.meta.get("input_kind"),
             "input_shape": [int(s) for s in volume.shape],
             "spacing_assumed": bool(volume.meta.get("spacing_assumed", False)),
+            "spacing_note": volume.meta.get("spacing_note"),
+            "spacing_source": volume.meta.get("spacing_source", "assumed" if volume.meta.get("spacing_assumed")
+                                              else "header"),
+            "lesions": lesions,
+            "lesions_note": "lesions.csv: 3D 26-connected components of the infection mask, largest first; "
+            "centroid_z/y/x in canonical voxels (z = overlays' slice), centroid_i/j/k in the input's own voxels, "
+            "*_mm in scanner RAS+ mm; lung from the predicted lung labels; mean_hu only for HU input",
             "overlays": overlays,
             "overlays_note": "slice_XXX = axial slice XXX of the canonical (z, y, x) volume, z from inferior to "
             "superior, shown in the radiological view (patient's left on the right of the picture); "
@@ -312,7 +369,7 @@ def _write_outputs(volume: Volume, seg: Segmentation, report: dict, outdir: Path
             full["dicom_series"] = {
                 k: volume.meta.get(k) for k in ("series_uid", "series_description", "n_series")
             }
-        (tmp / REPORT_FILE).write_text(json.dumps(full, indent=2, default=_json_default))
+        (tmp / REPORT_FILE).write_text(json.dumps(tidy(full), indent=2, default=_json_default))
         written["report"] = REPORT_FILE
         install_dir(tmp, outdir, "case")
     except BaseException:

@@ -37,6 +37,14 @@ class Segmentation:
             (:mod:`lungseg.inference.guard`; ``guard.NO_LUNGS`` when no lung was found). Front ends
             show it instead of figures; the CLI exits with code 3.
         guard_figures: what the guard measured (fractions, lung ml, z extent), for the report.
+        provenance: the models' provenance, ``{"lung": {...}, "infection": {...}}``
+            (:func:`lungseg.inference.provenance.describe_model`: training dataset, environment, score).
+        severity_withheld: None, or why no severity grade may be given on this input although one
+            could be computed (:func:`lungseg.inference.provenance.synthetic_mismatch`: models trained
+            on synthetic phantoms, an input that is not one).
+        spacing_assumed: the input's voxel size is assumed or probably a placeholder
+            (``volume.meta["spacing_assumed"]``): volumes in ml are nominal.
+        source_kind: the input's intensities, ``"hu"`` or ``"uint8"``.
     """
 
     lung_labels: np.ndarray
@@ -46,6 +54,10 @@ class Segmentation:
     tasks: tuple[str, ...] = TASKS
     implausible_input: str | None = None
     guard_figures: dict | None = None
+    provenance: dict | None = None
+    severity_withheld: str | None = None
+    spacing_assumed: bool = False
+    source_kind: str | None = None
 
     def combined(self) -> np.ndarray:
         """Label map: 1 left lung, 2 right lung, 3 infection (written over the lung labels)."""
@@ -122,6 +134,16 @@ class Segmenter:
         self.flip_tta = settings.flip_tta
         self.lung_fill_holes = settings.lung_fill_holes
         self.guard = settings.guard
+        self._provenance: dict | None = None
+
+    @property
+    def provenance(self) -> dict:
+        """The models' provenance (:func:`lungseg.inference.provenance.describe_models`), found once."""
+        if self._provenance is None:
+            from lungseg.inference.provenance import describe_models
+
+            self._provenance = describe_models(self.lung, self.infection)
+        return self._provenance
 
     @classmethod
     def from_models(cls, lung: LoadedModel | None, infection: LoadedModel | None,
@@ -163,7 +185,7 @@ class Segmenter:
         shape = (len(index), *ct.shape[1:])
         binary = np.zeros(shape, dtype=bool)
         probs_out = np.zeros(shape, dtype=np.float32) if keep_probabilities else None
-        with tqdm(total=len(index), desc=desc, unit="slice", disable=not progress, leave=False) as bar:
+        with tqdm(total=len(index), desc=desc, unit="slice", disable=not progress, leave=True) as bar:
             for a in range(0, len(index), self.chunk_slices):
                 idx = index[a : a + self.chunk_slices]
                 r = int(config.context) // 2
@@ -273,6 +295,10 @@ class Segmenter:
         why, figures = check_plausibility(ct, source_kind, lung_labels, volume.spacing, self.guard)
         if why:
             logger.warning("%s: implausible input: %s", name, why)
+        from lungseg.inference.provenance import synthetic_mismatch
+
+        used = {t: p for t, p in self.provenance.items() if t == "lung" or t in tasks}
+        withheld = synthetic_mismatch(used, volume)
         return Segmentation(
             lung_labels=lung_labels,
             infection=infection,
@@ -281,4 +307,8 @@ class Segmenter:
             tasks=tasks,
             implausible_input=why,
             guard_figures=figures,
+            provenance=used,
+            severity_withheld=withheld,
+            spacing_assumed=bool(getattr(volume, "meta", {}).get("spacing_assumed", False)),
+            source_kind=source_kind,
         )

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -20,6 +21,7 @@ import pandas as pd
 
 from lungseg.config import check_section, positive_number
 from lungseg.errors import ConfigError, TrainingDataError
+from lungseg.layout import RUN_ENV_VARIABLE
 from lungseg.models.data import SliceSequence, split_model_input
 from lungseg.models.factory import build_model, compile_model
 from lungseg.models.precision import check_precision, precision_policy, resolve_and_log, with_precision
@@ -177,4 +179,7 @@ def train_variant(
         "run_fingerprint": fingerprint,
         "trained_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    environment = os.environ.get(RUN_ENV_VARIABLE)  # the Kedro environment, set by the project's hooks
+    if environment:
+        config["environment"] = environment
     return TrainResult(model=model, config=config, history=history)

@@ -73,16 +73,29 @@ def _copy_model(model: Any, dest: Path) -> str:
         (dest / "model_config.json").write_text(json.dumps(config, indent=2, default=str))
         return f"trained in this run ({config.get('task')}_{config.get('architecture')})"
     source = Path(str(model.source))
+    score = _recorded_score(source)
     if source.is_dir():  # a fold ensemble: every fold_<k>.keras with its fold_<k>.json
         for f in sorted(source.glob("fold_*")):
-            if f.suffix in (".keras", ".json"):
+            if f.suffix == ".keras":
                 shutil.copy2(f, dest / f.name)
+            elif f.suffix == ".json":
+                (dest / f.name).write_text(json.dumps({**json.loads(f.read_text()), **score}, indent=2, default=str))
         return str(source)
     if not source.is_file():
         raise ModelNotFoundError(f"model {str(source)!r}: only a model file or a fold folder can be bundled")
     shutil.copy2(source, dest / "model.keras")
-    (dest / "model_config.json").write_text(json.dumps(model.config, indent=2, default=str))
+    (dest / "model_config.json").write_text(json.dumps({**model.config, **score}, indent=2, default=str))
     return str(source)
+
+
+def _recorded_score(source: Path) -> dict:
+    """``{"recorded_score": {"value", "name"}}`` for the bundled config: the score recorded for the model in
+    its reports (:func:`lungseg.inference.choice.recorded_score`), so that the served model's reports name
+    the figure it was scored with (:mod:`lungseg.inference.provenance`); {} when none was recorded."""
+    from lungseg.inference.choice import recorded_score
+
+    value, name = recorded_score(source)
+    return {"recorded_score": {"value": value, "name": name}} if value is not None else {}
 
 
 def write_bundle(dest: str | Path, lung: Any, infection: Any, settings: dict[str, Any]) -> Path:

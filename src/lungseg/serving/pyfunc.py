@@ -9,7 +9,8 @@ orientation, so the masks come back on the same grid and the volumes in ml are r
 Output: one row per CT, columns ``label_map_nifti_base64`` (a gzipped NIfTI of uint8 labels 1 left
 lung, 2 right lung, 3 infection, on the input's own grid and affine: ``lungseg predict``'s
 ``lung_and_infection_mask.nii.gz``) and ``report_json`` (``lungseg predict``'s report.json: volumes,
-involvement % and severity per lung).
+involvement % and severity per lung; ``provenance``: each model's training dataset, environment and
+recorded score; ``severity_withheld`` when models trained on synthetic phantoms met another input).
 
 Each CT is read by :func:`lungseg.inference.readers.read_input` and segmented by
 :class:`lungseg.inference.segment.Segmenter`, the code of ``lungseg predict``, with the inference
@@ -91,6 +92,7 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
 
     def _segment_one(self, row: int, text: Any) -> dict[str, str]:
         from lungseg.errors import LungsegError
+        from lungseg.inference.export import tidy
         from lungseg.inference.ownership import scratch_dir
         from lungseg.inference.readers import read_input
         from lungseg.inference.report import make_report
@@ -117,7 +119,7 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
         labels = volume.to_nifti(seg.combined().astype("uint8"), "uint8")  # as lungseg predict writes it
         return {
             "label_map_nifti_base64": base64.b64encode(gzip.compress(labels.to_bytes(), mtime=0)).decode("ascii"),
-            "report_json": json.dumps(report, default=_jsonable),
+            "report_json": json.dumps(tidy(report), default=_jsonable),
         }
 
     def _tasks(self) -> tuple[str, ...]:

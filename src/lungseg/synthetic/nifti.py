@@ -6,6 +6,8 @@ import nibabel as nib
 import numpy as np
 from nibabel import orientations as nio
 
+from lungseg.layout import SYNTHETIC_PHANTOM_DESCRIP
+
 CANONICAL_AXCODES = "LPS"
 #: The four folders of the dataset, in the order of metadata.csv's columns.
 COMPONENTS = ("ct_scans", "lung_mask", "infection_mask", "lung_and_infection_mask")
@@ -43,11 +45,14 @@ def to_stored(arr_zyx: np.ndarray, orientation: str) -> np.ndarray:
 
 
 def make_image(data_xyz: np.ndarray, affine: np.ndarray, dtype) -> nib.Nifti1Image:
-    """A NIfTI-1 image with unit scaling, mm units and both qform and sform set to ``affine``."""
+    """A NIfTI-1 image with unit scaling, mm units and both qform and sform set to ``affine``, marked as
+    the generator's in its header (``descrip``: :data:`lungseg.layout.SYNTHETIC_PHANTOM_DESCRIP`), so that
+    inference can tell a phantom from real CT."""
     img = nib.Nifti1Image(np.asarray(data_xyz, dtype=dtype), affine)
     img.set_data_dtype(dtype)
     img.header.set_slope_inter(1, 0)
     img.header.set_xyzt_units("mm", "sec")
+    img.header["descrip"] = SYNTHETIC_PHANTOM_DESCRIP.encode("ascii")
     img.set_qform(affine, code=1)
     img.set_sform(affine, code=1)
     return img
