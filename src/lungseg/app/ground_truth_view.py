@@ -147,23 +147,11 @@ def per_slice_dice(seg, gt: np.ndarray, task: str, binary_task: str | None = Non
 
 
 def gt_sides(gt: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """The ground truth's left and right lung (boolean, infection included), from a label map.
+    """The ground truth's left and right lung (boolean, infection included), from a label map: the rule of
+    :func:`lungseg.inference.export.ground_truth_sides`. None for a binary mask."""
+    from lungseg.inference.export import ground_truth_sides
 
-    Infection voxels (label 3) go to the side of the midline between the two lungs' centres in
-    their slice (canonical grid: the left lung has the larger column index). None for a binary mask.
-    """
-    if not is_label_map(gt) or not (np.any(gt == 1) and np.any(gt == 2)):
-        return None
-    left, right = gt == 1, gt == 2
-    cols = np.arange(gt.shape[2])
-    whole_mid = (np.nonzero(left)[2].mean() + np.nonzero(right)[2].mean()) / 2
-    for z in np.flatnonzero((gt == 3).reshape(gt.shape[0], -1).any(axis=1)):
-        lz, rz = np.nonzero(left[z])[1], np.nonzero(right[z])[1]
-        mid = (lz.mean() + rz.mean()) / 2 if lz.size and rz.size else whole_mid
-        infected = gt[z] == 3
-        left[z] |= infected & (cols[None, :] >= mid)
-        right[z] |= infected & (cols[None, :] < mid)
-    return left, right
+    return ground_truth_sides(gt) if is_label_map(gt) else None
 
 
 def per_lung_dice(seg, gt: np.ndarray, tasks) -> dict[str, dict[str, float]]:

@@ -141,7 +141,7 @@ def ground_truth_sides(lung_truth: np.ndarray | None) -> tuple[np.ndarray, np.nd
     """The ground truth's left and right lung (boolean) from a lung mask's labels (1 left, 2 right), with
     infection (label 3, where the mask is a label map) given to the side of the midline between the two
     lungs' centres in its slice (canonical grid: the left lung has the larger column index). None when
-    the mask has no left/right labels (a binary lung mask). The web UI's ``gt_sides`` follows the same rule."""
+    the mask has no left/right labels (a binary lung mask). The web UI's ``gt_sides`` calls it."""
     if lung_truth is None:
         return None
     gt = np.asarray(lung_truth)
