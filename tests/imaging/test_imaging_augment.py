@@ -93,3 +93,55 @@ def test_params_from_dict():
         AugmentParams.from_dict({"scale_min": 1.2, "scale_max": 1.0})
     with pytest.raises(ConfigError):
         AugmentParams.from_dict({"rotation_deg": "lots"})
+
+
+# ---------------------------------------------------------------- intensity augmentation (#25)
+_NO_GEOMETRY = dict(hflip=False, rotation_deg=0.0, scale_min=1.0, scale_max=1.0)
+
+
+def test_intensity_off_draws_nothing_so_the_geometry_is_unchanged():
+    img = (np.random.default_rng(1).random((40, 40)) * 255).astype(np.uint8)
+    mask = (img > 128).astype(np.uint8)
+    plain = random_augment(img, mask, np.random.default_rng(7), AugmentParams())
+    explicit = random_augment(
+        img, mask, np.random.default_rng(7), AugmentParams(gamma=0.0, contrast=0.0, brightness=0.0, noise_std=0.0)
+    )
+    np.testing.assert_array_equal(plain[0], explicit[0])
+    np.testing.assert_array_equal(plain[1], explicit[1])
+
+
+def test_gamma_keeps_the_order_of_intensities_and_never_touches_the_mask():
+    ramp = np.tile(np.linspace(0.0, 1.0, 64, dtype=np.float32), (64, 1))
+    mask = np.zeros((64, 64), np.uint8)
+    mask[20:40, 20:40] = 1
+    params = AugmentParams(gamma=1.0, **_NO_GEOMETRY)
+    changed = 0
+    for seed in range(10):
+        out, out_mask = random_augment(ramp, mask, np.random.default_rng(seed), params)
+        assert out.dtype == np.float32 and out.min() >= 0.0 and out.max() <= 1.0
+        assert np.all(np.diff(out[0]) >= 0)                       # a gamma curve is monotonic
+        assert out[0, 0] == 0.0 and out[0, -1] == 1.0             # and keeps 0 and 1
+        np.testing.assert_array_equal(out_mask, mask)
+        changed += not np.allclose(out, ramp, atol=1e-3)
+    assert changed >= 8
+
+
+def test_noise_has_the_requested_spread_and_2p5d_channels_share_the_curve():
+    flat = np.full((128, 128), 0.5, np.float32)
+    out, _ = random_augment(flat, np.zeros((128, 128), np.uint8), np.random.default_rng(0),
+                            AugmentParams(noise_std=0.05, **_NO_GEOMETRY))
+    assert abs(float(out.std()) - 0.05) < 0.005 and abs(float(out.mean()) - 0.5) < 0.005
+
+    stack = np.repeat((np.random.default_rng(2).random((32, 32, 1)) * 255).astype(np.uint8), 3, axis=2)
+    out3, _ = random_augment(stack, np.zeros((32, 32), np.uint8), np.random.default_rng(3),
+                             AugmentParams(gamma=0.5, contrast=0.3, brightness=0.1, **_NO_GEOMETRY))
+    assert out3.dtype == np.uint8 and out3.shape == stack.shape
+    np.testing.assert_array_equal(out3[..., 0], out3[..., 1])
+    np.testing.assert_array_equal(out3[..., 0], out3[..., 2])
+    assert not np.array_equal(out3, stack)
+
+
+@pytest.mark.parametrize("bad", [{"gamma": -0.1}, {"contrast": 1.5}, {"noise_std": -1}, {"brightness": 2}])
+def test_bad_intensity_options_are_refused_by_name(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        AugmentParams.from_dict(bad)

@@ -5,7 +5,7 @@ augmentation, binary mask operations in :mod:`lungseg.imaging.masks`, post-proce
 them. numpy + OpenCV + scipy.ndimage only; no I/O.
 """
 
-from lungseg.imaging.augment import AugmentParams, augment_batch, random_affine, random_augment
+from lungseg.imaging.augment import AugmentParams, augment_batch, random_affine, random_augment, random_intensity
 from lungseg.imaging.crop import Box, body_box, lung_box
 from lungseg.imaging.intensity import (
     HU_WINDOW,
@@ -90,6 +90,7 @@ __all__ = [
     "slice_breaks",
     "random_affine",
     "random_augment",
+    "random_intensity",
     "records_from_array",
     "records_to_array",
     "remove_small_objects",

@@ -18,13 +18,24 @@ logger = logging.getLogger(__name__)
 @dataclass(frozen=True)
 class AugmentParams:
     """Random horizontal flip (p = 0.5 when enabled), rotation in ``[-rotation_deg, rotation_deg]``,
-    isotropic scale in ``[scale_min, scale_max]``; the whole transform is applied with probability ``p``."""
+    isotropic scale in ``[scale_min, scale_max]``; the whole transform is applied with probability ``p``.
+
+    Intensity (the image only, after the affine, every 2.5D channel alike; 0 turns each off and draws
+    nothing, so the geometric draws stay the same): a gamma curve ``x ** g`` with ``log g`` uniform in
+    ``[-log(1 + gamma), log(1 + gamma)]``, a contrast factor in ``[1 - contrast, 1 + contrast]`` about
+    the slice mean, a brightness shift in ``[-brightness, brightness]`` and Gaussian noise of standard
+    deviation ``noise_std``, all on the [0, 1] scale and clipped back to it (nnU-Net's intensity set).
+    """
 
     hflip: bool = True
     rotation_deg: float = 20.0
     scale_min: float = 0.9
     scale_max: float = 1.1
     p: float = 1.0
+    gamma: float = 0.0
+    contrast: float = 0.0
+    brightness: float = 0.0
+    noise_std: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rotation_deg < 0:
@@ -35,6 +46,16 @@ class AugmentParams:
             )
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"augmentation probability p must be in [0, 1], got {self.p}")
+        for name in ("gamma", "contrast", "brightness", "noise_std"):
+            value = getattr(self, name)
+            if not 0.0 <= value <= (1.0 if name != "gamma" else 4.0):
+                top = 4 if name == "gamma" else 1
+                raise ConfigError(f"augmentation {name} must be in [0, {top}] (0: off), got {value}")
+
+    @property
+    def intensity(self) -> bool:
+        """Whether any intensity augmentation is on."""
+        return bool(self.gamma or self.contrast or self.brightness or self.noise_std)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any] | None) -> AugmentParams:
@@ -73,6 +94,34 @@ def random_affine(shape: tuple[int, int], rng: np.random.Generator, params: Augm
     return m
 
 
+def random_intensity(image: np.ndarray, rng: np.random.Generator, params: AugmentParams) -> np.ndarray:
+    """One random intensity change of an ``(H, W[, C])`` image (see :class:`AugmentParams`), same dtype.
+
+    ``uint8`` images are read as 0-255 and rounded back; float images are taken on [0, 1].
+    Nothing is drawn, and the image is returned as it is, when every intensity option is 0.
+    """
+    img = np.asarray(image)
+    if not params.intensity:
+        return img
+    scale = 255.0 if img.dtype == np.uint8 else 1.0
+    x = img.astype(np.float32) / np.float32(scale)
+    if params.gamma:
+        log_g = float(rng.uniform(-np.log1p(params.gamma), np.log1p(params.gamma)))
+        x = np.power(np.clip(x, 0.0, 1.0), np.float32(np.exp(log_g)))
+    if params.contrast:
+        factor = np.float32(rng.uniform(1.0 - params.contrast, 1.0 + params.contrast))
+        mean = np.float32(x.mean())
+        x = (x - mean) * factor + mean
+    if params.brightness:
+        x = x + np.float32(rng.uniform(-params.brightness, params.brightness))
+    if params.noise_std:
+        x = x + rng.normal(0.0, params.noise_std, size=x.shape).astype(np.float32)
+    x = np.clip(x, 0.0, 1.0)
+    if img.dtype == np.uint8:
+        return np.rint(x * 255.0).astype(np.uint8)
+    return x.astype(img.dtype, copy=False)
+
+
 def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
     h, w = arr.shape[:2]
     if arr.ndim == 3 and arr.shape[2] > 4:  # OpenCV warps at most 4 channels at once
@@ -85,7 +134,7 @@ def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
 def random_augment(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, params: AugmentParams
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ONE random affine to a ``(H, W)`` float image (or an ``(H, W, C)`` 2.5D stack, every channel
+    """Apply ONE random affine (then the intensity options, if any) to a ``(H, W)`` float image (or an ``(H, W, C)`` 2.5D stack, every channel
     alike) and its ``(H, W)`` uint8 mask.
 
     Image: bilinear; mask: nearest neighbour (labels are never blended); border constant 0.
@@ -101,13 +150,13 @@ def random_augment(
         )
     m = random_affine(img2.shape[:2], rng, params)
     if m is None:
-        return img.copy(), msk.copy()
+        return random_intensity(img, rng, params).copy(), msk.copy()
     img_dtype, msk_dtype = img2.dtype, msk2.dtype
     work_img = img2 if img_dtype in (np.float32, np.float64, np.uint8) else img2.astype(np.float32)
     out_img = _warp(work_img, m, cv2.INTER_LINEAR).astype(img_dtype, copy=False)
     work_msk = msk2 if msk_dtype in (np.uint8, np.uint16, np.int16, np.float32) else msk2.astype(np.uint8)
     out_msk = _warp(work_msk, m, cv2.INTER_NEAREST).astype(msk_dtype, copy=False)
-    return out_img.reshape(img.shape), out_msk.reshape(msk.shape)
+    return random_intensity(out_img.reshape(img.shape), rng, params), out_msk.reshape(msk.shape)
 
 
 def augment_batch(
