@@ -145,3 +145,23 @@ def test_noise_has_the_requested_spread_and_2p5d_channels_share_the_curve():
 def test_bad_intensity_options_are_refused_by_name(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         AugmentParams.from_dict(bad)
+
+
+def test_paint_brightens_the_lungs_keeps_the_mask_and_draws_nothing_when_off():
+    rng0 = np.random.default_rng(0)
+    img = np.full((64, 64), 170, np.uint8)
+    lung = np.zeros((64, 64), np.uint8)
+    lung[10:54, 8:28] = 1
+    lung[10:54, 36:56] = 1
+    img[lung > 0] = 40 + rng0.integers(0, 10, int(lung.sum()))
+    painted, out_mask = random_augment(img, lung, np.random.default_rng(1), AugmentParams(paint=1.0, **_NO_GEOMETRY))
+    np.testing.assert_array_equal(out_mask, lung)                       # consolidated lung is still lung
+    brighter = painted[lung > 0].astype(int) - img[lung > 0] > 30
+    assert 0.25 <= brighter.mean() <= 0.75
+    np.testing.assert_array_equal(painted[lung == 0], img[lung == 0])
+    a = random_augment(img, lung, np.random.default_rng(4), AugmentParams())
+    b = random_augment(img, lung, np.random.default_rng(4), AugmentParams(paint=0.0))
+    np.testing.assert_array_equal(a[0], b[0])
+    stack = np.stack([img] * 3, axis=-1)
+    painted3, _ = random_augment(stack, lung, np.random.default_rng(1), AugmentParams(paint=1.0, **_NO_GEOMETRY))
+    np.testing.assert_array_equal(painted3[..., 1], painted)            # 2.5D: every channel the same region

@@ -75,6 +75,26 @@ def test_the_combined_system_is_scored_with_predicted_lungs_and_by_band(cv_proje
     assert (cv_project / "data/08_reporting/infection_unet_cv/combined_infection_dice.png").stat().st_size > 5000
 
 
+def test_the_stress_set_paints_extensive_disease_and_is_scored_out_of_fold(cv_project):
+    reports = cv_project / "data/08_reporting/infection_unet_cv"
+    plain = pd.read_csv(reports / "combined_case_metrics.csv").set_index("case_id")
+    stress = pd.read_csv(reports / "stress_case_metrics.csv").set_index("case_id")
+    assert sorted(stress.index) == sorted(plain.index)
+    assert (stress["fold"] == plain["fold"]).all()                    # each case by the folds that never saw it
+    # 30-70 % of each lung painted (and added to the infection): every case is now extensive
+    assert (stress["true_involvement_percent"] >= 29.0).all()
+    assert (stress["true_involvement_percent"] > plain["true_involvement_percent"]).all()
+    assert (stress["band"] != "<10%").all()
+    summary = json.loads((reports / "stress_summary.json").read_text())
+    assert summary["combined_infection_dice_oof_mean"] == pytest.approx(stress["infection_dice"].mean())
+    assert summary["combined_lung_dice_oof_mean"] == pytest.approx(stress["lung_dice"].mean())
+    mlflow.set_tracking_uri(f"sqlite:///{cv_project / 'mlflow.db'}")
+    runs = mlflow.search_runs(search_all_experiments=True, output_format="list")
+    logged = [r.data.metrics["stress_combined_infection_dice_oof_mean"] for r in runs
+              if "stress_combined_infection_dice_oof_mean" in r.data.metrics]
+    assert logged == [pytest.approx(summary["combined_infection_dice_oof_mean"])]
+
+
 def test_each_variant_and_each_fold_is_a_nested_mlflow_run_with_the_same_keys(cv_project):
     mlflow.set_tracking_uri(f"sqlite:///{cv_project / 'mlflow.db'}")
     runs = mlflow.search_runs(search_all_experiments=True, output_format="list")

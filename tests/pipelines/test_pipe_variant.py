@@ -6,6 +6,8 @@ call, every output stays in memory, and the test reads what each node produced.
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -164,3 +166,15 @@ def test_a_25d_variant_trains_on_stacks_records_its_context_and_evaluates(inputs
     model = catalog.load(f"{v}.model")
     assert tuple(model.inputs[0].shape[1:]) == (32, 32, 3)
     assert 0.0 <= catalog.load(f"{v}.metrics")["case_dice"] <= 1.0
+
+
+def test_the_paint_augmentation_is_refused_for_the_infection_model_before_training(inputs):
+    """``augment.paint`` keeps the mask as it is, which is right only where the mask is the lung."""
+    from lungseg.errors import ConfigError
+    from lungseg.models.run import train_variant
+
+    model_input, split, _ = inputs
+    assert json.loads(str(model_input["config_json"]))["task"] == "infection"
+    augment = {"hflip": True, "rotation_deg": 0.0, "scale_min": 1.0, "scale_max": 1.0, "paint": 0.5}
+    with pytest.raises(ConfigError, match="augment.paint .* lung-model augmentation"):
+        train_variant(model_input, split, MODEL, {**TRAINING, "augment": augment}, "tiny")

@@ -25,6 +25,10 @@ class AugmentParams:
     ``[-log(1 + gamma), log(1 + gamma)]``, a contrast factor in ``[1 - contrast, 1 + contrast]`` about
     the slice mean, a brightness shift in ``[-brightness, brightness]`` and Gaussian noise of standard
     deviation ``noise_std``, all on the [0, 1] scale and clipped back to it (nnU-Net's intensity set).
+
+    ``paint`` (lung model only): the probability that a slice gets consolidation and ground glass painted
+    into 30-70 % of its lungs first (:mod:`lungseg.imaging.paint`), its mask unchanged, so that
+    consolidated lung is still lung. 0 draws nothing.
     """
 
     hflip: bool = True
@@ -36,6 +40,7 @@ class AugmentParams:
     contrast: float = 0.0
     brightness: float = 0.0
     noise_std: float = 0.0
+    paint: float = 0.0
 
     def __post_init__(self) -> None:
         if self.rotation_deg < 0:
@@ -46,7 +51,7 @@ class AugmentParams:
             )
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"augmentation probability p must be in [0, 1], got {self.p}")
-        for name in ("gamma", "contrast", "brightness", "noise_std"):
+        for name in ("gamma", "contrast", "brightness", "noise_std", "paint"):
             value = getattr(self, name)
             if not 0.0 <= value <= (1.0 if name != "gamma" else 4.0):
                 top = 4 if name == "gamma" else 1
@@ -122,6 +127,25 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator, params: Augmen
     return x.astype(img.dtype, copy=False)
 
 
+def random_paint(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, params: AugmentParams) -> np.ndarray:
+    """With probability ``params.paint``, extensive disease painted into 30-70 % of the lungs ``lung``
+    (an ``(H, W)`` 0/1 mask) of an ``(H, W[, C])`` image; every 2.5D channel gets the same region."""
+    from lungseg.imaging.paint import PaintParams, paint_slice
+
+    img = np.asarray(image)
+    if not params.paint or rng.random() >= params.paint or not np.any(lung):
+        return img
+    fraction = {1: float(rng.uniform(0.3, 0.7))}
+    seed = int(rng.integers(2**32))
+    labels = (np.asarray(lung) > 0).astype(np.uint8)
+    empty = np.zeros(labels.shape, np.uint8)
+    paint = PaintParams()
+    if img.ndim == 2:
+        return paint_slice(img, labels, empty, np.random.default_rng(seed), fraction, paint)[0]
+    return np.stack([paint_slice(img[..., c], labels, empty, np.random.default_rng(seed), fraction, paint)[0]
+                     for c in range(img.shape[-1])], axis=-1)
+
+
 def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
     h, w = arr.shape[:2]
     if arr.ndim == 3 and arr.shape[2] > 4:  # OpenCV warps at most 4 channels at once
@@ -148,9 +172,11 @@ def random_augment(
         raise DataValidationError(
             f"random_augment needs an (H, W) or (H, W, C) image and an (H, W) mask, got {img.shape} and {msk.shape}"
         )
+    if params.paint:
+        img2 = random_paint(img2, msk2, rng, params)
     m = random_affine(img2.shape[:2], rng, params)
     if m is None:
-        return random_intensity(img, rng, params).copy(), msk.copy()
+        return random_intensity(img2.reshape(img.shape), rng, params).copy(), msk.copy()
     img_dtype, msk_dtype = img2.dtype, msk2.dtype
     work_img = img2 if img_dtype in (np.float32, np.float64, np.uint8) else img2.astype(np.float32)
     out_img = _warp(work_img, m, cv2.INTER_LINEAR).astype(img_dtype, copy=False)

@@ -22,7 +22,7 @@ import pandas as pd
 from lungseg.config import check_section, positive_number
 from lungseg.errors import ConfigError, TrainingDataError
 from lungseg.layout import RUN_ENV_VARIABLE
-from lungseg.models.data import SliceSequence, split_model_input
+from lungseg.models.data import SliceSequence, augment_params, split_model_input
 from lungseg.models.factory import build_model, compile_model
 from lungseg.models.precision import check_precision, precision_policy, resolve_and_log, with_precision
 from lungseg.models.train import (
@@ -135,6 +135,10 @@ def train_variant(
     # ``auto`` is resolved here, so the fingerprint, the config and MLflow see the policy actually used
     params["precision"] = resolve_and_log(params["precision"], "Training")
 
+    augment = augment_params(params["augment"])
+    if augment is not None and augment.paint and task != "lung":
+        raise ConfigError(f"training.augment.paint paints disease into the lungs and keeps the mask: a lung-model "
+                          f"augmentation; the {task} model's crops carry no lung mask to paint into (set it to 0)")
     x_train, y_train, x_val, y_val = _training_slices(model_input, case_split, task, params, seed)
     fingerprint = run_fingerprint(arch, arch_params, params, prep, x_train, y_train, x_val)
     repeats = int(params["repeats"])

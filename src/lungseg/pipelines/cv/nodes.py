@@ -71,6 +71,31 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     return table, summary
 
 
+def stress_cases(canonical_cases: dict[str, Lazy], params: dict[str, Any]) -> dict[str, Lazy]:
+    """The extensive-disease stress set: every case with consolidation and ground glass painted into
+    ``evaluation.stress.coverage`` of each lung (:func:`lungseg.imaging.paint.paint_extensive_disease`),
+    the painted pixels added to its infection mask, its lungs unchanged. Lazy, one seed per case."""
+    from lungseg.imaging.paint import paint_from_dict
+
+    params = check_section(params, "evaluation", EVALUATION_KEYS)
+    paint, seed = paint_from_dict(params["stress"])
+
+    def painted(case: str, load: Lazy) -> Lazy:
+        def _load() -> dict[str, np.ndarray]:
+            rec = dict(load())
+            rng = np.random.default_rng([seed, *case.encode()])
+            rec["ct"], rec["infection"] = paint(rec["ct"], rec["lung"], rec["infection"], rng, source=case)
+            return rec
+        return _load
+
+    return {case: painted(case, load) for case, load in canonical_cases.items()}
+
+
+def stress_metrics(summary: dict[str, Any]) -> dict[str, list[dict[str, float]]]:
+    """The stress set's summary as metrics of the parent MLflow run (keys ``stress_combined_*``)."""
+    return summary_to_metrics(summary, prefix="stress_")
+
+
 def log_fold_runs(fold_models: dict[str, dict], histories: dict[str, dict], table: pd.DataFrame,
                   model_params: dict[str, Any], training_params: dict[str, Any],
                   model_input: dict[str, np.ndarray], folds: pd.DataFrame, dataset_name: str) -> pd.DataFrame:

@@ -62,7 +62,13 @@ def create_variant_cv_pipeline(variant: str) -> Pipeline:
 
 def create_combined_cv_pipeline(variant: str) -> Pipeline:
     """The combined system out of fold: ``lung_unet`` folds, then ``variant``'s infection folds."""
-    from lungseg.pipelines.cv.nodes import combined_metrics, evaluate_combined, plot_combined
+    from lungseg.pipelines.cv.nodes import (
+        combined_metrics,
+        evaluate_combined,
+        plot_combined,
+        stress_cases,
+        stress_metrics,
+    )
 
     template = Pipeline([
         Node(evaluate_combined, ["lung_folds", "fold_models", "folds", "canonical_cases", "case_table",
@@ -71,6 +77,12 @@ def create_combined_cv_pipeline(variant: str) -> Pipeline:
              name="evaluate_combined"),
         Node(combined_metrics, "combined_summary", "combined_metrics", name="combined_metrics"),
         Node(plot_combined, "combined_case_metrics", "combined_plot", name="plot_combined"),
+        # the same, on the extensive-disease stress set (the dev cases with 30-70 % of each lung painted)
+        Node(stress_cases, ["canonical_cases", "params:evaluation"], "stress_cases", name="stress_cases"),
+        Node(evaluate_combined, ["lung_folds", "fold_models", "folds", "stress_cases", "case_table",
+                                 "params:evaluation", "params:preprocessing"],
+             ["stress_case_metrics", "stress_summary"], name="evaluate_stress"),
+        Node(stress_metrics, "stress_summary", "stress_metrics", name="stress_metrics"),
     ])
     return Pipeline(
         template, namespace=cv_name(variant),

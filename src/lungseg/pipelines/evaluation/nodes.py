@@ -20,7 +20,7 @@ from lungseg.tracking import history_to_steps, summary_to_metrics
 
 Lazy = Callable[[], dict[str, np.ndarray]]
 #: Keys of the ``evaluation`` parameters (conf/base/parameters_training.yml).
-EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes")
+EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes", "stress")
 
 
 def evaluate_model(model, model_config: dict[str, Any], model_input: dict[str, np.ndarray],
