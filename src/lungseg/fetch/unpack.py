@@ -20,7 +20,7 @@ import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from lungseg.errors import DataValidationError, InputError, is_disk_full
+from lungseg.errors import DataValidationError, InputError, is_disk_full, some
 from lungseg.fetch.sources import LICENSE_AND_CITATION, LICENSE_FILE, ZENODO_ARCHIVES
 from lungseg.layout import METADATA_COLUMNS, case_id_from_ct_name, case_id_from_path, is_nifti, resolve_relative
 from lungseg.limits import Limits, check_payload_size, check_volume_shape
@@ -147,8 +147,8 @@ def check_nifti(path: Path, member: str, archive: Path, limits: Limits) -> None:
 
 def _skip_note(skipped: list[str], archive: str) -> None:
     if skipped:
-        shown = ", ".join(skipped[:10]) + (f", ... ({len(skipped)} in all)" if len(skipped) > 10 else "")
-        logger.warning("%s: skipped %d member(s) that are not part of the dataset: %s", archive, len(skipped), shown)
+        logger.warning("%s: skipped %d member(s) that are not part of the dataset: %s", archive, len(skipped),
+                       some(skipped))
 
 
 def unpack_zenodo(archives: Mapping[str, Path], staging: Path,

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from lungseg.errors import InputError, LungsegError
+from lungseg.errors import InputError, LungsegError, some
 from lungseg.layout import case_id_from_ct_name, case_id_from_path, check_case_id, is_nifti, resolve_relative
 
 logger = logging.getLogger(__name__)
@@ -209,13 +209,6 @@ def select_cases(cases: Sequence[tuple], ids: Iterable[str] | None) -> list:
     selected = [item for item in cases if item[0] in keep]
     logger.info("batch restricted to %d of %d cases", len(selected), len(known))
     return selected
-
-
-def some(names: Sequence[str], n: int = 10) -> str:
-    """The first ``n`` of ``names``, comma-separated, with the count when there are more: one line even
-    for a batch of 10,000 cases."""
-    names = [str(x) for x in names]
-    return ", ".join(names[:n]) + (f", ... ({len(names):,} in all)" if len(names) > n else "")
 
 
 def missing_inputs(cases: Sequence[tuple]) -> dict[str, str]:
