@@ -43,7 +43,7 @@ _LIBRARY_LAYERS: dict[str, frozenset[str]] = {
     "tracking": CONVENTIONS,
     "datasets": CONVENTIONS | {"models", "tracking", "serving"},
     "synthetic": CONVENTIONS | {"datasets"},
-    "fetch": CONVENTIONS,
+    "fetch": CONVENTIONS | {"limits"},
     "ingest": CONVENTIONS | {"imaging"},
 }
 KEDRO = frozenset({"pipelines", "pipeline_registry", "hooks", "settings"})

@@ -110,8 +110,10 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
         evaluation_failures,
         find_cases,
         ground_truth_summary_lines,
+        missing_inputs,
         run_batch,
         select_cases,
+        some,
         write_summary,
     )
     from lungseg.inference.segment import Segmenter
@@ -119,8 +121,11 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
 
     overwrite = bool(getattr(args, "overwrite", False))
     check_batch_output_dir(outdir, overwrite)
-    cases = select_cases(find_cases(src), getattr(args, "cases", None))
     limits, guard = load_limits(), load_guard()
+    cases = select_cases(find_cases(src, limits.max_batch_cases), getattr(args, "cases", None))
+    missing = missing_inputs(cases)
+    if len(missing) == len(cases):  # checked before any model is loaded: nothing could be segmented
+        raise InputError(f"{src}: none of the {len(cases):,} cases' input files exists ({some(list(missing.values()), 3)})")
     with output_lock(outdir):
         lung, infection = load_models(args)
         segmenter = Segmenter.from_models(lung, infection, _settings(args, guard))
@@ -133,26 +138,26 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
     withheld = summary.loc[summary["severity_withheld"].fillna("").astype(str) != "", "case"]
     if len(withheld):
         reason = summary.loc[withheld.index[0], "severity_withheld"]
-        _warn(f"no severity grade for {len(withheld)} of {len(summary)} cases ({', '.join(withheld)}): {reason}; "
+        _warn(f"no severity grade for {len(withheld)} of {len(summary)} cases ({some(withheld)}): {reason}; "
               f"their figures are not for interpretation (the severity_withheld column of {path})")
     nominal = summary.loc[summary["spacing_assumed"].map(lambda v: v is True or str(v) == "True"), "case"]
     if len(nominal):
-        _warn(f"volumes in ml are nominal for {len(nominal)} case(s) ({', '.join(nominal)}): their voxel size was "
+        _warn(f"volumes in ml are nominal for {len(nominal)} case(s) ({some(nominal)}): their voxel size was "
               f"assumed or is probably a placeholder (the spacing_assumed column of {path})")
     for line in ground_truth_summary_lines(summary):
         print(f"lungseg: {line}")
     not_evaluated = evaluation_failures(summary)
     if not_evaluated:
         print(
-            f"lungseg: ground truth unusable for {len(not_evaluated)} case(s) ({', '.join(not_evaluated)}); "
+            f"lungseg: ground truth unusable for {len(not_evaluated)} case(s) ({some(not_evaluated)}); "
             f"see the eval_error column of {path}"
         )
     if len(failed):
-        raise InputError(f"{len(failed)} of {len(summary)} cases failed ({', '.join(failed['case'])}); see {path}")
+        raise InputError(f"{len(failed)} of {len(summary)} cases failed ({some(failed['case'])}); see {path}")
     implausible = summary.loc[summary["implausible_input"].fillna("").astype(str) != "", "case"]
     if len(implausible):
         raise ImplausibleInputError(
-            f"{len(implausible)} of {len(summary)} cases ({', '.join(implausible)}); see the implausible_input "
+            f"{len(implausible)} of {len(summary)} cases ({some(implausible)}); see the implausible_input "
             f"column of {path}"
         )
     return 0

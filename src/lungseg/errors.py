@@ -5,6 +5,8 @@ Every error names what went wrong in words a user can act on: the case, the file
 
 from __future__ import annotations
 
+import errno
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -60,3 +62,16 @@ class Terminated(BaseException):  # noqa: N818 - a signal, like KeyboardInterrup
     def __init__(self, signum: int = 15):
         self.signum = signum
         super().__init__(f"terminated by signal {signum}")
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    """True for the OSError of a full disk or an exhausted quota (ENOSPC, EDQUOT): it gets its own message,
+    never "corrupt archive" or "internal error"."""
+    return isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT)
+
+
+def some(names: Iterable[object], n: int = 10) -> str:
+    """The first ``n`` of ``names``, comma-separated, with the count when there are more: a message stays
+    one line for a batch of 10,000 cases or an archive of as many members."""
+    names = [str(x) for x in names]
+    return ", ".join(names[:n]) + (f", ... ({len(names):,} in all)" if len(names) > n else "")

@@ -39,6 +39,9 @@ DEFLATE_MAX_RATIO = 1032
 #: Members under this size are not held to ``max_zip_ratio`` on their own (headers, tiny files).
 _RATIO_MIN_MEMBER_BYTES = 1 << 20
 _GAP_MODES = ("refuse", "resample")
+#: Limits added after models were first registered with their settings: conf/base sets them; settings
+#: stored without them (a registered ``lungseg-combined`` bundle) get the dataclass's value.
+LATER_LIMITS = ("max_batch_cases", "max_payload_mb")
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,8 @@ class Limits:
     geometry_spacing_rel: float
     geometry_direction: float
     geometry_origin_mm: float
+    max_batch_cases: int = 10000
+    max_payload_mb: float = 1200.0
 
     @property
     def geometry_tolerance(self) -> dict[str, float]:
@@ -70,10 +75,12 @@ class Limits:
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], section: str = "inference.limits") -> Limits:
-        names = [f.name for f in fields(cls)]
-        p = check_section(params, section, names)
+        names = [f.name for f in fields(cls) if f.name not in LATER_LIMITS]
+        p = check_section(params, section, names, optional=LATER_LIMITS)
         values: dict[str, Any] = {}
         for f in fields(cls):
+            if f.name not in p:  # a limit added after these settings were stored (a registered model's)
+                continue
             value = p[f.name]
             if f.name == "dicom_slice_gap":
                 if value not in _GAP_MODES:

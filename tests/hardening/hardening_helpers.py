@@ -163,6 +163,41 @@ def wait_for(path: Path, proc: subprocess.Popen, timeout: float = 120.0) -> None
     raise AssertionError(f"the child never reached {path}")
 
 
+#: ``ulimit -v`` of the fresh-process refusals, in MB: lungseg's imports map about 620 MB of address space
+#: (cv2, scipy; 160 MB resident), so 1 GB leaves room for the check and none for reading a bomb.
+VMEM_MB = 1024
+
+#: A child running ``lungseg ARGS`` that reports the CPU seconds of the command's own work and the peak of
+#: its own resident memory (VmHWM starts afresh at exec; ru_maxrss would keep the forking pytest worker's).
+_BOUNDED_CHILD = """
+import resource, sys
+from lungseg import cli
+before = resource.getrusage(resource.RUSAGE_SELF)
+try:
+    rc = cli.main(sys.argv[1:])
+finally:  # CPU seconds, not wall time: the other tests load the same CPUs
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime
+    hwm = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
+    print("CPU_SECONDS", cpu, "PEAK_KB", hwm, file=sys.stderr)
+sys.exit(rc)
+"""
+
+
+def run_bounded(args: list[str], vmem_mb: int | None = None, timeout: float = 120.0, **env) -> tuple[int, str, float, float]:
+    """``lungseg ARGS`` in a fresh process, under ``ulimit -v vmem_mb`` when given (an allocation past it is
+    a MemoryError, so a check that comes after the read cannot pass). Returns (exit code, stderr without
+    the measurement line, CPU seconds of the command, peak resident MB)."""
+    limit = "" if vmem_mb is None else f"ulimit -v {int(vmem_mb) * 1024} && "
+    command = f'{limit}exec "$0" -c "$1" "${{@:2}}"'
+    child_env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1", "TF_CPP_MIN_LOG_LEVEL": "2", **env}
+    proc = subprocess.run(["bash", "-c", command, sys.executable, _BOUNDED_CHILD, *map(str, args)],
+                          capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=timeout, env=child_env)
+    lines = proc.stderr.strip().splitlines()
+    fields = lines[-1].split() if lines and lines[-1].startswith("CPU_SECONDS") else ["", "inf", "", "inf"]
+    return proc.returncode, "\n".join(lines[:-1]), float(fields[1]), float(fields[3]) / 1024
+
+
 @pytest.fixture(scope="session", name="rule_models")
 def rule_models_fixture(tmp_path_factory) -> Path:
     """Band models (lung and lesion intensities) in the training pipeline's layout: instant and exact.

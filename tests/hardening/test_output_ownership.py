@@ -20,6 +20,7 @@ from hardening_helpers import (
     save_nifti,
 )
 
+from lungseg.inference.batch import JOURNAL_FILE
 from lungseg.inference.ownership import MANIFEST_FILE, read_manifest, sweep_stale
 
 
@@ -91,7 +92,7 @@ def test_a_batch_is_its_own_output_and_its_rerun_keeps_other_files(tmp_path, rul
     out = tmp_path / "out"
     assert predict(batch, out, rule_models)[0] == 0, capsys.readouterr().err
     manifest = read_manifest(out)
-    assert manifest["kind"] == "batch" and set(manifest["entries"]) == {"c0", "c1", "summary.csv"}
+    assert manifest["kind"] == "batch" and set(manifest["entries"]) == {"c0", "c1", "summary.csv", JOURNAL_FILE}
     assert read_manifest(out / "c0")["kind"] == "case"
     (out / "analysis.ipynb").write_text("{}")
     assert predict(batch, out, rule_models)[0] == 0

@@ -14,20 +14,30 @@ import logging
 import posixpath
 import re
 import shutil
+import stat
 import tempfile
 import zipfile
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-from lungseg.errors import DataValidationError, InputError
+from lungseg.errors import DataValidationError, InputError, is_disk_full, some
 from lungseg.fetch.sources import LICENSE_AND_CITATION, LICENSE_FILE, ZENODO_ARCHIVES
 from lungseg.layout import METADATA_COLUMNS, case_id_from_ct_name, case_id_from_path, is_nifti, resolve_relative
+from lungseg.limits import Limits, check_payload_size, check_volume_shape
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = ".lungseg-fetch.json"
 _PARTIAL = ".partial-"
 _CHUNK = 1 << 20
+#: An archive of the dataset (about 1.1 GB compressed, a few GB unpacked) never expands past these:
+#: checked on the central directory before anything is extracted.
+MAX_UNPACKED_BYTES = 40 * 10**9
+#: uncompressed / compressed size of a whole archive, over 1 MB (CT volumes dominate: a few to one; a
+#: mask alone may reach deflate's 1032:1, so no member is held to it on its own)
+MAX_ARCHIVE_RATIO = 100
+#: The dataset's folders (Kaggle's zip: anything else is skipped and named).
+DATA_FOLDERS = tuple(a.folder for a in ZENODO_ARCHIVES)
 
 
 def safe_member_path(name: str, archive: str | Path) -> str:
@@ -53,9 +63,31 @@ def _open_zip(path: Path) -> zipfile.ZipFile:
                                   file=str(path)) from exc
 
 
-def _members(zf: zipfile.ZipFile, archive: Path) -> Iterator[tuple[zipfile.ZipInfo, str]]:
-    """Every data member with its checked path (all names are checked before anything is written)."""
+def _members(zf: zipfile.ZipFile, archive: Path, room: Path | None = None) -> Iterator[tuple[zipfile.ZipInfo, str]]:
+    """Every data member with its checked path: all names, symlink entries, the expanded size and ratio
+    (and the free space at ``room``) are checked before anything is written."""
     checked = [(info, safe_member_path(info.filename, archive)) for info in zf.infolist()]
+    links = [info.filename for info, _ in checked if stat.S_ISLNK(info.external_attr >> 16)]
+    if links:
+        raise DataValidationError(f"symlink entries {', '.join(map(repr, links[:5]))} (a link could point anywhere "
+                                  "once unpacked); refusing to unpack anything from this archive", file=str(archive))
+    total = sum(info.file_size for info, _ in checked)
+    packed = sum(info.compress_size for info, _ in checked)
+    if total > MAX_UNPACKED_BYTES:
+        raise DataValidationError(f"the archive expands to {total / 1e9:,.1f} GB, over the limit of "
+                                  f"{MAX_UNPACKED_BYTES / 1e9:g} GB (lungseg.fetch.unpack.MAX_UNPACKED_BYTES); nothing "
+                                  "was unpacked", file=str(archive))
+    if total >= _CHUNK and total > MAX_ARCHIVE_RATIO * max(1, packed):
+        raise DataValidationError(f"the archive expands {total / max(1, packed):,.0f}:1 ({packed / 1e6:,.1f} MB to "
+                                  f"{total / 1e6:,.0f} MB), over the limit of {MAX_ARCHIVE_RATIO}:1 "
+                                  "(lungseg.fetch.unpack.MAX_ARCHIVE_RATIO): a zip bomb? nothing was unpacked",
+                                  file=str(archive))
+    if room is not None:
+        free = shutil.disk_usage(room).free
+        if total > free:
+            raise InputError(f"not enough disk space to unpack {archive.name}: it expands to {total / 1e9:,.2f} GB "
+                             f"and {str(room)!r} has {free / 1e9:,.2f} GB free; free some space or choose another "
+                             "--dest")
     for info, path in checked:
         if not info.is_dir() and not _skipped(path):
             yield info, path
@@ -72,13 +104,55 @@ def _extract(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, archive: 
                 digest.update(chunk)
                 dst.write(chunk)
                 size += len(chunk)
-    except (zipfile.BadZipFile, EOFError, OSError, ValueError) as exc:
+    except OSError as exc:
+        if is_disk_full(exc):
+            raise InputError(f"the disk is full: unpacking {archive.name} into {str(target.parent)!r} stopped at "
+                             f"member {info.filename!r} ({exc.strerror}); nothing was installed. Free some space or "
+                             "choose another --dest") from exc
+        raise DataValidationError(f"member {info.filename!r} cannot be read (truncated or corrupted archive): {exc}",
+                                  file=str(archive)) from exc
+    except (zipfile.BadZipFile, EOFError, ValueError) as exc:
         raise DataValidationError(f"member {info.filename!r} cannot be read (truncated or corrupted archive): {exc}",
                                   file=str(archive)) from exc
     return size, digest.hexdigest()
 
 
-def unpack_zenodo(archives: Mapping[str, Path], staging: Path) -> tuple[list[dict[str, str]], dict[str, list]]:
+def check_nifti(path: Path, member: str, archive: Path, limits: Limits) -> None:
+    """Open an unpacked NIfTI's header: a 3D volume, within ``limits``, whose file can hold the data its
+    header promises; else a DataValidationError naming the member (nothing is installed)."""
+    import nibabel as nib
+    import numpy as np
+
+    where = f"member {member!r}"
+    try:
+        img = nib.load(str(path))
+        shape = tuple(int(d) for d in img.shape)
+        itemsize = np.dtype(img.get_data_dtype()).itemsize
+        offset = int(img.header["vox_offset"])
+    except Exception as exc:  # noqa: BLE001 - nibabel raises ImageFileError, EOFError, zlib errors...
+        raise DataValidationError(f"{where} is not a readable NIfTI image ({type(exc).__name__}: {exc}); nothing "
+                                  "was installed", file=str(archive)) from exc
+    if not (len(shape) == 3 or (len(shape) == 4 and shape[3] == 1)):
+        raise DataValidationError(f"{where}: a {len(shape)}D image {shape}, not a CT volume or its mask; nothing was "
+                                  "installed", file=str(archive))
+    try:
+        check_volume_shape(shape, where, limits, itemsize=itemsize)
+        with path.open("rb") as fh:
+            gzipped = fh.read(2) == b"\x1f\x8b"
+        check_payload_size(path, int(np.prod(shape, dtype=np.int64)) * itemsize, offset, gzipped)
+    except InputError as exc:
+        raise DataValidationError(f"{exc}; nothing was installed".replace(repr(str(path)), repr(member)),
+                                  file=str(archive)) from exc
+
+
+def _skip_note(skipped: list[str], archive: str) -> None:
+    if skipped:
+        logger.warning("%s: skipped %d member(s) that are not part of the dataset: %s", archive, len(skipped),
+                       some(skipped))
+
+
+def unpack_zenodo(archives: Mapping[str, Path], staging: Path,
+                  limits: Limits | None = None) -> tuple[list[dict[str, str]], dict[str, list]]:
     """Unpack Zenodo's four archives into the dataset layout; returns metadata rows and the files written.
 
     ``ct_scans/<CT name>``, ``lung_mask/<case>``, ``infection_mask/<case>`` and
@@ -90,11 +164,12 @@ def unpack_zenodo(archives: Mapping[str, Path], staging: Path) -> tuple[list[dic
     for archive in ZENODO_ARCHIVES:
         path = archives[archive.name]
         cases: dict[str, str] = {}
+        skipped: list[str] = []
         with _open_zip(path) as zf:
-            for info, member in _members(zf, path):
+            for info, member in _members(zf, path, staging):
                 base = posixpath.basename(member)
                 if not is_nifti(base):
-                    logger.debug("skipping %s in %s (not NIfTI)", member, archive.name)
+                    skipped.append(member)
                     continue
                 case = case_id_from_ct_name(base) if archive.column == "ct_scan" else case_id_from_path(base)
                 if case in cases:
@@ -102,7 +177,10 @@ def unpack_zenodo(archives: Mapping[str, Path], staging: Path) -> tuple[list[dic
                                               file=archive.name)
                 rel = f"{archive.folder}/{base}"
                 files[rel] = list(_extract(zf, info, staging / rel, path))
+                if limits is not None:
+                    check_nifti(staging / rel, member, path, limits)
                 cases[case] = rel
+        _skip_note(skipped, archive.name)
         if not cases:
             raise DataValidationError("holds no .nii/.nii.gz file", file=archive.name)
         by_column[archive.column] = cases
@@ -124,25 +202,33 @@ def _check_cases(by_column: Mapping[str, Mapping[str, str]]) -> None:
                                   "download the archives again")
 
 
-def unpack_kaggle(zip_path: Path, staging: Path) -> tuple[list[dict[str, str]], dict[str, list]]:
+def unpack_kaggle(zip_path: Path, staging: Path,
+                  limits: Limits | None = None) -> tuple[list[dict[str, str]], dict[str, list]]:
     """Unpack Kaggle's zip (``metadata.csv`` + four folders, at the top or in one folder); its
     ``metadata.csv`` is kept as it is (ingestion resolves its ``../input/<slug>/`` prefix).
-    Every file it lists must be in the archive."""
+    Every file it lists must be in the archive; only metadata.csv and the NIfTI files of the four folders
+    are unpacked (each header checked against ``limits`` when given), anything else is skipped and named."""
     import pandas as pd
 
     with _open_zip(zip_path) as zf:
-        members = list(_members(zf, zip_path))
+        members = list(_members(zf, zip_path, staging))
         metas = [m for _, m in members if posixpath.basename(m) == "metadata.csv"]
         if len(metas) != 1:
             raise DataValidationError(f"expected one metadata.csv (Kaggle's covid19-ct-scans layout), found "
                                       f"{len(metas)}", file=str(zip_path))
         root = posixpath.dirname(metas[0])
         files: dict[str, list] = {}
+        skipped: list[str] = []
         for info, member in members:
-            if root and not member.startswith(root + "/"):
+            rel = member[len(root) + 1:] if root and member.startswith(root + "/") else None if root else member
+            data = rel is not None and rel.split("/")[0] in DATA_FOLDERS and is_nifti(posixpath.basename(rel))
+            if rel != "metadata.csv" and not data:
+                skipped.append(member)
                 continue
-            rel = member[len(root) + 1:] if root else member
             files[rel] = list(_extract(zf, info, staging / rel, zip_path))
+            if data and limits is not None:
+                check_nifti(staging / rel, member, zip_path, limits)
+    _skip_note(skipped, zip_path.name)
     try:
         meta = pd.read_csv(staging / "metadata.csv")
     except Exception as exc:

@@ -18,10 +18,21 @@ Ground truth
     bad values, another shape or grid than the CT's) is reported in the case's ``eval_error`` column; the case
     keeps ``status`` ``ok`` (its segmentation was written) and the batch goes on.
     :func:`ground_truth_summary_lines` gives the mean lines ("mean lung Dice 0.953 over 4 cases (IoU 0.911)").
+
+Interruption and resume
+    Every finished case is recorded in the batch folder's journal, :data:`JOURNAL_FILE` (one JSON line:
+    the case, the SHA-256 of its inputs, a key of the models and settings, its summary row). Ctrl-C or
+    SIGTERM keeps the finished cases and writes a partial ``summary.csv`` (the cases not reached have
+    ``status`` ``not_run``) before the exit. A rerun into the same folder resumes: a case whose folder
+    is there, whose inputs (CT and ground-truth masks) have the same SHA-256 and whose models and
+    settings are the same is not segmented again; its recorded row goes into the new summary.
+    Input files that do not exist are found by a stat before the loop and reported in one line.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import tempfile
@@ -32,25 +43,31 @@ from pathlib import Path
 import pandas as pd
 from tqdm.auto import tqdm
 
-from lungseg.errors import DataValidationError, InputError, LungsegError
+from lungseg.errors import DataValidationError, InputError, LungsegError, Terminated
 from lungseg.inference.batch_cases import (  # re-exported: the CLI and the inference pipeline import them here
     GROUND_TRUTH_COLUMNS,
     BatchCase,
     find_cases,
     is_batch_input,
+    missing_inputs,
     select_cases,
+    some,
 )
 from lungseg.layout import TASKS
 
 __all__ = [
-    "GROUND_TRUTH_COLUMNS", "METRIC_COLUMNS", "SUMMARY_COLUMNS", "SUMMARY_FILE", "BatchCase",
+    "GROUND_TRUTH_COLUMNS", "JOURNAL_FILE", "METRIC_COLUMNS", "SUMMARY_COLUMNS", "SUMMARY_FILE", "BatchCase",
     "check_batch_output_dir", "evaluation_failures", "find_cases", "ground_truth_means", "ground_truth_metrics",
-    "ground_truth_summary_lines", "is_batch_input", "run_batch", "select_cases", "write_summary",
+    "ground_truth_summary_lines", "input_digest", "is_batch_input", "missing_inputs", "run_batch", "select_cases",
+    "some", "write_summary",
 ]
 
 logger = logging.getLogger(__name__)
 
 SUMMARY_FILE = "summary.csv"
+#: The batch folder's record of finished cases (see "Interruption and resume" above).
+JOURNAL_FILE = ".lungseg-batch.jsonl"
+NOT_RUN = "not_run"
 METRIC_COLUMNS = ["lung_dice", "lung_iou", "infection_dice", "infection_iou"]
 SUMMARY_COLUMNS = [
     "case", "input", "status", "error", "output_dir", "seconds", "no_lungs_found", "implausible_input",
@@ -199,10 +216,10 @@ def run_batch(
     ``error`` columns; nothing is left in that case's folder. A case the plausibility guard refuses
     keeps ``status`` ``ok`` (its masks and report are written) with its reason in ``implausible_input``
     and no severity. Cases with ground truth get the
-    metric columns (or ``eval_error``), and the mean lines are logged at the end.
+    metric columns (or ``eval_error``), and the mean lines are logged at the end. Finished cases of an
+    earlier run are reused, and an interruption writes a partial ``summary.csv`` before it goes on up
+    (see "Interruption and resume" in the module docstring).
     """
-    from lungseg.inference.readers import read_input
-    from lungseg.inference.report import make_report, write_outputs
     from lungseg.layout import check_case_id
     from lungseg.limits import as_limits
 
@@ -214,54 +231,170 @@ def run_batch(
             check_case_id(item.case, "batch case")
         except LungsegError as exc:
             raise InputError(str(exc)) from exc
-    _claim(outdir)  # ours from now on: an interrupted batch can be rerun into it
-    rows = []
-    for item in tqdm(items, desc="cases", unit="case", disable=not progress):
-        case = item.case
-        row = _row(item)
-        start = time.perf_counter()
-        try:
-            volume, kind = read_input(item.file, limits)
-            seg = segmenter.segment(volume, kind, tasks=tasks, progress=False)
-            report = make_report(seg, volume.spacing)
-            if item.has_ground_truth:  # scored before writing: report.json and metrics.csv hold the scores
-                _score(row, report, seg, volume, item, tasks, limits)
-            written = write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
-            _claim(outdir, case)
-        except LungsegError as exc:
-            logger.error("case %s failed: %s", case, exc)
-            row.update(status="error", error=str(exc))
-        except MemoryError as exc:
-            logger.error("case %s failed: not enough memory (%s)", case, exc)
-            row.update(status="error", error=f"not enough memory ({exc or 'MemoryError'}); try a smaller batch size")
-        except Exception as exc:  # one broken case must not lose the summary of the others
-            logger.exception("case %s failed with an internal error", case)
-            row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
-        else:
-            row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"],
-                       implausible_input=report.get("implausible_input") or "",
-                       spacing_assumed=bool(volume.meta.get("spacing_assumed", False)),
-                       partial_scan=report.get("partial_scan") or "")
-            for side in ("left", "right", "total"):
-                if report["lung_volume_ml"] is not None:  # None for a slab or a 2D slice (partial_scan)
-                    row[f"lung_ml_{side}"] = report["lung_volume_ml"][side]
-                if report["infection_volume_ml"] is not None:
-                    row[f"infection_ml_{side}"] = report["infection_volume_ml"][side]
-                if report["infection_percent"] is not None:
-                    row[f"infection_percent_{side}"] = report["infection_percent"][side]
-                if report["severity"] is not None:
-                    row[f"severity_{side}"] = report["severity"][side]
-            row.update(severity_withheld=report.get("severity_withheld") or "", n_lesions=len(report.get("lesions") or []),
-                       **{col: f"{case}/{written[key].name}" for col, key in FILE_COLUMNS.items() if key in written})
-        row["seconds"] = round(time.perf_counter() - start, 3)
-        rows.append(row)
-        if not progress:  # no bar (not a terminal, or --no-progress): one line per case
-            logger.info("case %d of %d: %s %s (%.1f s)", len(rows), len(items), case,
-                        row["status"] if row["status"] == "ok" else f"failed: {row['error']}", row["seconds"])
+    missing = missing_inputs(items)
+    if missing:
+        logger.warning("%d of %d cases have no input file (%s): recorded as failed, not read", len(missing),
+                       len(items), some(list(missing)))
+    _claim(outdir, JOURNAL_FILE)  # ours from now on: an interrupted batch can be rerun into it
+    key = run_key(segmenter, tasks)
+    finished = _finished_cases(outdir, key)
+    rows: list[dict] = []
+    reused: list[str] = []
+    try:
+        for item in tqdm(items, desc="cases", unit="case", disable=not progress):
+            if item.case in missing:
+                rows.append(_row(item) | {"status": "error", "error": missing[item.case], "seconds": 0.0})
+                continue
+            digest = input_digest(item)
+            earlier = finished.get(item.case)
+            if earlier is not None and earlier["inputs"] == digest and _case_kept(outdir, item.case):
+                rows.append(_row(item) | earlier["row"])
+                reused.append(item.case)
+                continue
+            row = _run_case(segmenter, item, outdir, tasks, limits, overwrite)
+            rows.append(row)
+            if row["status"] == "ok":
+                _record(outdir, key, digest, row)
+            if not progress:  # no bar (not a terminal, or --no-progress): one line per case
+                logger.info("case %d of %d: %s %s (%.1f s)", len(rows), len(items), item.case,
+                            row["status"] if row["status"] == "ok" else f"failed: {row['error']}", row["seconds"])
+    except (KeyboardInterrupt, Terminated):
+        done = len(rows)
+        rows += [_row(item) | {"status": NOT_RUN, "error": "the batch was interrupted before this case; rerun the "
+                               "same command to resume"} for item in items[done:]]
+        path = write_summary(pd.DataFrame(rows, columns=SUMMARY_COLUMNS), outdir)
+        logger.warning("batch interrupted after %d of %d cases: they are kept, partial summary in %s; rerun the "
+                       "same command to resume", done, len(items), path)
+        raise
+    if reused:
+        logger.info("%d of %d cases were finished by an earlier run with the same inputs, models and settings: "
+                    "not segmented again (%s)", len(reused), len(items), some(reused))
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for line in ground_truth_summary_lines(summary):
         logger.info("%s", line)
     return summary
+
+
+def _run_case(segmenter, item: BatchCase, outdir: Path, tasks: Sequence[str], limits, overwrite: bool) -> dict:
+    """Segment one case into ``outdir/<case>/``; its summary row (``status`` ``error`` on failure)."""
+    from lungseg.inference.readers import read_input
+    from lungseg.inference.report import make_report, write_outputs
+
+    case = item.case
+    row = _row(item)
+    start = time.perf_counter()
+    try:
+        volume, kind = read_input(item.file, limits)
+        seg = segmenter.segment(volume, kind, tasks=tasks, progress=False)
+        report = make_report(seg, volume.spacing)
+        if item.has_ground_truth:  # scored before writing: report.json and metrics.csv hold the scores
+            _score(row, report, seg, volume, item, tasks, limits)
+        written = write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
+        _claim(outdir, case)
+    except LungsegError as exc:
+        logger.error("case %s failed: %s", case, exc)
+        row.update(status="error", error=str(exc))
+    except MemoryError as exc:
+        logger.error("case %s failed: not enough memory (%s)", case, exc)
+        row.update(status="error", error=f"not enough memory ({exc or 'MemoryError'}); try a smaller batch size")
+    except Exception as exc:  # one broken case must not lose the summary of the others
+        logger.exception("case %s failed with an internal error", case)
+        row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
+    else:
+        row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"],
+                   implausible_input=report.get("implausible_input") or "",
+                   spacing_assumed=bool(volume.meta.get("spacing_assumed", False)),
+                   partial_scan=report.get("partial_scan") or "")
+        for side in ("left", "right", "total"):
+            if report["lung_volume_ml"] is not None:  # None for a slab or a 2D slice (partial_scan)
+                row[f"lung_ml_{side}"] = report["lung_volume_ml"][side]
+            if report["infection_volume_ml"] is not None:
+                row[f"infection_ml_{side}"] = report["infection_volume_ml"][side]
+            if report["infection_percent"] is not None:
+                row[f"infection_percent_{side}"] = report["infection_percent"][side]
+            if report["severity"] is not None:
+                row[f"severity_{side}"] = report["severity"][side]
+        row.update(severity_withheld=report.get("severity_withheld") or "", n_lesions=len(report.get("lesions") or []),
+                   **{col: f"{case}/{written[key].name}" for col, key in FILE_COLUMNS.items() if key in written})
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
+
+
+# ------------------------------------------------------------------------------------------- resume
+
+
+def input_digest(item: BatchCase) -> str:
+    """SHA-256 over a case's inputs: its CT (a file, or every file of a DICOM folder by relative path)
+    and its ground-truth masks, each with its role, so that a changed or swapped file changes it."""
+    digest = hashlib.sha256()
+    for role, path in (("ct", item.file), ("lung_mask", item.lung_mask), ("infection_mask", item.infection_mask)):
+        if path is None:
+            continue
+        path = Path(path)
+        files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+        for file in files:
+            digest.update(f"{role}:{file.relative_to(path) if path.is_dir() else ''}\n".encode())
+            if file.is_file():
+                with file.open("rb") as fh:
+                    digest.update(hashlib.file_digest(fh, "sha256").digest())
+            else:  # a missing mask: its eval_error comes from the scoring
+                digest.update(b"missing")
+    digest.update(f"problem:{item.ground_truth_problem or ''}".encode())
+    return digest.hexdigest()
+
+
+def run_key(segmenter, tasks: Sequence[str]) -> str:
+    """A key of what makes a case's result: the tasks, the models' sources and the settings."""
+    lung, infection = getattr(segmenter, "lung", None), getattr(segmenter, "infection", None)
+    text = json.dumps({"tasks": list(tasks), "lung": getattr(lung, "source", None),
+                       "infection": getattr(infection, "source", None),
+                       "precision": getattr(lung, "precision", None),
+                       "settings": repr(getattr(segmenter, "settings", None))}, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _plain(value):
+    """numpy scalars as Python values in a journal line."""
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+def _record(outdir: Path, key: str, digest: str, row: dict) -> None:
+    """Append a finished case to the journal (one line, flushed to disk before the next case starts)."""
+    line = json.dumps({"case": row["case"], "inputs": digest, "run": key, "row": row}, default=_plain)
+    with (outdir / JOURNAL_FILE).open("a") as fh:
+        fh.write(line + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def _finished_cases(outdir: Path, key: str) -> dict[str, dict]:
+    """The journal's finished cases of runs with ``key`` (the last line of a case wins; a line cut short
+    by a kill is ignored)."""
+    path = outdir / JOURNAL_FILE
+    if not path.is_file():
+        return {}
+    finished: dict[str, dict] = {}
+    for line in path.read_text(errors="replace").splitlines():
+        try:
+            entry = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(entry, dict) and isinstance(entry.get("row"), dict) and "case" in entry:
+            if entry.get("run") == key:
+                finished[str(entry["case"])] = entry
+            else:  # another model or setting: that case is segmented again
+                finished.pop(str(entry["case"]), None)
+    if finished:
+        logger.info("%s: %d finished case(s) recorded by an earlier run", outdir, len(finished))
+    return finished
+
+
+def _case_kept(outdir: Path, case: str) -> bool:
+    """The case's folder is still there, as the lungseg output it wrote."""
+    from lungseg.inference.ownership import read_manifest
+
+    manifest = read_manifest(outdir / case)
+    return manifest is not None and manifest["kind"] == "case"
 
 
 def _score(row: dict, report: dict, seg, volume, item: BatchCase, tasks: Sequence[str], limits) -> None:

@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import pandas as pd
 
-from lungseg.errors import InputError, LungsegError
+from lungseg.errors import InputError, LungsegError, some
 from lungseg.layout import case_id_from_ct_name, case_id_from_path, check_case_id, is_nifti, resolve_relative
 
 logger = logging.getLogger(__name__)
@@ -58,7 +58,7 @@ def is_batch_input(path: str | Path) -> bool:
     return False
 
 
-def find_cases(path: str | Path) -> list[BatchCase]:
+def find_cases(path: str | Path, max_cases: int | None = None) -> list[BatchCase]:
     """The cases of a batch input.
 
     Args:
@@ -69,6 +69,8 @@ def find_cases(path: str | Path) -> list[BatchCase]:
             ``.nii``/``.nii.gz`` files (case id as the masks name it, see
             :func:`lungseg.layout.case_id_from_ct_name`; no ground truth), or a folder holding a
             ``metadata.csv``.
+        max_cases: refuse a batch of more cases than this (``inference.limits.max_batch_cases``),
+            counted before any row is parsed.
 
     Returns:
         :class:`BatchCase` tuples, in input order (a folder: sorted by file name). A repeated case id
@@ -83,9 +85,10 @@ def find_cases(path: str | Path) -> list[BatchCase]:
     if path.is_dir() and (path / "metadata.csv").is_file():
         path = path / "metadata.csv"
     if path.is_file() and path.suffix.lower() == ".csv":
-        cases = _cases_from_csv(path)
+        cases = _cases_from_csv(path, max_cases)
     elif path.is_dir():
         files = sorted(p for p in path.iterdir() if p.is_file() and is_nifti(p.name))
+        _check_count(len(files), max_cases, f"folder {str(path)!r}", "NIfTI files")
         cases = [BatchCase(_safe_id(case_id_from_ct_name(p.name), f"file {str(p)!r}"), p) for p in files]
     else:
         raise InputError(f"file {str(path)!r}: not a folder of NIfTI files nor a metadata.csv")
@@ -137,13 +140,22 @@ def _cell(row: pd.Series, column: str) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
-def _cases_from_csv(csv: Path) -> list[BatchCase]:
+def _check_count(n: int, max_cases: int | None, where: str, what: str) -> None:
+    if max_cases is not None and n > max_cases:
+        raise InputError(f"{where}: {n:,} {what}, over the limit of {max_cases:,} cases a batch "
+                         "(inference.limits.max_batch_cases); split the batch, or pick cases with --cases")
+
+
+def _cases_from_csv(csv: Path, max_cases: int | None = None) -> list[BatchCase]:
     try:
         table = pd.read_csv(csv, dtype=str)
     except Exception as exc:
         raise InputError(f"file {str(csv)!r}: unreadable csv ({type(exc).__name__}: {exc})") from exc
     if "ct_scan" not in table.columns:
         raise InputError(f"file {str(csv)!r}: no 'ct_scan' column (columns: {', '.join(table.columns)})")
+    if table.empty:
+        raise InputError(f"file {str(csv)!r}: a header and no rows: no cases to segment")
+    _check_count(len(table), max_cases, f"file {str(csv)!r}", "rows")
     cases = []
     for i, row in table.iterrows():
         raw = str(row["ct_scan"])
@@ -192,9 +204,15 @@ def select_cases(cases: Sequence[tuple], ids: Iterable[str] | None) -> list:
     known_set = set(known)
     missing = [c for c in wanted if c not in known_set]
     if missing:
-        shown = ", ".join(known[:10]) + (f", ... ({len(known)} in all)" if len(known) > 10 else "")
-        raise InputError(f"cases not found in the batch input: {', '.join(missing)} (known cases: {shown})")
+        raise InputError(f"cases not found in the batch input: {some(missing)} (known cases: {some(known)})")
     keep = set(wanted)
     selected = [item for item in cases if item[0] in keep]
     logger.info("batch restricted to %d of %d cases", len(selected), len(known))
     return selected
+
+
+def missing_inputs(cases: Sequence[tuple]) -> dict[str, str]:
+    """``{case: problem}`` for the cases whose input file or folder does not exist (a stat each, no read),
+    so that a batch can say so in one line before any model is loaded."""
+    return {str(item[0]): f"file {str(item[1])!r}: no such file or folder"
+            for item in cases if not Path(item[1]).exists()}

@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 
 from lungseg.errors import ConfigError, ModelNotFoundError
-from lungseg.inference.loaded_model import LoadedModel, check_config
+from lungseg.inference.loaded_model import LoadedModel, check_config, check_model_input
 from lungseg.inference.wrappers import EnsembleModel
 from lungseg.layout import cv_name, variant_name
 
@@ -77,6 +77,8 @@ def load_fold_ensemble(folder: str | Path, task: str) -> LoadedModel:
             raise ConfigError(f"file {str(config_path)!r}: missing or unreadable fold config ({exc})") from exc
     config = ensemble_config(configs, str(folder))
     members = [load_model(path, compile=False) for path in files]
+    for path, member in zip(files, members):  # a member of another size than the shared config: exit 2, by name
+        check_model_input(member, config, str(path))
     logger.info("%s model: ensemble of %d fold models from %s (image_size %s)", task, len(members), folder,
                 config["image_size"])
     return LoadedModel(model=EnsembleModel(members), config=config, source=str(folder))

@@ -84,3 +84,22 @@ def check_config(config: Any, task: str | None, source: str) -> dict:
             f"so it cannot be used for inference. Retrain it with lung_crop_source: body"
         )
     return out
+
+
+def check_model_input(model: Any, config: dict, source: str) -> None:
+    """Check that the model takes (N, S, S, C) images of the config's size and context (C slices)."""
+    try:
+        shape = tuple(model.inputs[0].shape)
+    except (AttributeError, IndexError, TypeError):
+        return
+    size = int(config["image_size"])
+    if len(shape) == 4 and shape[1] not in (None, size):
+        raise ConfigError(
+            f"model {source!r} takes {shape[1]}x{shape[2]} images but its config says image_size {size}"
+        )
+    context = int(config.get("context", 1))
+    if len(shape) == 4 and shape[3] not in (None, context):
+        raise ConfigError(
+            f"model {source!r} takes {shape[3]} channel(s) but its config says context {context} "
+            "(the number of neighbouring slices stacked as channels)"
+        )

@@ -21,7 +21,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from lungseg.errors import ConfigError, InputError, ModelNotFoundError
+from lungseg.errors import ConfigError, InputError, LungsegError, ModelNotFoundError
 from lungseg.inference.ensemble import is_fold_folder, load_fold_ensemble
 from lungseg.inference.loaded_model import (  # noqa: F401  (LoadedModel ... are imported from here too)
     CONFIG_DEFAULTS,
@@ -29,6 +29,7 @@ from lungseg.inference.loaded_model import (  # noqa: F401  (LoadedModel ... are
     MODEL_FILE,
     LoadedModel,
     check_config,
+    check_model_input,
     read_config,
     training_hint,
 )
@@ -174,25 +175,6 @@ def _resolve_path(spec: Path) -> Path:
     raise ModelNotFoundError(f"file {str(spec)!r}: no such model file")
 
 
-def _check_model(model: Any, config: dict, source: str) -> None:
-    """Check that the model takes (N, S, S, C) images of the config's size and context (C slices)."""
-    try:
-        shape = tuple(model.inputs[0].shape)
-    except (AttributeError, IndexError, TypeError):
-        return
-    size = int(config["image_size"])
-    if len(shape) == 4 and shape[1] not in (None, size):
-        raise ConfigError(
-            f"model {source!r} takes {shape[1]}x{shape[2]} images but its config says image_size {size}"
-        )
-    context = int(config.get("context", 1))
-    if len(shape) == 4 and shape[3] not in (None, context):
-        raise ConfigError(
-            f"model {source!r} takes {shape[3]} channel(s) but its config says context {context} "
-            "(the number of neighbouring slices stacked as channels)"
-        )
-
-
 def load_model_spec(
     spec: str | Path | None, task: str, models_dir: str | Path = MODELS_DIR
 ) -> LoadedModel:
@@ -229,9 +211,11 @@ def load_model_spec(
 
     try:
         model = load_model(path)
+    except LungsegError:  # a truncated archive, a member over the size limits: already names the file
+        raise
     except Exception as exc:  # keras raises ValueError, OSError, zipfile errors...
         raise InputError(f"file {str(path)!r}: cannot load the {task} model ({type(exc).__name__}: {exc})") from exc
-    _check_model(model, config, str(path))
+    check_model_input(model, config, str(path))
     logger.info("%s model: %s (image_size %s)", task, path, config["image_size"])
     return LoadedModel(model=model, config=config, source=str(path))
 
@@ -266,7 +250,7 @@ def _load_mlflow(uri: str, task: str) -> LoadedModel:
         model = mlflow.keras.load_model(uri)
     except Exception as exc:
         raise InputError(f"model {uri!r}: cannot load the {task} model ({type(exc).__name__}: {exc})") from exc
-    _check_model(model, config, uri)
+    check_model_input(model, config, uri)
     logger.info("%s model: %s (image_size %s)", task, uri, config["image_size"])
     return LoadedModel(model=model, config=config, source=uri)
 

@@ -20,7 +20,7 @@ import cv2
 import nibabel as nib
 import numpy as np
 
-from lungseg.errors import DataValidationError, InputError
+from lungseg.errors import DataValidationError, InputError, is_disk_full
 from lungseg.inference import dicom
 from lungseg.inference.ownership import scratch_dir
 from lungseg.layout import DICOM_SUFFIXES, IMAGE_SUFFIXES, NIFTI_SUFFIXES, ZIP_SUFFIX
@@ -282,12 +282,29 @@ def _check_not_tiny(inplane: tuple[int, ...], path: Path) -> None:
 
 
 def _image_header_shape(path: Path) -> tuple[int, int] | None:
-    """(height, width) from a PNG's IHDR chunk, without decoding; None for other files."""
-    with path.open("rb") as fh:
-        head = fh.read(24)
-    if head.startswith(_PNG_MAGIC) and head[12:16] == b"IHDR":
-        return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
-    return None
+    """(height, width) from a PNG's or JPEG's header (PIL's lazy ``Image.open`` reads the header and no
+    pixel), before cv2 decodes anything. A PNG PIL cannot open (a broken chunk after IHDR) still gets its
+    IHDR size read; None for any other file PIL cannot identify (cv2's decode then says so).
+
+    Raises:
+        InputError: a header declaring more pixels than PIL's decompression-bomb bound (2 x
+            ``PIL.Image.MAX_IMAGE_PIXELS``, 179 M) is refused as it is.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+    except Image.DecompressionBombError as exc:
+        raise InputError(f"file {str(path)!r}: the image header declares too many pixels ({exc}); refused "
+                         "before decoding") from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError):
+        with path.open("rb") as fh:
+            head = fh.read(24)
+        if head.startswith(_PNG_MAGIC) and head[12:16] == b"IHDR":
+            return int.from_bytes(head[20:24], "big"), int.from_bytes(head[16:20], "big")
+        return None
+    return int(height), int(width)
 
 
 def _read_image(path: Path, limits: Limits) -> tuple[Volume, str]:
@@ -343,7 +360,16 @@ def _read_zip(path: Path, limits: Limits) -> tuple[Volume, str]:
                     if root not in target.parents:
                         raise InputError(f"{where}: the archive holds an unsafe path {info.filename!r}")
                 for info in members:
-                    zf.extract(info, root)  # reads at most the declared size (checked above)
+                    try:
+                        zf.extract(info, root)  # reads at most the declared size (checked above)
+                    except OSError as exc:
+                        if not is_disk_full(exc):
+                            raise
+                        need = sum(i.file_size for i in members) / 1e6
+                        raise InputError(
+                            f"{where}: no space left in the temporary folder {str(root.parent)!r} while "
+                            f"extracting the series ({need:,.0f} MB in all); free some space or set TMPDIR to "
+                            "a folder with more room") from exc
                 series = dicom.read_series_folder(root, origin=path, limits=limits)
                 return _read_dicom(path, series)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError) as exc:

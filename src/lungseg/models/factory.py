@@ -5,12 +5,13 @@ from __future__ import annotations
 import difflib
 import inspect
 import logging
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import keras
 
-from lungseg.errors import ConfigError, ModelNotFoundError
+from lungseg.errors import ConfigError, InputError, ModelNotFoundError
 from lungseg.models import losses as _losses
 from lungseg.models import metrics as _metrics
 from lungseg.models.deeplabv3plus import build_deeplabv3plus
@@ -104,13 +105,44 @@ def custom_objects() -> dict[str, Any]:
     }
 
 
+#: A ``.keras`` archive's JSON members (config.json, the layer graph: about 60 KB for a U-Net, under 1 MB
+#: for DeepLabV3+; metadata.json) are read whole into memory by Keras: larger ones are refused unread.
+MAX_MODEL_JSON_BYTES = 16 * 2**20
+#: Any other member (model.weights.h5: 0.2 GB for DeepLabV3+ on ResNet50), as its zip entry declares it.
+MAX_MODEL_MEMBER_BYTES = 4 * 2**30
+
+
+def check_model_archive(path: str | Path) -> None:
+    """Refuse a ``.keras`` file that is not a complete zip, or whose members declare more than
+    :data:`MAX_MODEL_JSON_BYTES` (JSON) / :data:`MAX_MODEL_MEMBER_BYTES` (others) uncompressed. zipfile
+    never reads past a member's declared size, so the check bounds what loading can inflate."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            members = zf.infolist()
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise InputError(f"file {str(path)!r}: not a complete .keras model archive (truncated or corrupted?): "
+                         f"{exc}") from exc
+    for info in members:
+        limit = MAX_MODEL_JSON_BYTES if info.filename.endswith(".json") else MAX_MODEL_MEMBER_BYTES
+        if info.file_size > limit:
+            raise InputError(
+                f"file {str(path)!r}: model member {info.filename!r} inflates to {info.file_size / 2**20:,.0f} MB "
+                f"(from {info.compress_size / 2**20:,.1f} MB), over the limit of {limit / 2**20:,.0f} MB for "
+                f"{'a JSON member' if limit == MAX_MODEL_JSON_BYTES else 'one member'} "
+                "(lungseg.models.factory); refused before loading")
+
+
 def load_model(path: str | Path, compile: bool = True) -> keras.Model:  # noqa: A002 - keras' own name
-    """Load a ``.keras`` model with ``safe_mode=True`` and the lungseg objects registered.
+    """Load a ``.keras`` model with ``safe_mode=True`` and the lungseg objects registered, after
+    :func:`check_model_archive`.
 
     Raises:
         ModelNotFoundError: no file at ``path``.
+        InputError: a truncated archive, or a member over the size limits.
     """
     path = Path(path)
     if not path.is_file():
         raise ModelNotFoundError(f"file {str(path)!r}: no such model file")
+    if path.suffix == ".keras":
+        check_model_archive(path)
     return keras.saving.load_model(path, custom_objects=custom_objects(), compile=compile, safe_mode=True)

@@ -87,8 +87,21 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
             model_input = pd.DataFrame(model_input)
         if not isinstance(model_input, pd.DataFrame) or INPUT_COLUMN not in model_input:
             raise _bad_request(f"the input needs a column {INPUT_COLUMN!r} (a base64 .nii or .nii.gz file per row)")
-        rows = [self._segment_one(i, text) for i, text in enumerate(model_input[INPUT_COLUMN])]
+        texts = list(model_input[INPUT_COLUMN])
+        for i, text in enumerate(texts):  # every row's size before any row is decoded, written or segmented
+            self._check_size(i, text)
+        rows = [self._segment_one(i, text) for i, text in enumerate(texts)]
         return pd.DataFrame(rows, columns=list(OUTPUT_COLUMNS))
+
+    def _check_size(self, row: int, text: Any) -> None:
+        """Refuse a row whose CT would decode to more than ``inference.limits.max_payload_mb``."""
+        from lungseg.limits import as_limits
+
+        limit_mb = as_limits(self._models.settings["limits"]).max_payload_mb
+        size_mb = len(text) * 3 / 4 / 1e6 if isinstance(text, (str, bytes)) else 0.0  # base64: 4 chars, 3 bytes
+        if size_mb > limit_mb:
+            raise _bad_request(f"row {row}: the CT is {size_mb:,.0f} MB, over the limit of {limit_mb:g} MB a row "
+                               "(inference.limits.max_payload_mb); refused before decoding")
 
     def _segment_one(self, row: int, text: Any) -> dict[str, str]:
         from lungseg.errors import LungsegError
@@ -108,8 +121,9 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
             try:
                 volume, kind = read_input(path, self._models.settings["limits"])
                 seg = self._segmenter.segment(volume, kind, tasks=self._tasks(), progress=False)
-            except LungsegError as exc:
-                raise _bad_request(f"row {row}: {exc}") from exc
+            except LungsegError as exc:  # the message names the row, never the server's temporary path
+                text = str(exc).replace(str(path), path.name).replace(str(Path(tmp)), "<upload>")
+                raise _bad_request(f"row {row}: {text}") from exc
         report = make_report(seg, volume.spacing)
         report["models"] = {
             "lung": self._models.lung.source,

@@ -62,18 +62,18 @@ def run_inference(params: dict) -> pd.DataFrame:
         raise ConfigError("parameters 'inference.input': give a folder of NIfTI files or a metadata.csv")
     tasks = tuple(p["tasks"])
 
-    from lungseg.inference.batch import evaluation_failures, find_cases, run_batch, select_cases
+    from lungseg.inference.batch import evaluation_failures, find_cases, run_batch, select_cases, some
     from lungseg.inference.models import load_model_spec
     from lungseg.inference.segment import Segmenter
     from lungseg.inference.settings import InferenceSettings
     from lungseg.limits import Limits
     from lungseg.models.precision import check_precision, loaded_in, resolve_and_log
 
-    Limits.from_params(p["limits"])  # checked before any model is loaded
+    limits = Limits.from_params(p["limits"])  # checked before any model is loaded
     settings = InferenceSettings.from_params(p)  # the guard too
     policy = resolve_and_log(check_precision(p["precision"], "inference"), "Prediction")
     ids = _case_ids(p["cases"])
-    cases = select_cases(find_cases(Path(p["input"])), ids)
+    cases = select_cases(find_cases(Path(p["input"]), limits.max_batch_cases), ids)
     lung = loaded_in(load_model_spec(p["lung_model"], "lung", p["models_dir"]), policy)
     infection = loaded_in(load_model_spec(p["infection_model"], "infection", p["models_dir"]), policy) if "infection" in tasks else None
     segmenter = Segmenter.from_models(lung, infection, settings)
@@ -84,11 +84,11 @@ def run_inference(params: dict) -> pd.DataFrame:
     n_ok = int((summary["status"] == "ok").sum())
     logger.info("inference: %d of %d cases segmented into %s", n_ok, len(summary), p["output_dir"])
     if n_ok < len(summary):
-        logger.warning("inference: failed cases: %s", ", ".join(summary.loc[summary["status"] != "ok", "case"]))
+        logger.warning("inference: failed cases: %s", some(summary.loc[summary["status"] != "ok", "case"]))
     implausible = summary.loc[summary["implausible_input"].fillna("").astype(str) != "", "case"]
     if len(implausible):
-        logger.warning("inference: implausible input (no figures reported): %s", ", ".join(implausible))
+        logger.warning("inference: implausible input (no figures reported): %s", some(implausible))
     not_evaluated = evaluation_failures(summary)
     if not_evaluated:
-        logger.warning("inference: ground truth unusable for: %s (see eval_error)", ", ".join(not_evaluated))
+        logger.warning("inference: ground truth unusable for: %s (see eval_error)", some(not_evaluated))
     return summary
