@@ -42,6 +42,8 @@ _GAP_MODES = ("refuse", "resample")
 #: Limits added after models were first registered with their settings: conf/base sets them; settings
 #: stored without them (a registered ``lungseg-combined`` bundle) get the dataclass's value.
 LATER_LIMITS = ("max_batch_cases", "max_payload_mb")
+#: The same for ``inference.guard``.
+LATER_GUARD = ("min_lung_ml_per_mm",)
 
 
 @dataclass(frozen=True)
@@ -109,12 +111,16 @@ class GuardParams:
     max_lung_ml: float
     min_lung_ml: float
     min_extent_mm: float
+    min_lung_ml_per_mm: float = 0.05
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], section: str = "inference.guard") -> GuardParams:
-        p = check_section(params, section, [f.name for f in fields(cls)])
+        names = [f.name for f in fields(cls) if f.name not in LATER_GUARD]
+        p = check_section(params, section, names, optional=LATER_GUARD)
         values: dict[str, Any] = {"enabled": bool(p["enabled"])}
         for f in fields(cls)[1:]:
+            if f.name not in p:  # a bound added after these settings were stored (a registered model's)
+                continue
             value = p[f.name]
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0:
                 raise ConfigError(f"parameter '{section}.{f.name}' must be a non-negative number, got {value!r}")

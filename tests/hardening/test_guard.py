@@ -4,7 +4,8 @@ one line, and no severity grade (report.json, summary.csv and the Segmentation t
 from __future__ import annotations
 
 import json
-from dataclasses import replace
+from dataclasses import asdict, replace
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -24,7 +25,7 @@ from hardening_helpers import (
     unit,
 )
 
-from lungseg.inference.guard import NO_LUNGS, check_plausibility
+from lungseg.inference.guard import NO_LUNGS, check_plausibility, min_lung_ml
 from lungseg.limits import load_guard
 
 
@@ -145,3 +146,42 @@ def test_the_segmenter_sets_implausible_input_for_the_ui(rule_models):
         from_canonical_array(phantom(seed=7)[0], (2.5, 0.8, 0.8)), "hu", tasks=("lung",), progress=False
     )
     assert chest.implausible_input is None
+
+
+def test_the_lung_minimum_applies_whatever_the_scan_length():
+    params = load_guard()
+    assert min_lung_ml(30.0, params) == pytest.approx(30 * params.min_lung_ml_per_mm)  # pro rata under 200 mm
+    assert min_lung_ml(250.0, params) == params.min_lung_ml  # whole lungs: the old minimum
+    ct, lung = _figures_case((40, 64, 64))  # 100 mm long: the old guard checked no minimum here
+    blob = np.zeros_like(lung)
+    blob[20, 30:32, 40:42] = 1  # 4 voxels, 0.0064 ml: "Lungs 0.0 ml"
+    why, figures = check_plausibility(ct, "hu", blob, (2.5, 0.8, 0.8), params)
+    assert why == ("a lung volume of 0.0064 ml in a scan 100 mm long, below the physiological minimum of 5 ml, "
+                   "0.05 ml per mm (is the voxel size right?)")
+    assert figures["min_lung_ml"] == pytest.approx(5.0)
+    assert check_plausibility(ct, "hu", lung, (2.5, 0.8, 0.8), params)[0] is None  # the phantom's own lungs pass
+    stored = {k: v for k, v in asdict(params).items() if k != "min_lung_ml_per_mm"}  # registered before the floor
+    assert type(params).from_params(stored).min_lung_ml_per_mm == 0.05
+
+
+REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "covid20-dev" / "lung_mask"
+
+
+@pytest.mark.skipif(not REAL.is_dir(), reason="optional: ../shared/data/covid20-dev is absent")
+def test_real_short_scans_hold_far_more_lung_than_the_floor():
+    """The shortest covid20-dev scans (11-70 mm along z) against the floor: their true lung masks hold
+    over 100 times the minimum, so a real scan that covers part of the lungs is not refused."""
+    import nibabel as nib
+
+    params, checked = load_guard(), 0
+    for path in sorted(REAL.glob("*.nii.gz")):
+        img = nib.load(str(path))
+        sx, sy, sz = (float(v) for v in img.header.get_zooms()[:3])
+        extent = img.shape[2] * sz
+        if extent >= params.min_extent_mm / 2:
+            continue
+        ml = np.count_nonzero(np.asanyarray(img.dataobj)) * sx * sy * sz / 1000
+        assert ml > 100 * min_lung_ml(extent, params), (path.name, ml, extent)
+        checked += 1
+    assert checked >= 3
+

@@ -11,8 +11,10 @@ reported. The bounds are ``inference.guard`` in conf/base/parameters_inference.y
 4. lungs are found (else ``no lungs found``);
 5. the lungs do not cover most of the field of view;
 6. the lungs lie mostly inside the body;
-7. the lung volume is within physiological bounds for the voxel size (an upper bound always; a lower
-   one when the scan is long enough along z to hold whole lungs).
+7. the lung volume is within physiological bounds for the voxel size: at most ``max_lung_ml``; at least
+   ``min_lung_ml_per_mm`` per mm of the scan's length along z whatever that length (a short scan covers
+   only part of the lungs, so its minimum is pro rata), and at least ``min_lung_ml`` when the scan is long
+   enough (``min_extent_mm``) to hold whole lungs (:func:`min_lung_ml`).
 
 The first failed check is the reason returned, in words (``implausible_input``); the CLI exits with
 code 3, report.json carries it with no severity grade, and the web UI shows it instead of numbers.
@@ -46,6 +48,20 @@ def partial_scan(slices: int, slice_spacing_mm: float) -> str | None:
                 f"{MIN_SLICES_FOR_VOLUMES} slices and {MIN_EXTENT_MM_FOR_VOLUMES:.0f} mm): no volumes in ml "
                 "and no severity grade")
     return None
+
+
+def min_lung_ml(extent_mm: float, params: GuardParams) -> float:
+    """The least lung volume in ml that a chest scan ``extent_mm`` long along z can hold: a floor per mm
+    of the covered length, whatever that length, and the whole lungs' minimum once the scan could hold them."""
+    floor = params.min_lung_ml_per_mm * float(extent_mm)
+    return max(floor, params.min_lung_ml) if extent_mm >= params.min_extent_mm else floor
+
+
+def _ml(value: float) -> str:
+    """A volume in ml for a message: whole ml, or two significant digits under 10 ml (never "0 ml" for 0.004)."""
+    return f"{value:,.0f}" if value >= 10 else f"{value:.2g}"
+
+
 _CHUNK = 32
 
 
@@ -97,12 +113,12 @@ def check_plausibility(
 ) -> tuple[str | None, dict]:
     """``(why, figures)``: ``why`` is None for a plausible chest CT and segmentation, else the first
     failed check in words (:data:`NO_LUNGS` when no lung was found). ``figures`` are the measured
-    values (see :func:`measure`) plus ``lung_ml`` and ``extent_mm``."""
+    values (see :func:`measure`) plus ``lung_ml``, ``extent_mm`` and ``min_lung_ml`` (:func:`min_lung_ml`)."""
     figures = measure(ct, source_kind, lung_labels, params)
     voxel_ml = float(np.prod([float(s) for s in spacing])) / 1000.0
     lung_ml = float(np.count_nonzero(lung_labels)) * voxel_ml
     extent = float(ct.shape[0]) * float(spacing[0])
-    figures.update(lung_ml=lung_ml, extent_mm=extent)
+    figures.update(lung_ml=lung_ml, extent_mm=extent, min_lung_ml=min_lung_ml(extent, params))
     pct = lambda v: f"{100 * v:.1f}%"  # noqa: E731
     if not params.enabled:
         return None, figures
@@ -138,9 +154,11 @@ def check_plausibility(
             f"a lung volume of {lung_ml:,.0f} ml, above the physiological maximum of "
             f"{params.max_lung_ml:,.0f} ml (is the voxel size right?)"
         ), figures
-    if extent >= params.min_extent_mm and lung_ml < params.min_lung_ml:
+    minimum = figures["min_lung_ml"]
+    if lung_ml < minimum:
+        per_mm = "" if minimum > params.min_lung_ml_per_mm * extent else f", {params.min_lung_ml_per_mm:g} ml per mm"
         return (
-            f"a lung volume of {lung_ml:,.0f} ml in a scan {extent:.0f} mm long, below the physiological "
-            f"minimum of {params.min_lung_ml:,.0f} ml (is the voxel size right?)"
+            f"a lung volume of {_ml(lung_ml)} ml in a scan {extent:.0f} mm long, below the physiological "
+            f"minimum of {_ml(minimum)} ml{per_mm} (is the voxel size right?)"
         ), figures
     return None, figures
