@@ -138,3 +138,36 @@ def test_repeated_case_ids_never_collide_with_a_real_one(tmp_path, caplog):
         cases = find_cases(tmp_path / "metadata.csv")
     assert [(c.case, c.file.name) for c in cases] == [("a", "one.nii.gz"), ("a_3", "two.nii.gz"), ("a_2", "three.nii.gz")]
     assert "case id 'a' is repeated" in caplog.text and "'a_3'" in caplog.text
+
+
+def test_row2_the_batch_cli_writes_a_a_2_and_a_3_each_from_its_own_file(tmp_path, rule_models, capsys, caplog):
+    """#28 row 2 end to end: ``lungseg predict metadata.csv`` with ids a, a, a_2 exits 0 with three case
+    folders, each holding the masks of its own input (told apart by their number of slices), three rows
+    in summary.csv, one warning naming the renamed file, and nothing else left in the input folder or -o."""
+    import nibabel as nib
+
+    root = tmp_path / "raw"
+    slices = {"one": 12, "two": 14, "three": 16}
+    for i, (name, z) in enumerate(slices.items()):
+        save_nifti(root / f"{name}.nii.gz", phantom(shape=(z, 64, 64), seed=30 + i)[0])
+    pd.DataFrame({"case": ["a", "a", "a_2"], "ct_scan": [f"{n}.nii.gz" for n in slices]}).to_csv(
+        root / "metadata.csv", index=False)
+    before = sorted(p.name for p in root.iterdir())
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING"):
+        code, seconds = predict(root / "metadata.csv", out, rule_models)
+    captured = capsys.readouterr()
+    assert code == 0 and seconds < 10 * FAST, captured.err
+    warnings = [r.getMessage() for r in caplog.records if "is repeated" in r.getMessage()]
+    assert len(warnings) == 1 and "case id 'a' is repeated" in warnings[0] and "two.nii.gz" in warnings[0]
+    assert "is written as case 'a_3'" in warnings[0]
+    summary = pd.read_csv(out / "summary.csv")
+    assert sorted(summary["case"]) == ["a", "a_2", "a_3"] and (summary["status"] == "ok").all()
+    expected = {"a": "one", "a_3": "two", "a_2": "three"}
+    for case, name in expected.items():
+        assert summary.set_index("case").loc[case, "input"].endswith(f"{name}.nii.gz")
+        mask = nib.load(str(out / case / "lung_mask.nii.gz"))
+        assert mask.shape[2] == slices[name], (case, mask.shape)  # its own input's grid, not another case's
+    assert sorted(p.name for p in out.iterdir() if p.is_dir()) == ["a", "a_2", "a_3"]
+    assert sorted(p.name for p in root.iterdir()) == before and error_lines(captured.err) == []
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
