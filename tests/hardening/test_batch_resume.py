@@ -4,12 +4,17 @@ and a rerun resumes; a batch too long or full of missing files is refused or sum
 from __future__ import annotations
 
 import logging
+import os
+import shutil
 import signal
 import time
 
 import pandas as pd
 from hardening_helpers import (
+    LUNG_HU,
+    VERSION,
     VMEM_MB,
+    band_model,
     error_lines,
     leftovers,
     phantom,
@@ -18,6 +23,7 @@ from hardening_helpers import (
     run_bounded,
     save_nifti,
     spawn_predict,
+    unit,
     wait_for,
 )
 
@@ -86,6 +92,26 @@ def test_a_changed_input_is_segmented_again_on_resume(tmp_path, rule_models, cap
     assert "1 of 2 cases were finished by an earlier run" in caplog.text and "(c1)" in caplog.text
     assert (out / "c1" / "report.json").stat().st_mtime_ns == kept
     assert (out / "c0" / "report.json").stat().st_mtime_ns != changed
+
+
+def test_a_model_overwritten_at_the_same_path_makes_the_rerun_segment_again(tmp_path, rule_models, capsys, caplog):
+    """The journal's run key holds a SHA-256 of each model file and its config, not only its path: a lung
+    model retrained into the same file (here with its old mtime put back, as ``cp -p`` or a sync would)
+    does not let the earlier cases be skipped."""
+    models = tmp_path / "models"
+    shutil.copytree(rule_models, models)
+    batch, out = _batch_folder(tmp_path / "in", 2), tmp_path / "out"
+    assert predict(batch, out, models)[0] == 0, capsys.readouterr().err
+    reports = {c: (out / c / "report.json").stat().st_mtime_ns for c in ("c0", "c1")}
+    lung = models / "lung_unet" / "model.keras" / VERSION / "model.keras"
+    stat = lung.stat()
+    band_model(64, unit(LUNG_HU) - 0.06, unit(LUNG_HU) + 0.07).save(lung)  # another model, the same path
+    os.utime(lung, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    caplog.set_level(logging.INFO, logger="lungseg")
+    assert predict(batch, out, models)[0] == 0, capsys.readouterr().err
+    assert "finished by an earlier run" not in caplog.text
+    assert all((out / c / "report.json").stat().st_mtime_ns != t for c, t in reports.items())  # both redone
+    assert list(pd.read_csv(out / "summary.csv")["status"]) == ["ok", "ok"] and leftovers(tmp_path) == []
 
 
 def test_row12_a_100k_row_csv_is_refused_by_the_row_limit_at_once_and_small(tmp_path):
