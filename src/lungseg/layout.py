@@ -19,8 +19,11 @@ This module imports nothing from lungseg but :mod:`lungseg.errors`, so every lay
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import tempfile
+from pathlib import Path
 
 from lungseg.errors import ConfigError, DataValidationError
 
@@ -245,3 +248,35 @@ def check_case_id(case: object, where: str = "case id") -> str:
             case=None,
         )
     return text
+
+
+# ------------------------------------------------------------------------------ temporary outputs
+
+
+def umask() -> int:
+    """The process's umask (read from /proc on Linux; elsewhere set and put back at once)."""
+    try:
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def output_tempdir(prefix: str, dir: str | Path) -> Path:
+    """``tempfile.mkdtemp`` for a folder that becomes an output by a rename: it gets an ordinary folder's
+    permissions (0777 less the umask), not mkdtemp's private 0700."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir=dir))
+    os.chmod(path, 0o777 & ~umask())
+    return path
+
+
+def output_tempfile(prefix: str, dir: str | Path, suffix: str = "") -> tuple[int, str]:
+    """``tempfile.mkstemp`` for a file that becomes an output by a rename: 0666 less the umask, not 0600."""
+    fd, path = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=dir)
+    os.fchmod(fd, 0o666 & ~umask())
+    return fd, path

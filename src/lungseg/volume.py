@@ -91,6 +91,7 @@ def load_nifti(path: str | Path) -> nib.spatialimages.SpatialImage:
     memory are nibabel's. The stream stays open until the image is dropped. Lazy, picklable images
     (the Kedro datasets) keep ``nib.load``."""
     path = Path(path)
+    _one_nibabel_handler()
     img = nib.load(str(path))
     try:
         from isal import igzip
@@ -101,7 +102,32 @@ def load_nifti(path: str | Path) -> nib.spatialimages.SpatialImage:
             return img
     stream = igzip.open(path, "rb")
     file_map = type(img).make_file_map({"image": stream, "header": stream})
-    return type(img).from_file_map(file_map)
+    nib_logger = logging.getLogger(NIBABEL_LOGGER)
+    nib_logger.addFilter(_drop_all)  # the same header parsed again: nib.load said what it fixed
+    try:
+        return type(img).from_file_map(file_map)
+    finally:
+        nib_logger.removeFilter(_drop_all)
+
+
+#: The logger nibabel reports the header problems it fixes to (``pixdim[0] (qfac) should be 1 ...``).
+NIBABEL_LOGGER = "nibabel.global"
+
+
+def _drop_all(record: logging.LogRecord) -> bool:
+    return False
+
+
+def _one_nibabel_handler() -> None:
+    """nibabel gives its logger a bare stderr handler of its own. Once the application has configured
+    logging (the root logger has a handler: the CLI, Kedro), every message would print twice, once bare
+    and once formatted; the bare handler is dropped then (a script without logging keeps it)."""
+    if not logging.getLogger().handlers:
+        return
+    nib_logger = logging.getLogger(NIBABEL_LOGGER)
+    for handler in list(nib_logger.handlers):
+        if type(handler) is logging.StreamHandler and handler.formatter is None:
+            nib_logger.removeHandler(handler)
 
 
 def canonical_spacing(img: nib.spatialimages.SpatialImage) -> tuple[float, float, float]:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+from lungseg.layout import output_tempfile
 
 
 @contextlib.contextmanager
@@ -14,7 +15,7 @@ def atomic_path(target: str | Path, suffix: str = "") -> Iterator[Path]:
     """Yield a temporary path next to ``target``; move it onto ``target`` only if the block succeeds."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    fd, tmp = output_tempfile(f".{target.name}.", target.parent, suffix=f".tmp{suffix}")
     os.close(fd)
     tmp_path = Path(tmp)
     try:

@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from kedro.io.core import AbstractDataset, DatasetError, get_filepath_str, get_protocol_and_path
 
 from lungseg.errors import DataValidationError
+from lungseg.layout import output_tempdir
 
 
 class FoldModelsDataset(AbstractDataset[dict[str, dict[str, Any]], dict[str, dict[str, Any]]]):
@@ -60,7 +60,7 @@ class FoldModelsDataset(AbstractDataset[dict[str, dict[str, Any]], dict[str, dic
             raise DatasetError("FoldModelsDataset.save expects {fold: {'model': ..., 'config': ...}}")
         target = self.path
         target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        tmp = output_tempdir(f".{target.name}.", target.parent)
         old = target.with_name(f".{target.name}.old")
         try:
             for name, item in data.items():

@@ -33,20 +33,26 @@ def add_parser(sub, parents: list[argparse.ArgumentParser]) -> argparse.Argument
 
 
 def cmd_fetch_data(args: argparse.Namespace) -> int:
-    """Run :func:`lungseg.fetch.fetch_data` and print what was done, the licence and the citation."""
+    """Run :func:`lungseg.fetch.fetch_data` and print what was done, the licence and the citation (``-q``:
+    nothing; the licence and citation are in the file next to the data all the same)."""
+    say = _silent if getattr(args, "quiet", False) else print  # -q: warnings and errors only
     cache = args.cache if args.cache is not None else default_cache_dir(args.dest)
     if args.source is None:
-        print(f"lungseg: downloading the dataset's four archives into {cache} (checksummed; complete archives "
-              "are kept, so an interrupted run starts again from the first missing one)")
+        say(f"lungseg: downloading the dataset's four archives into {cache} (checksummed; complete archives "
+            "are kept, so an interrupted run starts again from the first missing one)")
     result = fetch_data(args.dest, args.source, base_url=args.mirror, cache_dir=cache, progress=not args.no_progress)
     if result.action == "verified":
-        print(f"lungseg: {result.dest} already holds the dataset ({result.n_cases} cases, {result.n_files} files "
-              f"verified); nothing to do. Licence and citation: {result.license_file}")
+        say(f"lungseg: {result.dest} already holds the dataset ({result.n_cases} cases, {result.n_files} files "
+            f"verified); nothing to do. Licence and citation: {result.license_file}")
         return 0
-    print(LICENSE_AND_CITATION)
-    print(f"lungseg: {result.n_cases} cases unpacked into {result.dest} (from {result.source}); metadata.csv, "
-          f"licence and citation ({result.license_file.name}) are next to the data.")
+    say(LICENSE_AND_CITATION)
+    say(f"lungseg: {result.n_cases} cases unpacked into {result.dest} (from {result.source}); metadata.csv, "
+        f"licence and citation ({result.license_file.name}) are next to the data.")
     if args.source is None:
-        print(f"lungseg: the downloaded archives stay in {cache}; delete them to free space.")
-    print("lungseg: next: kedro run --pipelines=ingestion (or a variant, e.g. --pipelines=infection_unet)")
+        say(f"lungseg: the downloaded archives stay in {cache}; delete them to free space.")
+    say("lungseg: next: kedro run --pipelines=ingestion (or a variant, e.g. --pipelines=infection_unet)")
     return 0
+
+
+def _silent(*args, **kwargs) -> None:
+    """``print`` under ``-q``."""

@@ -22,7 +22,14 @@ from pathlib import Path
 
 from lungseg.errors import DataValidationError, InputError, is_disk_full, some
 from lungseg.fetch.sources import LICENSE_AND_CITATION, LICENSE_FILE, ZENODO_ARCHIVES
-from lungseg.layout import METADATA_COLUMNS, case_id_from_ct_name, case_id_from_path, is_nifti, resolve_relative
+from lungseg.layout import (
+    METADATA_COLUMNS,
+    case_id_from_ct_name,
+    case_id_from_path,
+    is_nifti,
+    output_tempdir,
+    resolve_relative,
+)
 from lungseg.limits import Limits, check_payload_size, check_volume_shape
 
 logger = logging.getLogger(__name__)
@@ -316,7 +323,7 @@ def make_staging(dest: Path) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     for stale in dest.parent.glob(f".{dest.name}{_PARTIAL}*"):
         shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dest.name}{_PARTIAL}", dir=dest.parent))
+    return output_tempdir(f".{dest.name}{_PARTIAL}", dest.parent)
 
 
 def install(staging: Path, dest: Path) -> None:

@@ -35,7 +35,6 @@ import hashlib
 import json
 import logging
 import os
-import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -53,7 +52,7 @@ from lungseg.inference.batch_cases import (  # re-exported: the CLI and the infe
     select_cases,
     some,
 )
-from lungseg.layout import TASKS
+from lungseg.layout import TASKS, output_tempfile
 
 __all__ = [
     "GROUND_TRUTH_COLUMNS", "JOURNAL_FILE", "METRIC_COLUMNS", "SUMMARY_COLUMNS", "SUMMARY_FILE", "BatchCase",
@@ -445,7 +444,7 @@ def write_summary(summary: pd.DataFrame, outdir: str | Path) -> Path:
     """Write ``outdir/summary.csv`` atomically (temporary file, then rename)."""
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{SUMMARY_FILE}.", dir=outdir)
+    fd, tmp = output_tempfile(f".{SUMMARY_FILE}.", outdir)
     try:
         with os.fdopen(fd, "w", newline="") as fh:
             summary.to_csv(fh, index=False, float_format="%.10g")  # no float noise (828.2860000000001)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from lungseg.errors import InputError
 from lungseg.inference.output_lock import pid_alive
+from lungseg.layout import output_tempdir, output_tempfile
 
 MANIFEST_FILE = ".lungseg-output.json"
 KINDS = {"case": "lungseg output", "batch": "lungseg batch output"}
@@ -51,7 +52,7 @@ def write_manifest(folder: str | Path, kind: str, entries: list[str]) -> Path:
     folder = Path(folder)
     data = {"kind": kind, "lungseg": __version__, "written_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "entries": sorted(set(entries))}
-    fd, tmp = tempfile.mkstemp(prefix=f"{MANIFEST_FILE}.", dir=folder)
+    fd, tmp = output_tempfile(f"{MANIFEST_FILE}.", folder)
     try:
         with os.fdopen(fd, "w") as fh:
             json.dump(data, fh, indent=1)
@@ -141,7 +142,7 @@ def staging_dir(dst: Path) -> Path:
     """A new staging folder beside ``dst``, named with this process id; stale ones are swept first."""
     sweep_stale(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{dst.name}.tmp-{os.getpid()}-", dir=dst.parent))
+    return output_tempdir(f".{dst.name}.tmp-{os.getpid()}-", dst.parent)
 
 
 def sweep_stale(dst: Path) -> list[Path]:
