@@ -86,7 +86,8 @@ def test_a_dicom_gantry_tilt_is_refused_by_name(tmp_path, rule_models, capsys):
     assert not out.exists() and leftovers(tmp_path) == []
 
 
-def test_two_different_images_at_one_position_are_refused_and_a_true_duplicate_is_kept_once(tmp_path):
+def test_two_different_images_at_one_position_are_refused_and_a_true_duplicate_is_kept_once(
+        tmp_path, rule_models, capsys):
     paths = _series(tmp_path / "s")
     copy = tmp_path / "s" / "zz_copy.dcm"
     ds = pydicom.dcmread(paths[4])
@@ -100,6 +101,11 @@ def test_two_different_images_at_one_position_are_refused_and_a_true_duplicate_i
     ds.save_as(copy)
     with pytest.raises(InputError, match=r"zz_copy\.dcm.*same slice position but hold different images"):
         read_input(tmp_path / "s", load_limits())
+    out = tmp_path / "out"  # and through the CLI: exit 2 by name, before any model, nothing written
+    code, seconds = predict(tmp_path / "s", out, rule_models)
+    (line,) = error_lines(capsys.readouterr().err)
+    assert code == 2 and seconds < FAST and "zz_copy.dcm" in line and "hold different images" in line
+    assert not out.exists() and leftovers(tmp_path) == []
 
 
 def test_a_rescale_that_overflows_is_refused_by_name(tmp_path, rule_models, capsys):

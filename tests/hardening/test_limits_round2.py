@@ -99,7 +99,7 @@ def test_row15_a_fold_member_of_another_size_than_its_config_is_exit_2_by_name(t
     code, _ = predict(scan, tmp_path / "out", tmp_path / "models", "--lung-model", str(folds), "--tasks", "lung")
     (line,) = error_lines(capsys.readouterr().err)
     assert code == 2 and "fold_1.keras" in line and "takes 64x64 images but its config says image_size 128" in line
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and leftovers(tmp_path) == []
 
 
 def test_row15_a_full_tmpdir_while_extracting_a_dicom_zip_is_exit_2_with_a_message(

@@ -114,7 +114,7 @@ def test_a_symlinked_output_is_refused_before_any_model_loads(tmp_path, capsys):
     code, seconds = predict(src, tmp_path / "link", no_models)
     (line,) = error_lines(capsys.readouterr().err)
     assert code == 2 and seconds < FAST and "is a symbolic link" in line and "no trained" not in line
-    assert list(real.iterdir()) == []
+    assert list(real.iterdir()) == [] and (tmp_path / "link").is_symlink() and leftovers(tmp_path) == []
 
 
 def test_staging_folders_of_dead_runs_are_swept_and_live_ones_kept(tmp_path, rule_models, capsys):

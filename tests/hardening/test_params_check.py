@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 from conftest import make_kedro_project, write_case
@@ -51,13 +52,16 @@ def test_kedro_run_with_a_misspelt_param_writes_nothing_and_opens_no_mlflow_run(
     pd.DataFrame([write_case(raw, "c0", shape=(4, 32, 32))]).to_csv(raw / "metadata.csv", index=False)
     project = make_kedro_project(tmp_path, raw)
     env = {**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"}
-    for params in ("trainig.epochs=1,lung_unet.training.epochs=abc",):  # one run, both of row 3's mistakes
+    # one run, row 3's two mistakes and row 4's (caught only when its node ran, after ingestion wrote)
+    for params in ("trainig.epochs=1,lung_unet.training.epochs=abc,preprocessing.clahe_clip=3",):
+        start = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "kedro", "run", "--env=test", "--pipelines=lung_unet",
                                f"--params={params}"], cwd=project, capture_output=True, text=True, timeout=300, env=env)
         assert proc.returncode == 1, proc.stderr[-2000:]
         errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: --params:")]
         assert len(errors) == 1 and "(nothing was run)" in errors[0] and "Traceback" not in proc.stderr
         assert "no 'trainig' as a parameter section" in errors[0] and "got 'abc'" in errors[0]
+        assert "no 'clahe_clip' in 'preprocessing'" in errors[0] and time.perf_counter() - start < 120
         written = sorted(p.relative_to(project).as_posix() for p in (project / "data").rglob("*") if p.is_file())
         assert written == [], written
         if (project / "mlflow.db").exists():
