@@ -111,7 +111,7 @@ class GuardParams:
     max_lung_ml: float
     min_lung_ml: float
     min_extent_mm: float
-    min_lung_ml_per_mm: float = 0.05
+    min_lung_ml_per_mm: float = 0.01
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], section: str = "inference.guard") -> GuardParams:

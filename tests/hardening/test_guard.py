@@ -156,12 +156,12 @@ def test_the_lung_minimum_applies_whatever_the_scan_length():
     blob = np.zeros_like(lung)
     blob[20, 30:32, 40:42] = 1  # 4 voxels, 0.0064 ml: "Lungs 0.0 ml"
     why, figures = check_plausibility(ct, "hu", blob, (2.5, 0.8, 0.8), params)
-    assert why == ("a lung volume of 0.0064 ml in a scan 100 mm long, below the physiological minimum of 5 ml, "
-                   "0.05 ml per mm (is the voxel size right?)")
-    assert figures["min_lung_ml"] == pytest.approx(5.0)
+    assert why == ("a lung volume of 0.0064 ml in a scan 100 mm long, below the physiological minimum of 1 ml, "
+                   "0.01 ml per mm (is the voxel size right?)")
+    assert figures["min_lung_ml"] == pytest.approx(1.0)
     assert check_plausibility(ct, "hu", lung, (2.5, 0.8, 0.8), params)[0] is None  # the phantom's own lungs pass
     stored = {k: v for k, v in asdict(params).items() if k != "min_lung_ml_per_mm"}  # registered before the floor
-    assert type(params).from_params(stored).min_lung_ml_per_mm == 0.05
+    assert type(params).from_params(stored).min_lung_ml_per_mm == 0.01
 
 
 REAL = Path(__file__).resolve().parents[3] / "shared" / "data" / "covid20-dev" / "lung_mask"

@@ -8,6 +8,7 @@ import re
 
 import cv2
 import numpy as np
+import pytest
 from hardening_helpers import (
     FAST,
     error_lines,
@@ -60,22 +61,22 @@ def test_a_slab_and_a_png_slice_get_no_ml_and_no_severity_from_the_cli(tmp_path,
 
 
 def test_row9_tiny_lungs_in_a_short_scan_get_no_ml_and_no_severity(tmp_path, rule_models, capsys):
-    """A 30 mm scan whose header says 0.12 mm pixels (the phantom's are 0.8): 0.25 ml of "lungs". Under
-    200 mm, the old guard held no minimum and reported "Lungs 0.3 ml ... severity"; the floor per mm of
-    scan (1.5 ml here) refuses it, and the same scan at its true voxel size passes."""
+    """A 30 mm scan whose header says 0.11 mm pixels (the phantom's are 0.8): 0.2 ml of "lungs". Under
+    200 mm, the old guard held no minimum and reported "Lungs 0.2 ml ... severity"; the floor per mm of
+    scan (0.3 ml here) refuses it, and the same scan at its true voxel size passes."""
     ct = phantom(seed=8)[0]
     src = tmp_path / "tiny.nii.gz"
-    save_nifti(src, ct, (SPACING[0], 0.12, 0.12))
+    save_nifti(src, ct, (SPACING[0], 0.11, 0.11))
     out = tmp_path / "out"
     code, seconds = predict(src, out, rule_models)
     captured = capsys.readouterr()
     assert code == 3 and seconds < 10 * FAST, captured.err
     (line,) = error_lines(captured.err, "lungseg: implausible input:")
-    assert "tiny.nii.gz" in line and "in a scan 30 mm long, below the physiological minimum of 1.5 ml" in line, line
-    assert "0.05 ml per mm" in line and "voxel size" in line
+    assert "tiny.nii.gz" in line and "in a scan 30 mm long, below the physiological minimum of 0.3 ml" in line, line
+    assert "0.01 ml per mm" in line and "voxel size" in line
     report = json.loads((out / "report.json").read_text())
     assert report["implausible_input"] in line and report["severity"] is None and report["infection_percent"] is None
-    assert 0.1 < report["plausibility"]["lung_ml"] < 0.5 and report["plausibility"]["min_lung_ml"] == 1.5
+    assert 0.1 < report["plausibility"]["lung_ml"] < 0.3 and report["plausibility"]["min_lung_ml"] == pytest.approx(0.3)
     assert not re.search(r"severity \d", captured.out) and leftovers(tmp_path) == []
     save_nifti(src, ct, SPACING)
     code, _ = predict(src, tmp_path / "true", rule_models)
