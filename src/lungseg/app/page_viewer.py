@@ -3,10 +3,10 @@ radiological convention) for volumes, and PNG slice images for a 2D slice or whe
 
 The pictures and data come from :mod:`lungseg.app.viewer` (pure functions); this module lays them out.
 The whole section is one ``st.fragment``: moving a slider, choosing a lesion or moving NiiVue's crosshair
-reruns only this section. NiiVue gets the CT once per upload: the bytes are made once (cached per upload
-and voxel size) and niivue-streamlit 0.3.0 reloads its base image only when they change, and its
-iframe keeps its place (a stable key, and the same elements above it whatever the ground truth), so
-opacity, error-map and ground-truth changes reload only the overlays.
+reruns only this section. NiiVue gets the CT once per upload: its bytes are made once per upload and
+voxel size (cached, and gzipped without a time stamp), the component has a stable key, and
+niivue-streamlit 0.3.0 reloads its base image only when those bytes change, so opacity, error-map and
+ground-truth changes reload only the overlays.
 """
 
 from __future__ import annotations
@@ -247,22 +247,25 @@ def _lesion_table(loaded, seg, seg_key, rows: list) -> None:
         st.caption("Lesions: none (no infection predicted).")
         return
     st.markdown(f"**Lesions** ({len(rows)}: 3D connected regions, largest first; as lesions.csv)")
-    event = st.dataframe(
+    table = f"lesion_table_{loaded.digest[:12]}"
+
+    def chosen() -> None:  # before the rerun, so the slice slider can still be moved
+        row = selected_row(st.session_state.get(table))
+        if row is not None and row < len(points):
+            go_to_lesion(loaded, points, row)
+
+    st.dataframe(
         lesion_frame(rows),
         hide_index=True,
-        on_select="rerun",
+        on_select=chosen,
         selection_mode="single-row",
-        key=f"lesion_table_{loaded.digest[:12]}",
+        key=table,
         height=min(36 * (len(rows) + 1) + 2, 250),
     )
-    chosen = selected_row(event)
-    if chosen is not None and chosen < len(points) and st.session_state.get("_lesion_chosen") != (loaded.digest, chosen):
-        st.session_state["_lesion_chosen"] = (loaded.digest, chosen)
-        go_to_lesion(loaded, points, chosen)
-        st.rerun(scope="fragment")
-    if chosen is not None:
-        mm = viewer.position_mm(loaded.volume, points[chosen])
-        st.caption(f"Lesion {chosen + 1}: x {mm[0]:.1f}, y {mm[1]:.1f}, z {mm[2]:.1f} mm (scanner RAS).")
+    row = selected_row(st.session_state.get(table))
+    if row is not None and row < len(points):
+        mm = viewer.position_mm(loaded.volume, points[row])
+        st.caption(f"Lesion {row + 1}: x {mm[0]:.1f}, y {mm[1]:.1f}, z {mm[2]:.1f} mm (scanner RAS).")
 
 
 @st.fragment
@@ -282,10 +285,8 @@ def viewer_section(loaded, seg, seg_key, choice: str, evaluation: dict | None, l
     )
     st.caption(f"View in use: {mode}.")
     controls = _controls(loaded, evaluation, png=mode == PNG_VIEWS)
-    legend = st.container()  # always there, so the viewer keeps its place when a ground truth arrives
     if controls["error_task"]:
-        with legend:
-            _legend(controls["error_task"])
+        _legend(controls["error_task"])
     if mode == NIIVUE:
         guarded("Showing the viewer", _niivue, loaded, seg, seg_key, choice, controls, evaluation)
     else:
