@@ -3,7 +3,7 @@
 Skipped when Debian's Chromium (/usr/bin/chromium; ``apt-get install -y chromium``) is absent; a failure
 instead under ``CI=true``. The NiiVue viewer renders with WebGL in software (SwiftShader), offline.
 
-The README's screenshot (optimised, 1200 px wide) is written by the volume test when
+The README's screenshot (optimised, 1000 px wide) is written by the volume test when
 ``LUNGSEG_UI_SCREENSHOT=src/lungseg/app/assets/ui-screenshot.png``; then the case is a larger synthetic
 phantom (256 x 256 x 74) and ``LUNGSEG_UI_SCREENSHOT_MODELS`` may name the models folder to use
 (default: tiny models trained here).
@@ -128,7 +128,7 @@ def _expected_dice(models_dir: Path, image: bytes, labels) -> float:
 
 
 def _save_docs_screenshot(png: Path, target: Path) -> None:
-    """Resize to 1200 px wide and quantise to a small PNG for the README."""
+    """Resize to 1000 px wide and quantise to a small PNG (under 300 KB) for the README."""
     import numpy as np
     from PIL import Image
 
@@ -138,8 +138,8 @@ def _save_docs_screenshot(png: Path, target: Path) -> None:
         rows = np.flatnonzero((main < 245).any(axis=(1, 2)))
         if rows.size:
             im = im.crop((0, 0, im.width, min(im.height, int(rows[-1]) + 40)))
-        if im.width > 1200:
-            im = im.resize((1200, round(im.height * 1200 / im.width)), Image.LANCZOS)
+        if im.width > 1000:
+            im = im.resize((1000, round(im.height * 1000 / im.width)), Image.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)
         im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
     assert target.stat().st_size < 300_000, f"{target} is {target.stat().st_size} bytes"
@@ -277,7 +277,7 @@ def test_volume_in_the_niivue_viewer(server, models_dir, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             # the README's screenshot shows the whole page, down to the per-slice Dice
-            page = browser.new_page(viewport={"width": 1280, "height": 3000 if target else 1500})
+            page = browser.new_page(viewport={"width": 1280, "height": 3400 if target else 1500})
             page.set_default_timeout(STEP_TIMEOUT_MS)
             page.add_init_script(COUNT_NIIVUE_LOADS)
             page.goto(server)
