@@ -30,7 +30,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from lungseg.errors import ConfigError, ImplausibleInputError, LungsegError, Terminated
+from lungseg.errors import ConfigError, ImplausibleInputError, InputError, LungsegError, Terminated
 from lungseg.layout import MODELS_DIR, TASKS
 
 logger = logging.getLogger("lungseg.cli")
@@ -80,14 +80,12 @@ def _positive_int(text: str) -> int:
 
 
 def _parse_spacing(text: str) -> tuple[float, float, float]:
+    from lungseg.inference.readers import parse_spacing
+
     try:
-        values = tuple(float(v) for v in text.split(","))
-    except ValueError:
-        values = ()
-    if len(values) != 3 or not all(v > 0 and v == v and v != float("inf") for v in values):
-        raise argparse.ArgumentTypeError(
-            f"invalid voxel size {text!r}: give three positive numbers in mm, X,Y,Z (e.g. 0.7,0.7,5)")
-    return values  # type: ignore[return-value]
+        return parse_spacing(text)
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc).removeprefix("--spacing: ")) from exc
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -269,6 +267,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
         # above the page's own limit, so an oversized file gets the page's clear message
         "--server.maxUploadSize", str(server_max_upload_mb()),
         "--browser.gatherUsageStats", "false",  # no usage statistics leave the machine
+        "--client.toolbarMode", "minimal",  # no "Deploy" button (a local tool, not an app to publish)
     ]
     logger.info("starting the web UI on http://%s:%s", args.host, args.port)
     import signal

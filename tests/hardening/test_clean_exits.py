@@ -183,6 +183,8 @@ def test_ui_warns_when_not_on_loopback_and_turns_usage_stats_off(monkeypatch, tm
     assert cmd[cmd.index("--browser.gatherUsageStats") + 1] == "false"
     config = tomllib.loads((PROJECT_ROOT / ".streamlit" / "config.toml").read_text())
     assert config["browser"]["gatherUsageStats"] is False  # `streamlit run` from the project folder too
+    assert cmd[cmd.index("--client.toolbarMode") + 1] == "minimal"  # no "Deploy" button
+    assert config["client"]["toolbarMode"] == "minimal"
 
 
 def test_memory_error_is_a_clear_exit_2(tmp_path, rule_models, monkeypatch, capsys):

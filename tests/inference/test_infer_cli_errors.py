@@ -116,6 +116,7 @@ def test_ui_launches_streamlit_on_the_shipped_app(monkeypatch, tmp_path, capsys)
     assert cmd[5:11] == ["--server.address", "0.0.0.0", "--server.port", "8600", "--server.headless", "true"]
     assert cmd[11] == "--server.maxUploadSize" and int(cmd[12]) > 200  # the page's own limit gives the message
     assert cmd[13:15] == ["--browser.gatherUsageStats", "false"]
+    assert cmd[15:17] == ["--client.toolbarMode", "minimal"]  # no "Deploy" button
     # the server's stderr is passed on without TensorFlow's start-up lines; -v passes it untouched
     err = capsys.readouterr().err
     assert "Uncaught app exception" in err and "oneDNN" not in err and "absl" not in err

@@ -310,7 +310,7 @@ def test_nifti_volume_flow_views_download_and_dice(monkeypatch, models_dir):
     seg = at.session_state["_seg"][1]
     assert at.radio(key="view_mode").value == page_viewer.NIIVUE  # the multiplanar viewer by default
     assert any(f"View in use: {page_viewer.NIIVUE}" in c.value for c in at.caption)
-    assert at.selectbox(key="window").value == "Lung (-600/1500)"
+    assert "window" not in [s.key for s in at.selectbox]  # NiiVue holds the CT in HU and windows it itself
     assert _metrics(at)["Lung volume"].endswith(" ml")
     labels_dl = [b.label for b in at.download_button]
     assert labels_dl == ["Download the mask (NIfTI, input grid)", "Download the report (JSON)"]
@@ -319,15 +319,16 @@ def test_nifti_volume_flow_views_download_and_dice(monkeypatch, models_dir):
     at.radio(key="view_mode").set_value(page_viewer.PNG_VIEWS).run()
     _assert_no_exception(at)
     assert [c for im in at.image for c in im.captions] == ["Axial", "Coronal", "Sagittal"]
+    assert at.selectbox(key="window").value == "Lung (-600/1500)"  # the slice images' window
     start = viewer.start_point(seg.lung_labels, seg.infection)
     assert at.slider(key=f"z_point_{at.session_state['_input'].digest[:12]}").value == start[0]
     assert any("scanner x" in c.value and "mm" in c.value for c in at.caption)
-    found = viewer.lesions(seg.infection)
+    found = viewer.lesion_points(seg.infection)
     assert found  # the tiny infection model finds something
     at.button(key="next_lesion").click().run()
     _assert_no_exception(at)
     key = f"point_{at.session_state['_input'].digest[:12]}"
-    assert at.session_state[key] == found[0].centre and at.slider(key=f"z_{key}").value == found[0].centre[0]
+    assert at.session_state[key] == found[0] and at.slider(key=f"z_{key}").value == found[0][0]
     assert any(f"lesion 1 of {len(found)}" in c.value for c in at.caption)
 
     at = _upload(at, "gt_upload", "gt.nii.gz", _nii(labels))
@@ -337,7 +338,7 @@ def test_nifti_volume_flow_views_download_and_dice(monkeypatch, models_dir):
     assert _metrics(at)["Dice (lung)"] == f"{expected:.4f}"
     assert any("Per-slice Dice" in m.value for m in at.markdown)
     assert any("false positive" in m.value for m in at.markdown)
-    assert len(at.dataframe) == 2  # Dice per lung; predicted and ground-truth volumes
+    assert len(at.dataframe) == 3  # the lesions; Dice per lung; predicted and ground-truth volumes
     # a PNG ground truth for a volume is refused with a message
     at = _upload(at, "gt_upload", "gt.png", png_bytes(labels[1]))
     assert "unsupported ground-truth mask type (.png)" in _errors(at)[0]

@@ -3,7 +3,7 @@
 Skipped when Debian's Chromium (/usr/bin/chromium; ``apt-get install -y chromium``) is absent; a failure
 instead under ``CI=true``. The NiiVue viewer renders with WebGL in software (SwiftShader), offline.
 
-The README's screenshot (optimised, 1200 px wide) is written by the volume test when
+The README's screenshot (optimised, 1000 px wide) is written by the volume test when
 ``LUNGSEG_UI_SCREENSHOT=src/lungseg/app/assets/ui-screenshot.png``; then the case is a larger synthetic
 phantom (256 x 256 x 74) and ``LUNGSEG_UI_SCREENSHOT_MODELS`` may name the models folder to use
 (default: tiny models trained here).
@@ -96,6 +96,8 @@ def server(models_dir, tmp_path):
         str(port),
         "--server.headless",
         "true",
+        "--client.toolbarMode",  # as lungseg ui runs it: no "Deploy" button
+        "minimal",
     ]
     with log.open("w") as out:
         proc = subprocess.Popen(cmd, env=env, stdout=out, stderr=subprocess.STDOUT, cwd=tmp_path)
@@ -126,7 +128,7 @@ def _expected_dice(models_dir: Path, image: bytes, labels) -> float:
 
 
 def _save_docs_screenshot(png: Path, target: Path) -> None:
-    """Resize to 1200 px wide and quantise to a small PNG for the README."""
+    """Resize to 1000 px wide and quantise to a small PNG (under 300 KB) for the README."""
     import numpy as np
     from PIL import Image
 
@@ -136,11 +138,11 @@ def _save_docs_screenshot(png: Path, target: Path) -> None:
         rows = np.flatnonzero((main < 245).any(axis=(1, 2)))
         if rows.size:
             im = im.crop((0, 0, im.width, min(im.height, int(rows[-1]) + 40)))
-        if im.width > 1200:
-            im = im.resize((1200, round(im.height * 1200 / im.width)), Image.LANCZOS)
+        if im.width > 1000:
+            im = im.resize((1000, round(im.height * 1000 / im.width)), Image.LANCZOS)
         target.parent.mkdir(parents=True, exist_ok=True)
         im.quantize(colors=128, method=Image.Quantize.MEDIANCUT).save(target, optimize=True)
-    assert target.stat().st_size < 400_000, f"{target} is {target.stat().st_size} bytes"
+    assert target.stat().st_size < 300_000, f"{target} is {target.stat().st_size} bytes"
 
 
 def test_upload_slice_and_mask_in_a_browser(server, models_dir, tmp_path):
@@ -233,6 +235,28 @@ def _crosshair_centres(rgb, min_run: int = 40) -> int:
     return n - 1
 
 
+#: Counts what NiiVue decodes in its iframe: niivue-streamlit 0.3.0 turns each image it loads (the CT, each
+#: overlay) from base64 with the frame's ``atob``; a fingerprint of each long string goes to the page's
+#: ``window.__niivueDecodes``, kept in the top window so that a reloaded iframe cannot reset it.
+COUNT_NIIVUE_LOADS = """
+(() => {
+  if (window === window.top) return;
+  const decode = window.atob.bind(window);
+  window.atob = (s) => {
+    if (s.length > 1000) {
+      const top = window.top, mid = Math.floor(s.length / 2);
+      (top.__niivueDecodes = top.__niivueDecodes || []).push(`${s.length}:${s.slice(mid, mid + 32)}`);
+    }
+    return decode(s);
+  };
+})();
+"""
+
+
+def _decodes(page) -> list[str]:
+    return page.evaluate("window.__niivueDecodes || []")
+
+
 def _wait_idle(page) -> None:
     page.locator("[data-testid=stStatusWidget]").wait_for(state="hidden")  # the run is over
     page.wait_for_timeout(4000)  # NiiVue (re)loads the images and draws
@@ -240,7 +264,9 @@ def _wait_idle(page) -> None:
 
 def test_volume_in_the_niivue_viewer(server, models_dir, tmp_path):
     """The multiplanar viewer draws the CT (three 2D views), follows the opacity slider, and a ground
-    truth brings the error map's legend and the per-slice Dice."""
+    truth brings the error map's legend and the per-slice Dice; NiiVue gets the CT once: neither the
+    opacity change nor the ground-truth upload loads it again (counted in the browser). The page
+    shows the models' provenance and the lesion table, and no Deploy button."""
     import numpy as np
     from playwright.sync_api import expect, sync_playwright
 
@@ -251,8 +277,9 @@ def test_volume_in_the_niivue_viewer(server, models_dir, tmp_path):
         browser = p.chromium.launch(executable_path=str(CHROMIUM), headless=True, args=CHROMIUM_ARGS)
         try:
             # the README's screenshot shows the whole page, down to the per-slice Dice
-            page = browser.new_page(viewport={"width": 1280, "height": 3000 if target else 1500})
+            page = browser.new_page(viewport={"width": 1280, "height": 3400 if target else 1500})
             page.set_default_timeout(STEP_TIMEOUT_MS)
+            page.add_init_script(COUNT_NIIVUE_LOADS)
             page.goto(server)
             page.get_by_text("Upload a CT image to segment it.").wait_for()
             page.locator("input[type=file]").first.set_input_files(str(ct_path))
@@ -266,6 +293,12 @@ def test_volume_in_the_niivue_viewer(server, models_dir, tmp_path):
             assert len(np.unique(before[..., 0])) > 50
             assert _crosshair_centres(before) == 3  # axial, coronal and sagittal views
             assert page.get_by_text("Lung volume").count() == 1
+            assert page.locator("[data-testid=stAppDeployButton]").count() == 0  # toolbarMode minimal
+            page.get_by_text("trained on", exact=False).first.wait_for()  # the models' provenance
+            page.get_by_text(re.compile(r"Lesions \(\d+: 3D connected regions")).wait_for()  # the lesion table
+            loaded = _decodes(page)
+            ct = loaded[0]  # the base image loads first, then the overlays
+            assert loaded.count(ct) == 1 and len(loaded) >= 2, loaded  # the CT and the lung / infection overlays
 
             slider = page.locator("[data-testid=stSlider]", has_text="Lungs opacity").get_by_role("slider")
             slider.focus()
@@ -283,11 +316,33 @@ def test_volume_in_the_niivue_viewer(server, models_dir, tmp_path):
             page.locator("[data-testid=stVegaLiteChart]").first.wait_for()
             assert page.locator("[data-testid=stMetric]", has_text="Dice (infection)").count() == 1
             _wait_idle(page)
+            # the opacity change and the ground truth reloaded overlays only: the CT went to NiiVue once
+            since = _decodes(page)[len(loaded) :]
+            assert since and ct not in since, (ct, since)
             with_errors = _canvas_rgb(canvas)
             assert np.mean(np.abs(with_errors - after).sum(axis=2) > 30) > 0.005  # the error map is drawn
+            # a click moves the crosshair; the page reads its position and the CT's HU there from NiiVue
+            box = canvas.bounding_box()
+            canvas.click(position={"x": box["width"] * 0.22, "y": box["height"] * 0.3})
+            readout = page.get_by_text(re.compile(r"Crosshair: x -?\d+\.\d, .* CT value -?\d+ HU"))
+            readout.wait_for()
+            hu = int(re.search(r"CT value (-?\d+) HU", readout.inner_text()).group(1))
+            assert -1024 <= hu <= 3071
+            assert ct not in _decodes(page)[len(loaded) :]  # nor did the crosshair's rerun
             assert page.locator("[data-testid=stAlertContentError]").count() == 0
             assert page.locator("[data-testid=stException]").count() == 0
             page.screenshot(path=str(shot), full_page=True)
+
+            # the slice images, and a lesion chosen in the lesion table moves them to it
+            page.get_by_text("Slice images (PNG, no WebGL needed)", exact=True).click()
+            page.get_by_text("View in use: Slice images (PNG, no WebGL needed).").wait_for()
+            table = page.locator("[data-testid=stDataFrame]").first  # the lesion table, above the report
+            table.wait_for()
+            box = table.bounding_box()
+            page.mouse.click(box["x"] + 16, box["y"] + 35 + 17)  # the first row's selection box, under the header
+            page.get_by_text(re.compile(r"Position: lesion 1 of \d+")).wait_for()
+            page.get_by_text(re.compile(r"Lesion 1: x -?\d+\.\d, y")).wait_for()
+            assert page.locator("[data-testid=stException]").count() == 0
         finally:
             browser.close()
     if target:

@@ -161,12 +161,9 @@ def test_lesions_and_start_point():
     inf[1:3, 2:4, 2:4] = 1  # 8 voxels
     inf[5, 10:15, 10:15] = 1  # 25 voxels, one slice
     lungs = np.ones_like(inf)
-    found = viewer.lesions(inf)
-    assert [lesion.voxels for lesion in found] == [25, 8]
-    assert found[0].centre == (5, 12, 12)
+    assert viewer.lesion_points(inf) == [(5, 12, 12), (2, 2, 2)]  # largest first: 25 voxels, then 8
     assert viewer.start_point(lungs, inf) == (5, 12, 12)  # the slice with the most infection
     assert viewer.start_point(lungs, np.zeros_like(inf))[0] == 0  # else the most lung (ties: first)
-    assert viewer.lesions(np.zeros_like(inf)) == []
 
 
 # ------------------------------------------------------------------------------------ evaluation

@@ -50,6 +50,7 @@ from lungseg.app.uploads import (
     safe_file_name,
     server_max_upload_mb,
     upload_limit_mb,
+    with_spacing,
 )
 from lungseg.errors import LungsegError, ModelNotFoundError
 from lungseg.inference.choice import RankedModel, rank_models
@@ -67,7 +68,7 @@ __all__ = [  # the page's whole vocabulary, defined here or re-exported from upl
     "model_choices", "overlay", "per_lung_dice", "per_slice_dice", "png_values", "predicted_for",
     "read_ground_truth_upload", "read_upload", "report_headline", "safe_file_name", "scored_tasks",
     "segment_upload", "selected_mask", "server_max_upload_mb", "task_error_map", "ui_report", "upload_limit_mb",
-    "volume_rows",
+    "volume_rows", "with_spacing",
 ]
 # fmt: on
 
@@ -187,13 +188,22 @@ def selected_mask(seg, choice: str) -> np.ndarray:
 def ui_report(seg, loaded: LoadedInput, models: Mapping[str, Any] | None = None) -> dict:
     """The report of a segmentation: :func:`lungseg.inference.report.make_report` for a volume, areas
     in pixels and percentages for a 2D slice (:func:`lungseg.app.report_view.slice_report`); the
-    models used (name, version, score) and the share of dense tissue the predicted lungs leave out."""
+    models used (name, version, score), their provenance, the lesion table (``lesions``, as
+    ``lesions.csv``), the voxel size's source and the share of dense tissue the predicted lungs leave out."""
     from lungseg.app.report_view import LEFT_OUT_WARN_FRACTION, left_out_dense
+    from lungseg.inference.export import lesion_table
     from lungseg.inference.report import make_report
 
     report = make_report(seg, loaded.volume.spacing)
-    if loaded.is_2d:
-        report = slice_report(report, seg)
+    if loaded.is_2d:  # areas in pixels; where the models come from, and why figures are withheld, as for a volume
+        report = {**slice_report(report, seg), **{k: report.get(k) for k in ("provenance", "severity_withheld")}}
+    # the table lesions.csv gets from lungseg predict: 3D components, largest first
+    report["lesions"] = lesion_table(loaded.volume, seg, volumes_in_ml=report.get("lung_volume_ml") is not None)
+    if not loaded.is_2d:
+        meta = loaded.volume.meta
+        report["spacing_assumed"] = bool(meta.get("spacing_assumed", False))
+        report["spacing_source"] = meta.get("spacing_source", "assumed" if meta.get("spacing_assumed") else "header")
+        report["spacing_note"] = meta.get("spacing_note")
     if models:
         report["models"] = {task: dict(m) for task, m in models.items()}
     fraction = left_out_dense(

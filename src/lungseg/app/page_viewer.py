@@ -2,6 +2,11 @@
 radiological convention) for volumes, and PNG slice images for a 2D slice or when WebGL is unavailable.
 
 The pictures and data come from :mod:`lungseg.app.viewer` (pure functions); this module lays them out.
+The whole section is one ``st.fragment``: moving a slider, choosing a lesion or moving NiiVue's crosshair
+reruns only this section. NiiVue gets the CT once per upload: its bytes are made once per upload and
+voxel size (cached, and gzipped without a time stamp), the component has a stable key, and
+niivue-streamlit 0.3.0 reloads its base image only when those bytes change, so opacity, error-map and
+ground-truth changes reload only the overlays.
 """
 
 from __future__ import annotations
@@ -36,14 +41,32 @@ def _legend(task: str) -> None:
     st.markdown(f"**Error map ({task})**: {parts}")
 
 
-def _controls(loaded, evaluation: dict | None) -> dict:
-    """Window, opacities and the error-map switch, in one row."""
-    cols = st.columns(4)
-    out: dict[str, Any] = {"preset": None, "error_task": None}
-    if loaded.source_kind == "hu":
-        out["preset"] = cols[0].selectbox("Window (level/width, HU)", list(viewer.WINDOW_PRESETS), key="window")
-    else:
+FREE_WINDOW = "Free (level / width)"
+
+
+def _window(cols, loaded, png: bool):
+    """The window of the slice images: a preset, or a free level and width in HU."""
+    if loaded.source_kind != "hu":
         cols[0].caption("The input is already 0-255: it is shown as it is (no HU window).")
+        return None
+    if not png:
+        cols[0].caption(
+            "Window: NiiVue opens in the lung window and holds the CT in HU; right-drag over a region to "
+            "window on it, or use its ColorScale menu. (The slice images have their own window control.)"
+        )
+        return None
+    preset = cols[0].selectbox("Window (level/width, HU)", [*viewer.WINDOW_PRESETS, FREE_WINDOW], key="window")
+    if preset != FREE_WINDOW:
+        return preset
+    level = cols[0].number_input("Level (HU)", -1500.0, 3000.0, -600.0, 10.0, key="window_level")
+    width = cols[0].number_input("Width (HU)", 1.0, 5000.0, 1500.0, 10.0, key="window_width")
+    return float(level), float(width)
+
+
+def _controls(loaded, evaluation: dict | None, png: bool) -> dict:
+    """Window (slice images), opacities and the error-map switch, in one row."""
+    cols = st.columns(4)
+    out: dict[str, Any] = {"preset": _window(cols, loaded, png), "error_task": None}
     out["lung_opacity"] = cols[1].slider("Lungs opacity", 0.0, 1.0, 0.2, 0.05, key="lung_opacity")
     out["opacity"] = cols[2].slider("Infection / error map opacity", 0.0, 1.0, 0.6, 0.05, key="overlay_opacity")
     if evaluation:
@@ -70,8 +93,25 @@ def _error_codes(seg, evaluation: dict, task: str) -> np.ndarray | None:
     )
 
 
-def _png_views(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict | None) -> None:
-    """Axial, coronal and sagittal PNG views through a point; "next lesion" steps through lesions."""
+def _points(seg, seg_key) -> list[tuple[int, int, int]]:
+    """A voxel on each lesion, in the lesion table's order."""
+    return _cache("lesion_points", seg_key, viewer.lesion_points, seg.infection)
+
+
+def _point_key(loaded) -> str:
+    return f"point_{loaded.digest[:12]}"
+
+
+def go_to_lesion(loaded, points, index: int) -> None:
+    """Move the slice images to lesion ``index`` (0-based, the lesion table's order)."""
+    key = _point_key(loaded)
+    st.session_state["_lesion"] = index
+    st.session_state[key] = points[index]
+    st.session_state[f"z_{key}"] = points[index][0]
+
+
+def _png_views(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict | None, rows: list) -> None:
+    """Axial, coronal and sagittal PNG views through a point; "next lesion" steps through the lesion table."""
     gray = _cache(
         "display",
         (loaded.digest, controls["preset"]),
@@ -80,24 +120,19 @@ def _png_views(loaded, seg, seg_key, choice: str, controls: dict, evaluation: di
         loaded.source_kind,
         controls["preset"],
     )
-    found = _cache("lesions", seg_key, viewer.lesions, seg.infection)
-    key = f"point_{loaded.digest[:12]}"
+    points = _points(seg, seg_key)
+    key = _point_key(loaded)
     if key not in st.session_state:
         st.session_state[key] = viewer.start_point(seg.lung_labels, seg.infection)
         st.session_state["_lesion"] = -1
 
-    def next_lesion() -> None:
-        st.session_state["_lesion"] = (st.session_state.get("_lesion", -1) + 1) % len(found)
-        st.session_state[key] = found[st.session_state["_lesion"]].centre
-        st.session_state[f"z_{key}"] = found[st.session_state["_lesion"]].centre[0]
-
     left, right = st.columns([1, 3])
     left.button(
         "Next lesion",
-        on_click=next_lesion,
-        disabled=not found,
+        on_click=lambda: go_to_lesion(loaded, points, (st.session_state.get("_lesion", -1) + 1) % len(points)),
+        disabled=not points,
         key="next_lesion",
-        help="Step through the predicted infection regions, largest first.",
+        help="Step through the lesions of the lesion table (3D connected regions), largest first.",
     )
     st.session_state.setdefault(f"z_{key}", int(st.session_state[key][0]))  # the slider's value lives there
     z = right.slider("Axial slice", 0, loaded.shape[0] - 1, key=f"z_{key}")
@@ -113,16 +148,22 @@ def _png_views(loaded, seg, seg_key, choice: str, controls: dict, evaluation: di
         col.image(image, caption=name, width="stretch")
     mm = viewer.position_mm(loaded.volume, point)
     lesion = st.session_state.get("_lesion", -1)
+    size = ""
+    if rows and 0 <= lesion < len(rows):
+        ml = rows[lesion].get("volume_ml")
+        size = f" ({ml:.2f} ml)" if ml is not None else f" ({rows[lesion]['voxels']} voxels)"
     where = (
-        f"lesion {lesion + 1} of {len(found)} ({found[lesion].voxels * loaded.volume.voxel_volume_ml:.2f} ml), "
-        if found and lesion >= 0
-        else f"{len(found)} lesions; "
-        if found
+        f"lesion {lesion + 1} of {len(rows)}{size}, "
+        if rows and 0 <= lesion < len(rows)
+        else f"{len(rows)} lesions; "
+        if rows
         else "no infection found; "
     )
+    value = float(np.asarray(loaded.volume.array)[point])
+    intensity = f" {value:.0f} HU here." if loaded.source_kind == "hu" else f" Value {value:.0f} (0-255) here."
     st.caption(
         f"Position: {where}voxel (z {point[0]}, y {point[1]}, x {point[2]}), scanner x {mm[0]:.1f}, "
-        f"y {mm[1]:.1f}, z {mm[2]:.1f} mm (RAS). Radiological convention: the patient's right on the left."
+        f"y {mm[1]:.1f}, z {mm[2]:.1f} mm (RAS).{intensity} Radiological convention: the patient's right on the left."
     )
 
 
@@ -143,13 +184,8 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
 
     volume = loaded.volume
     factor = viewer.viewer_factor(volume.array.shape)
-    ct = _cache(
-        "nv_ct",
-        (loaded.digest, controls["preset"]),
-        lambda: viewer.viewer_nifti(
-            volume, viewer.display_volume(volume.array, loaded.source_kind, controls["preset"]), 255, factor
-        ),
-    )
+    # once per upload and voxel size: the same bytes on every rerun, so NiiVue does not load the CT again
+    ct = _cache("nv_ct", (loaded.digest, tuple(volume.spacing)), viewer.viewer_ct, volume, loaded.source_kind, factor)
 
     def mask_overlay(slot: str, key: Any, mask, opacity: float) -> dict:
         """One NiiVue overlay of the boolean ``mask()`` (``slot``: lungs, infection, tp, fp, fn), cached per ``key``."""
@@ -168,39 +204,74 @@ def _niivue(loaded, seg, seg_key, choice: str, controls: dict, evaluation: dict 
                 overlays.append(mask_overlay(slot, key, lambda c=code: codes == c, controls["opacity"]))
     elif "infection" in logic.TASK_CHOICES[choice]:
         overlays.append(mask_overlay("infection", seg_key, lambda: np.asarray(seg.infection) > 0, controls["opacity"]))
-    niivue_viewer(
+    clicked = niivue_viewer(
         nifti_data=ct,
         filename=f"{logic.file_stem(loaded.name)}.nii.gz",
         overlays=overlays,
         height=640,
         view_mode="multiplanar",
         styled=True,
-        update_interval_ms=None,
+        update_interval_ms=300,  # the crosshair's position and value come back (a rerun of this section only)
         key=f"niivue_{loaded.digest[:12]}",
         settings={"crosshair": True, "radiological": True, "colorbar": False, "interpolation": False},
     )
-    found = _cache("lesions", seg_key, viewer.lesions, seg.infection)
-    where = ""
-    if found:
-        mm = viewer.position_mm(volume, found[0].centre)
-        where = (
-            f" The largest of {len(found)} predicted lesions is at x {mm[0]:.1f}, y {mm[1]:.1f}, "
-            f"z {mm[2]:.1f} mm (scanner RAS, as in the viewer's footer)."
-        )
+    st.caption(_crosshair_text(loaded, clicked))
     if factor > 1:
-        where += (
-            f" This large volume is shown here at 1/{factor} of its resolution in-plane (the data go to the "
-            "browser on every change); the slice images, the masks and all figures use the full grid."
+        st.caption(
+            f"This large volume is shown here at 1/{factor} of its resolution in-plane (its data go to the "
+            "browser once per upload); the slice images, the masks and all figures use the full grid."
         )
     st.caption(
         "Axial, coronal and sagittal views and a 3D rendering, with a linked crosshair: click or drag to move "
-        "it; the footer shows its position in mm. Radiological convention (R on the left). "
-        "NiiVue opens in the middle of the volume." + where + " The slice images step from lesion to lesion."
+        "it; the footer shows its position in mm. Radiological convention (R on the left). NiiVue opens in "
+        "the middle of the volume: niivue-streamlit 0.3.0 cannot move its crosshair from Python, so choosing "
+        "a lesion in the table gives its position in mm to go to; the slice images move to it."
     )
 
 
-def viewer_section(loaded, seg, seg_key, choice: str, evaluation: dict | None) -> None:
-    """The viewer of a volume (NiiVue or PNG views) or of a 2D slice (three PNG panels)."""
+def _crosshair_text(loaded, clicked) -> str:
+    """The crosshair's position and the CT's value there, as NiiVue reports them (HU for HU input)."""
+    if not isinstance(clicked, dict) or clicked.get("type") != "voxel_click":
+        return "Crosshair: click in the viewer to read the position and the CT value here."
+    x, y, z = (float(v) for v in clicked.get("mm") or (0, 0, 0))
+    unit = "HU" if loaded.source_kind == "hu" else "(0-255)"
+    return f"Crosshair: x {x:.1f}, y {y:.1f}, z {z:.1f} mm (scanner RAS); CT value {float(clicked.get('value', 0)):.0f} {unit}."
+
+
+def _lesion_table(loaded, seg, seg_key, rows: list) -> None:
+    """The lesion table (lesions.csv's rows); choosing a row moves the slice images to the lesion."""
+    from lungseg.app.lesions_view import lesion_frame, selected_row
+
+    points = _points(seg, seg_key)
+    if not rows:
+        st.caption("Lesions: none (no infection predicted).")
+        return
+    st.markdown(f"**Lesions** ({len(rows)}: 3D connected regions, largest first; as lesions.csv)")
+    table = f"lesion_table_{loaded.digest[:12]}"
+
+    def chosen() -> None:  # before the rerun, so the slice slider can still be moved
+        row = selected_row(st.session_state.get(table))
+        if row is not None and row < len(points):
+            go_to_lesion(loaded, points, row)
+
+    st.dataframe(
+        lesion_frame(rows),
+        hide_index=True,
+        on_select=chosen,
+        selection_mode="single-row",
+        key=table,
+        height=min(36 * (len(rows) + 1) + 2, 250),
+    )
+    row = selected_row(st.session_state.get(table))
+    if row is not None and row < len(points):
+        mm = viewer.position_mm(loaded.volume, points[row])
+        st.caption(f"Lesion {row + 1}: x {mm[0]:.1f}, y {mm[1]:.1f}, z {mm[2]:.1f} mm (scanner RAS).")
+
+
+@st.fragment
+def viewer_section(loaded, seg, seg_key, choice: str, evaluation: dict | None, lesions: list | None = None) -> None:
+    """The viewer of a volume (NiiVue or PNG views, and the lesion table: ``lesions``, the report's rows)
+    or of a 2D slice (three PNG panels)."""
     if loaded.is_2d:
         st.caption("View: slice images (a 2D input has no other planes).")
         _slice_panels(loaded, seg, choice, evaluation)
@@ -213,13 +284,14 @@ def viewer_section(loaded, seg, seg_key, choice: str, evaluation: dict | None) -
         help="The slice images need no WebGL: use them when the multiplanar viewer stays blank.",
     )
     st.caption(f"View in use: {mode}.")
-    controls = _controls(loaded, evaluation)
+    controls = _controls(loaded, evaluation, png=mode == PNG_VIEWS)
     if controls["error_task"]:
         _legend(controls["error_task"])
     if mode == NIIVUE:
         guarded("Showing the viewer", _niivue, loaded, seg, seg_key, choice, controls, evaluation)
     else:
-        guarded("Showing the slice images", _png_views, loaded, seg, seg_key, choice, controls, evaluation)
+        guarded("Showing the slice images", _png_views, loaded, seg, seg_key, choice, controls, evaluation, lesions or [])
+    guarded("Showing the lesions", _lesion_table, loaded, seg, seg_key, lesions or [])
 
 
 def _slice_panels(loaded, seg, choice: str, evaluation: dict | None) -> None:

@@ -18,6 +18,7 @@ from lungseg.app import logic
 from lungseg.app.page_common import guarded, remember_upload_name, session_memo
 from lungseg.app.page_eval import evaluation_section
 from lungseg.app.page_viewer import viewer_section
+from lungseg.app.provenance_view import provenance_lines, sidebar_provenance, spacing_note, synthetic_banner
 from lungseg.app.report_view import models_line
 
 
@@ -26,6 +27,13 @@ def _cached_model(path: str, task: str, models_dir: str, mtime: float, precision
     """Load a trained model once per (path, modification time, precision) for all sessions."""
     del mtime  # only part of the cache key: a model rewritten in place is loaded again
     return logic.load_ui_model(path, task, models_dir, precision)
+
+
+@st.cache_data(show_spinner=False, max_entries=64)
+def _provenance(model: logic.ModelChoice, mtime: float) -> str:
+    """A model's training data, environment and score (``lungseg models``' words), once per model file."""
+    del mtime  # only part of the cache key
+    return sidebar_provenance(model)
 
 
 def _model_mtime(path: str) -> float:
@@ -73,6 +81,10 @@ def _sidebar() -> tuple[str, str, dict[str, logic.ModelChoice], list[str]]:
         elif options:
             selected[task] = options[0]
             st.sidebar.caption(f"{task.capitalize()} model: {options[0].label}")
+    for task, model in selected.items():
+        line = guarded(f"Reading the {task} model's provenance", _provenance, model, _model_mtime(model.path))
+        if line:
+            st.sidebar.caption(f"{task.capitalize()} model {model.variant}: {line}")
     st.sidebar.selectbox(
         "Precision",
         list(logic.PRECISION_CHOICES),
@@ -111,7 +123,8 @@ def _read_input(uploaded) -> logic.LoadedInput | None:
 def _segment(loaded: logic.LoadedInput, choice: str, models_dir: str, selected: dict[str, logic.ModelChoice]):
     """Segment once per (image, choice, models); returns (key, segmentation, report) or None."""
     precision = st.session_state.get("precision", "float32")
-    key = (loaded.digest, choice, tuple(sorted((t, c.path) for t, c in selected.items())), precision)
+    models_key = tuple(sorted((t, c.path) for t, c in selected.items()))
+    key = (loaded.digest, tuple(loaded.volume.spacing), choice, models_key, precision)
     cached = st.session_state.get("_seg")
     if cached is not None and cached[0] == key:
         return cached
@@ -139,6 +152,25 @@ def _segment(loaded: logic.LoadedInput, choice: str, models_dir: str, selected: 
         report["precision"] = getattr(models.get("lung"), "precision", precision)
     st.session_state["_seg"] = (key, seg, report)
     return key, seg, report
+
+
+def _spacing(loaded: logic.LoadedInput) -> logic.LoadedInput | None:
+    """The voxel-size field, offered when the upload's voxel size is probably a placeholder
+    (``spacing_assumed``): a value given there replaces it, as ``lungseg predict --spacing`` does."""
+    note = spacing_note(loaded.volume)
+    if note is None:
+        return loaded
+    text = st.text_input(
+        "Voxel size X,Y,Z (mm)",
+        key=f"spacing_{loaded.digest[:12]}",
+        placeholder="e.g. 0.7,0.7,5",
+        help="x: left-right, y: front-back, z: between slices, as lungseg predict --spacing X,Y,Z. The figures, "
+        "the lesion table and the views use it; the masks stay on the file's own grid.",
+    ).strip()
+    if not text:
+        st.warning(note + " Give it in the voxel-size field.")
+        return loaded
+    return guarded(f"Setting the voxel size of {loaded.name!r}", logic.with_spacing, loaded, text)
 
 
 def _show_original_only(loaded: logic.LoadedInput) -> None:
@@ -213,6 +245,9 @@ def main() -> None:
     loaded = _read_input(uploaded)
     if loaded is None:
         return
+    loaded = _spacing(loaded)
+    if loaded is None:
+        return
     if missing:
         st.warning("No segmentation without a trained model (see the sidebar); showing the image only.")
         _show_original_only(loaded)
@@ -222,11 +257,16 @@ def main() -> None:
         return
     seg_key, seg, report = result
     st.caption(f"Models used: {models_line(report.get('models') or {c.task: c.describe() for c in selected.values()})}")
+    for line in provenance_lines(report.get("provenance") or {}):
+        st.caption(line)
+    banner = synthetic_banner(seg, report)
+    if banner:
+        st.warning(banner)
     viewer_box = st.container()
     _report_section(loaded, choice, seg_key, seg, report)
     evaluation = evaluation_section(loaded, choice, seg_key, seg)
     with viewer_box:
-        guarded("Showing the images", viewer_section, loaded, seg, seg_key, choice, evaluation)
+        guarded("Showing the images", viewer_section, loaded, seg, seg_key, choice, evaluation, report.get("lesions"))
 
 
 main()

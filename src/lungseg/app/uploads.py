@@ -186,3 +186,19 @@ def read_upload(name: str, data: bytes, *, max_mb: float | None = None, limits=N
         digest=digest_bytes(data),
     )
 
+
+
+def with_spacing(loaded: LoadedInput, text: str) -> LoadedInput:
+    """``loaded`` with the voxel size ``text`` (``X,Y,Z`` mm), through the code path of ``lungseg predict
+    --spacing`` (:func:`lungseg.inference.readers.override_spacing`): the figures, the guard and the
+    views use it; the masks stay on the file's own grid and affine.
+
+    Raises:
+        InputError: not three positive numbers in mm, or outside the readers' bounds.
+    """
+    import dataclasses
+
+    from lungseg.inference.readers import override_spacing, parse_spacing
+
+    spacing = parse_spacing(text, f"file {loaded.name!r}: the voxel size")
+    return dataclasses.replace(loaded, volume=override_spacing(loaded.volume, spacing))

@@ -1,5 +1,5 @@
 """What the page's viewers show, as pure functions (no Streamlit): display windows, the NIfTI
-images the NiiVue viewer loads, lesions to step through, and the PNG slice views (axial, coronal,
+images the NiiVue viewer loads, the lesions to step through, and the PNG slice views (axial, coronal,
 sagittal through one point, with L/R markers) used for 2D inputs and when WebGL is unavailable.
 
 Everything is computed on the canonical (z, y, x) grid of :mod:`lungseg.volume` (row 0 anterior,
@@ -11,7 +11,6 @@ radiological convention (patient's right on the left of the screen).
 from __future__ import annotations
 
 import gzip
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -36,29 +35,48 @@ def window_bounds(level: float, width: float) -> tuple[float, float]:
     return level - width / 2.0, level + width / 2.0
 
 
-def display_volume(array: np.ndarray, source_kind: str, preset: str | None) -> np.ndarray:
-    """The CT as uint8 0-255 for display: HU through the preset's window; a 0-255 input as it is."""
+def display_volume(array: np.ndarray, source_kind: str, preset: str | tuple[float, float] | None) -> np.ndarray:
+    """The CT as uint8 0-255 for display: HU through a window (a preset's name, or a free (level, width)
+    in HU); a 0-255 input as it is."""
     from lungseg.imaging import window_to_uint8
 
     if source_kind == "hu":
-        level, width = WINDOW_PRESETS[preset or next(iter(WINDOW_PRESETS))]
+        level, width = preset if isinstance(preset, tuple) else WINDOW_PRESETS[preset or next(iter(WINDOW_PRESETS))]
         return np.asarray(window_to_uint8(array, "hu", window_bounds(level, width)), dtype=np.uint8)
     return np.asarray(window_to_uint8(array, source_kind), dtype=np.uint8)
 
 
-def nifti_gz(volume, arr_zyx: np.ndarray, cal_max: float) -> bytes:
-    """A gzipped uint8 NIfTI of a canonical array on the input's own grid, displayed over 0..cal_max."""
-    img = volume.to_nifti(np.asarray(arr_zyx, dtype=np.uint8), np.uint8)
-    img.header["cal_min"] = 0.0
+def display_grid(volume):
+    """``volume`` on the grid the figures use: with a voxel-size override (``lungseg predict --spacing``,
+    the page's voxel-size field) its affine rescaled to it (``meta["affine_mm"]``), so the views are not
+    squashed and positions in mm match the lesion table; else ``volume`` itself."""
+    import dataclasses
+
+    from lungseg.inference.export import world_affine
+
+    affine = world_affine(volume)
+    return volume if affine is volume.affine else dataclasses.replace(volume, affine=affine)
+
+
+def _gz(img, cal_min: float, cal_max: float) -> bytes:
+    img.header["cal_min"] = float(cal_min)
     img.header["cal_max"] = float(cal_max)
-    return gzip.compress(img.to_bytes(), compresslevel=1)
+    return gzip.compress(img.to_bytes(), compresslevel=1, mtime=0)  # the same bytes for the same image
+
+
+def nifti_gz(volume, arr_zyx: np.ndarray, cal_max: float, cal_min: float = 0.0, dtype=np.uint8) -> bytes:
+    """A gzipped NIfTI of a canonical array on the input's own grid (the figures' voxel size), displayed
+    over cal_min..cal_max. Deterministic (no time stamp), so NiiVue sees the same data as the same."""
+    return _gz(display_grid(volume).to_nifti(np.asarray(arr_zyx).astype(dtype, copy=False), dtype), cal_min, cal_max)
 
 
 #: Above this many voxels, the NiiVue view gets the volume at half resolution in-plane: its data go
-#: to the browser on every rerun of the page (a gzipped 8-bit NIfTI took about 0.5 byte per voxel on a
-#: synthetic phantom: some 40 MB for 512 x 512 x 300). The PNG slice views, the masks, the downloads and
+#: to the browser once per upload (a gzipped 16-bit HU NIfTI of a synthetic phantom takes about one
+#: byte per voxel: some 80 MB for 512 x 512 x 300). The PNG slice views, the masks, the downloads and
 #: every figure keep the full grid.
 MAX_VIEWER_VOXELS = 40_000_000
+#: HU sent to NiiVue: the CT's own values (the footer shows HU at the crosshair), clipped to int16-safe bounds.
+VIEWER_HU_RANGE = (-1024.0, 3071.0)
 
 
 def viewer_factor(shape) -> int:
@@ -66,7 +84,19 @@ def viewer_factor(shape) -> int:
     return 2 if int(np.prod(shape)) > MAX_VIEWER_VOXELS else 1
 
 
-def viewer_nifti(volume, arr_zyx: np.ndarray, cal_max: float, factor: int = 1, masks: bool = False) -> bytes:
+def viewer_ct(volume, source_kind: str, factor: int = 1) -> bytes:
+    """The CT as NiiVue gets it, once per upload: HU input as int16 HU (so NiiVue's footer reads HU at
+    the crosshair and its own contrast controls reach every tissue), opening in the first window preset;
+    0-255 input as it is (0..255)."""
+    if source_kind == "hu":
+        arr = np.clip(np.rint(np.asarray(volume.array, np.float32)), *VIEWER_HU_RANGE).astype(np.int16)
+        low, high = window_bounds(*next(iter(WINDOW_PRESETS.values())))
+        return viewer_nifti(volume, arr, high, factor, cal_min=low, dtype=np.int16)
+    return viewer_nifti(volume, display_volume(volume.array, source_kind, None), 255, factor)
+
+
+def viewer_nifti(volume, arr_zyx: np.ndarray, cal_max: float, factor: int = 1, masks: bool = False,
+                 cal_min: float = 0.0, dtype=np.uint8) -> bytes:
     """:func:`nifti_gz`, or for ``factor`` 2 the array at half resolution in y and x, on the canonical grid
     with an affine that puts each 2 x 2 block at its centre in scanner space. Images are averaged; masks
     (``masks``) take the block's maximum, so a one-voxel lesion stays visible."""
@@ -74,24 +104,23 @@ def viewer_nifti(volume, arr_zyx: np.ndarray, cal_max: float, factor: int = 1, m
     import nibabel.orientations as nio
 
     if factor == 1:
-        return nifti_gz(volume, arr_zyx, cal_max)
-    arr = np.asarray(arr_zyx, dtype=np.uint8)
+        return nifti_gz(volume, arr_zyx, cal_max, cal_min, dtype)
+    arr = np.asarray(arr_zyx)
     ny, nx = (arr.shape[1] // factor) * factor, (arr.shape[2] // factor) * factor
     parts = [arr[:, i:ny:factor, j:nx:factor] for i in range(factor) for j in range(factor)]
     if masks:
         small = np.maximum.reduce(parts)
     else:
-        total = np.zeros(parts[0].shape, np.uint16)
+        total = np.zeros(parts[0].shape, np.int32)
         for part in parts:
             total += part
-        small = ((total + len(parts) // 2) // len(parts)).astype(np.uint8)
-    canonical = np.asarray(volume.affine, float) @ nio.inv_ornt_aff(np.asarray(volume.ornt), tuple(volume.shape[:3]))
+        small = np.floor_divide(total + len(parts) // 2, len(parts))
+    grid = display_grid(volume)
+    canonical = np.asarray(grid.affine, float) @ nio.inv_ornt_aff(np.asarray(grid.ornt), tuple(grid.shape[:3]))
     shift = (factor - 1) / 2.0
     scale = np.array([[factor, 0, 0, shift], [0, factor, 0, shift], [0, 0, 1, 0], [0, 0, 0, 1]], float)
-    img = nib.Nifti1Image(np.ascontiguousarray(small.transpose(2, 1, 0)), canonical @ scale)
-    img.header["cal_min"] = 0.0
-    img.header["cal_max"] = float(cal_max)
-    return gzip.compress(img.to_bytes(), compresslevel=1)
+    img = nib.Nifti1Image(np.ascontiguousarray(small.astype(dtype).transpose(2, 1, 0)), canonical @ scale)
+    return _gz(img, cal_min, cal_max)
 
 
 def error_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
@@ -107,36 +136,33 @@ def error_map(pred: np.ndarray, truth: np.ndarray) -> np.ndarray:
 # ------------------------------------------------------------------------------------------ lesions
 
 
-@dataclass(frozen=True)
-class Lesion:
-    """One connected infection region: its voxel count and centre (z, y, x), voxel indices."""
-
-    voxels: int
-    centre: tuple[int, int, int]
-
-
-def lesions(infection: np.ndarray, max_count: int = 50) -> list[Lesion]:
-    """The connected infection regions (26-connected), largest first, at most ``max_count``."""
+def lesion_points(infection: np.ndarray) -> list[tuple[int, int, int]]:
+    """A voxel (z, y, x) on each lesion, in the lesion table's order (:func:`lungseg.inference.export.lesion_components`:
+    3D 26-connected components, largest first, so a joined region is one lesion): the centroid rounded,
+    moved onto the lesion in its slice when the lesion is curved around it (or to its nearest voxel)."""
     from scipy import ndimage
+
+    from lungseg.inference.export import lesion_components
 
     mask = np.asarray(infection) > 0
     if not mask.any():
         return []
-    labels, n = ndimage.label(mask, structure=np.ones((3, 3, 3), bool))
-    sizes = np.bincount(labels.ravel())[1:]
-    order = np.argsort(-sizes, kind="stable")[:max_count]
-    centres = ndimage.center_of_mass(mask, labels, (order + 1).tolist())
-    found = []
-    for k, centre in zip(order, centres):
+    labels, _, order = lesion_components(mask)
+    points = []
+    for k, centre in zip(order, ndimage.center_of_mass(mask, labels, order)):
         z, y, x = (int(round(c)) for c in centre)
-        region = labels[z] == k + 1
-        if not region[y, x]:  # a curved lesion: move the centre onto the lesion, in its slice
-            if region.any():
+        if labels[z, y, x] != k:
+            region = labels[z] == k
+            if region.any():  # onto the lesion, in the centroid's slice
                 ys, xs = np.nonzero(region)
                 j = int(np.argmin((ys - y) ** 2 + (xs - x) ** 2))
                 y, x = int(ys[j]), int(xs[j])
-        found.append(Lesion(voxels=int(sizes[k]), centre=(z, y, x)))
-    return found
+            else:  # no voxel in that slice: the lesion's nearest voxel
+                zs, ys, xs = np.nonzero(labels == k)
+                j = int(np.argmin((zs - z) ** 2 + (ys - y) ** 2 + (xs - x) ** 2))
+                z, y, x = int(zs[j]), int(ys[j]), int(xs[j])
+        points.append((z, y, x))
+    return points
 
 
 def start_point(lungs: np.ndarray, infection: np.ndarray) -> tuple[int, int, int]:
@@ -152,12 +178,14 @@ def start_point(lungs: np.ndarray, infection: np.ndarray) -> tuple[int, int, int
 
 
 def position_mm(volume, point_zyx: tuple[int, int, int]) -> tuple[float, float, float]:
-    """Scanner (x, y, z) mm, as in the NIfTI's RAS+ world, of a canonical voxel (z, y, x)."""
+    """Scanner (x, y, z) mm, as in the NIfTI's RAS+ world (on the figures' voxel size), of a canonical voxel (z, y, x)."""
     import nibabel.orientations as nio
+
+    from lungseg.inference.export import world_affine
 
     z, y, x = point_zyx
     to_file = nio.inv_ornt_aff(np.asarray(volume.ornt), tuple(volume.shape[:3]))  # canonical (x, y, z) -> file ijk
-    world = np.asarray(volume.affine, float) @ to_file @ np.array([x, y, z, 1.0])
+    world = world_affine(volume) @ to_file @ np.array([x, y, z, 1.0])
     return float(world[0]), float(world[1]), float(world[2])
 
 

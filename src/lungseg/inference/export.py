@@ -78,10 +78,23 @@ def figure_spacing(spacing) -> tuple[float, ...]:
 # ------------------------------------------------------------------------------------------ lesions
 
 
-def _world_affine(volume) -> np.ndarray:
+def world_affine(volume) -> np.ndarray:
     """The voxel-to-scanner affine of the input's own grid, on the voxel size the figures use (the
-    ``--spacing`` override's, ``volume.meta["affine_mm"]``, when given)."""
-    return np.asarray((getattr(volume, "meta", None) or {}).get("affine_mm", volume.affine), dtype=float)
+    ``--spacing`` override's, ``volume.meta["affine_mm"]``, when given; else ``volume.affine`` itself)."""
+    affine = (getattr(volume, "meta", None) or {}).get("affine_mm")
+    return volume.affine if affine is None else np.asarray(affine, dtype=float)
+
+
+def lesion_components(infection: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[int]]:
+    """The lesions of an infection mask as :func:`lesion_table` numbers them: ``(labels, sizes, order)``,
+    where ``labels`` are the 26-connected components (:func:`lungseg.imaging.masks.label_components`),
+    ``sizes[k]`` the voxels of component ``k`` and ``order[i]`` the component of lesion ``id`` i + 1
+    (largest first, ties by component number). The web UI steps through them in this order."""
+    from lungseg.imaging.masks import label_components
+
+    labels, sizes = label_components(np.asarray(infection) > 0, connectivity=3)  # one joined region, one lesion
+    order = sorted(range(1, int(sizes.size)), key=lambda i: (-int(sizes[i]), i))
+    return labels, sizes, order
 
 
 def lesion_table(volume, seg, volumes_in_ml: bool = True) -> list[dict[str, Any]]:
@@ -95,12 +108,10 @@ def lesion_table(volume, seg, volumes_in_ml: bool = True) -> list[dict[str, Any]
     import nibabel.orientations as nio
     from scipy import ndimage
 
-    from lungseg.imaging.masks import label_components
-
     infected = np.asarray(seg.infection) > 0
     if not infected.any():
         return []
-    labels, sizes = label_components(infected, connectivity=3)  # 26-connected: one joined region, one lesion
+    labels, sizes, order = lesion_components(infected)
     n = int(sizes.size - 1)
     index = np.arange(1, n + 1)
     lungs = np.asarray(seg.lung_labels)
@@ -113,9 +124,9 @@ def lesion_table(volume, seg, volumes_in_ml: bool = True) -> list[dict[str, Any]
     spacing = figure_spacing(volume.spacing)
     voxel_ml = float(np.prod(spacing)) / 1000.0
     to_file = nio.inv_ornt_aff(np.asarray(volume.ornt), tuple(volume.shape[:3]))  # canonical (x, y, z) -> file ijk
-    world = _world_affine(volume)
+    world = np.asarray(world_affine(volume), dtype=float)
     rows = []
-    for k in sorted(index.tolist(), key=lambda i: (-int(sizes[i]), i)):
+    for k in order:
         cz, cy, cx = (float(c) for c in centroids[k - 1])
         ijk = to_file @ np.array([cx, cy, cz, 1.0])
         xyz = world @ ijk

@@ -87,6 +87,22 @@ def _flag_placeholder_spacing(volume: Volume, kind: str, path: Path) -> None:
                        "with --spacing X,Y,Z", path.name, PLACEHOLDER_SPACING_NOTE)
 
 
+def parse_spacing(text: str, where: str = "--spacing") -> tuple[float, float, float]:
+    """A voxel size given as ``X,Y,Z`` mm (``lungseg predict --spacing``, the web UI's field) as three floats.
+
+    Raises:
+        InputError: not three positive finite numbers (the message names ``where``).
+    """
+    try:
+        values = tuple(float(v) for v in str(text).split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(0 < v < float("inf") for v in values):
+        raise InputError(f"{where}: invalid voxel size {text!r}: give three positive numbers in mm, X,Y,Z "
+                         "(e.g. 0.7,0.7,5)")
+    return values  # type: ignore[return-value]
+
+
 def override_spacing(volume: Volume, spacing_xyz: tuple[float, float, float]) -> Volume:
     """``volume`` with the voxel size ``spacing_xyz`` (mm along x = the patient's left-right, y =
     anterior-posterior, z = the axial slice direction, as ``lungseg predict --spacing X,Y,Z``).
