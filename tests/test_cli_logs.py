@@ -122,3 +122,17 @@ def test_third_party_warnings_are_filtered_narrowly():
                           text=True, timeout=300, cwd=PROJECT_ROOT)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.strip() == "own call still warned"
+
+
+def test_kedro_commands_of_the_project_print_no_tensorflow_start_up_lines():
+    """settings.py imports TensorFlow with its start-up lines held back, so every kedro command of the
+    project is quiet, `kedro viz` included (it loads the same settings and pipelines as this one)."""
+    kedro = Path(sys.executable).parent / "kedro"
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "LUNGSEG_TF_VERBOSE")}
+    proc = subprocess.run([str(kedro), "registry", "describe", "infection_unet"], capture_output=True, text=True,
+                          timeout=300, env=env, cwd=PROJECT_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert "infection_unet.train_model" in proc.stdout              # the pipelines were built (TensorFlow loaded)
+    noise = [line for line in proc.stderr.splitlines() if cli._TF_NOISE.match(line)]
+    assert noise == [], noise
+    assert "oneDNN" not in proc.stderr and "cuda" not in proc.stderr.lower()

@@ -17,3 +17,9 @@ _warnings.filterwarnings("ignore", message=r"register_new_resolver\(\) is deprec
 # that is how the namespaced variant pipelines share the preprocessing outputs, on purpose.
 _warnings.filterwarnings("ignore", message=r"One or more dataset names contain '\.' characters",
                          category=UserWarning, module=r"kedro\.pipeline\.node")
+# MLflow 3 asks, at import of any PythonModel subclass, for type hints on `predict` to infer a signature; the
+# lungseg-combined pyfunc logs an explicit signature (lungseg.serving), so the hint would change nothing.
+# (kedro-mlflow's own PythonModel prints it once at `kedro` start-up, before any project code is loaded.)
+_warnings.filterwarnings("ignore", message=r"Add type hints to the `predict` method", category=UserWarning)
+# kedro-viz 12 imports FastAPI's ORJSONResponse, which FastAPI deprecates: not lungseg's to fix.
+_warnings.filterwarnings("ignore", message=r"ORJSONResponse is deprecated")

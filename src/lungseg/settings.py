@@ -1,7 +1,10 @@
 """Kedro project settings for lungseg."""
 
+import os
+
 from kedro.config import OmegaConfigLoader
 
+from lungseg.cli import import_tensorflow_quietly
 from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook, RunEnvironmentHook
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
@@ -22,3 +25,9 @@ CONFIG_LOADER_ARGS = {
 DISABLE_HOOKS_FOR_PLUGINS = ("kedro_mlflow", "kedro-mlflow")  # the name as installed metadata spells it
 HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook(CONFIG_LOADER_CLASS, CONFIG_LOADER_ARGS),
          RunEnvironmentHook())  # the run's Kedro environment for the nodes: training records it
+
+# TensorFlow's start-up lines (oneDNN, the CUDA probes, the CPU-feature note) are held back for every kedro
+# command of the project, `kedro run` and `kedro viz` included: TensorFlow is imported here, once, with them
+# filtered out of stderr (anything else it writes passes). LUNGSEG_TF_VERBOSE=1 shows them.
+if not os.environ.get("LUNGSEG_TF_VERBOSE"):
+    import_tensorflow_quietly(quiet=True)
