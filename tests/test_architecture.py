@@ -35,18 +35,19 @@ CONVENTIONS = frozenset({"errors", "layout", "config", "volume"})
 _LIBRARY_LAYERS: dict[str, frozenset[str]] = {
     **{unit: CONVENTIONS for unit in CONVENTIONS},
     "limits": CONVENTIONS,
+    "parallel": CONVENTIONS,
     "imaging": CONVENTIONS,
-    "models": CONVENTIONS | {"imaging"},
-    "inference": CONVENTIONS | {"limits", "imaging", "models"},
+    "models": CONVENTIONS | {"imaging", "parallel"},
+    "inference": CONVENTIONS | {"limits", "imaging", "models", "parallel"},
     "evaluation": CONVENTIONS | {"limits", "imaging", "models", "inference"},
     "serving": CONVENTIONS | {"limits", "imaging", "models", "inference"},
     "tracking": CONVENTIONS,
-    "datasets": CONVENTIONS | {"models", "tracking", "serving"},
+    "datasets": CONVENTIONS | {"models", "tracking", "serving", "parallel"},
     "synthetic": CONVENTIONS | {"datasets"},
     "fetch": CONVENTIONS,
-    "ingest": CONVENTIONS | {"imaging"},
+    "ingest": CONVENTIONS | {"imaging", "parallel"},
 }
-KEDRO = frozenset({"pipelines", "pipeline_registry", "hooks", "settings"})
+KEDRO = frozenset({"pipelines", "pipeline_registry", "hooks", "settings", "runner"})
 FRONT_ENDS = frozenset({"cli", "cli_predict", "app", "__main__"})
 #: The package itself (``lungseg/__init__.py``: its version and warning filters): below every unit.
 ROOT = "__init__"
