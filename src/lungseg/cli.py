@@ -136,6 +136,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "infection is found in it, as the dataset's lung masks leave vessels out)")
     p.add_argument("--cases", type=_parse_cases, default=None, metavar="A,B,C",
                    help="batch mode: segment only these case ids (e.g. the held-out patients)")
+    p.add_argument("--dask", metavar="ADDRESS", default=None,
+                   help="batch mode: one Dask task per case on the scheduler at ADDRESS (tcp://host:8786), or "
+                   "'local' for a LocalCluster of one worker per core; the models are loaded once per worker")
+    p.add_argument("--dask-workers", type=_positive_int, default=None, metavar="N",
+                   help="with --dask local: N workers (default: one per core)")
     p.set_defaults(func=cmd_predict)
 
     u = sub.add_parser("ui", parents=[common], help="start the web UI", description="Start the Streamlit web UI.")

@@ -46,6 +46,7 @@ def open_client(address: str | None = None, *, n_workers: int | None = None, thr
             yield client
         return
     try:
+        _probe(address, connect_timeout)
         client = Client(address, timeout=connect_timeout)
     except (OSError, TimeoutError) as exc:
         raise SchedulerUnreachableError(
@@ -53,6 +54,19 @@ def open_client(address: str | None = None, *, n_workers: int | None = None, thr
             "start it with `dask scheduler`, or leave dask_client.address out for a local cluster") from exc
     with client:
         yield client
+
+
+def _probe(address: str, timeout: float) -> None:
+    """Fail at once on a TCP scheduler address that refuses connections (``Client`` would retry until its
+    timeout); other protocols (``inproc://``, ``tls://``...) are left to ``Client``."""
+    rest = address[len("tcp://"):] if address.startswith("tcp://") else address
+    if "://" in rest or ":" not in rest:
+        return
+    host, _, port = rest.rpartition(":")
+    if port.isdigit():
+        import socket
+
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout).close()
 
 
 #: Cases in flight per worker thread of the cluster (two: one computing, one waiting to be picked up).

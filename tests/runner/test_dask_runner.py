@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
@@ -108,7 +109,7 @@ def _toy_catalog():
     return DataCatalog(datasets={"numbers": MemoryDataset([1, 2, 3])})
 
 
-def test_memory_datasets_travel_between_worker_nodes_and_failures_name_the_node(caplog):
+def test_memory_datasets_travel_between_worker_nodes_and_failures_name_the_node():
     from kedro.pipeline import Node, Pipeline
 
     from lungseg.runner import DaskRunner
@@ -123,9 +124,14 @@ def test_memory_datasets_travel_between_worker_nodes_and_failures_name_the_node(
     broken = Pipeline([Node(_double, "numbers", "doubled", name="double"),
                        Node(_broken, "doubled", "nothing", name="broken_node"),
                        Node(_double, "nothing", "never", name="after")])
-    with pytest.raises(ValueError, match=r"broken on \[2, 4, 6\]"), caplog.at_level("ERROR", "lungseg.runner"):
-        DaskRunner(n_workers=2, processes=False).run(broken, _toy_catalog())
-    assert "Node broken_node failed on the Dask cluster" in caplog.text
+    calls: list[tuple[str, str]] = []
+    hooks = SimpleNamespace(hook=SimpleNamespace(
+        before_node_run=lambda node, **kw: calls.append(("before", node.name)),
+        on_node_error=lambda error, node, **kw: calls.append(("error", node.name))))
+    with pytest.raises(ValueError, match=r"broken on \[2, 4, 6\]"):
+        DaskRunner(n_workers=2, processes=False).run(broken, _toy_catalog(), hook_manager=hooks)
+    assert ("error", "broken_node") in calls and [c for c in calls if c[0] == "error"] == [("error", "broken_node")]
+    assert {("before", "double"), ("before", "broken_node")} <= set(calls)  # called in the driver
 
 
 def _free_port() -> int:

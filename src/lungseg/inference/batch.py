@@ -28,6 +28,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -201,13 +202,23 @@ def run_batch(
     and no severity. Cases with ground truth get the
     metric columns (or ``eval_error``), and the mean lines are logged at the end.
     """
-    from lungseg.inference.readers import read_input
-    from lungseg.inference.report import make_report, write_outputs
+    outdir, items, limits = start_batch(outdir, cases, limits, overwrite)
+    rows = []
+    for item in tqdm(items, desc="cases", unit="case", disable=not progress):
+        rows.append(finish_case(outdir, segment_case(segmenter, item, outdir, tasks, limits, overwrite)))
+        if not progress:  # no bar (not a terminal, or --no-progress): one line per case
+            log_case(rows[-1], len(rows), len(items))
+    return batch_summary(rows)
+
+
+def start_batch(outdir: str | Path, cases: Sequence[tuple], limits, overwrite: bool) -> tuple[Path, list[BatchCase], Any]:
+    """Check the output folder and the case ids, and claim the folder (an interrupted batch can be rerun
+    into it): ``(outdir, cases, limits)``. Shared by :func:`run_batch` and
+    :func:`lungseg.inference.batch_dask.run_batch_dask`."""
     from lungseg.layout import check_case_id
     from lungseg.limits import as_limits
 
     outdir = check_batch_output_dir(outdir, overwrite)
-    limits = as_limits(limits)
     items = [_as_case(c) for c in cases]
     for item in items:  # case ids name folders: never a path (find_cases checks them too)
         try:
@@ -215,53 +226,78 @@ def run_batch(
         except LungsegError as exc:
             raise InputError(str(exc)) from exc
     _claim(outdir)  # ours from now on: an interrupted batch can be rerun into it
-    rows = []
-    for item in tqdm(items, desc="cases", unit="case", disable=not progress):
-        case = item.case
-        row = _row(item)
-        start = time.perf_counter()
-        try:
-            volume, kind = read_input(item.file, limits)
-            seg = segmenter.segment(volume, kind, tasks=tasks, progress=False)
-            report = make_report(seg, volume.spacing)
-            if item.has_ground_truth:  # scored before writing: report.json and metrics.csv hold the scores
-                _score(row, report, seg, volume, item, tasks, limits)
-            written = write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
-            _claim(outdir, case)
-        except LungsegError as exc:
-            logger.error("case %s failed: %s", case, exc)
-            row.update(status="error", error=str(exc))
-        except MemoryError as exc:
-            logger.error("case %s failed: not enough memory (%s)", case, exc)
-            row.update(status="error", error=f"not enough memory ({exc or 'MemoryError'}); try a smaller batch size")
-        except Exception as exc:  # one broken case must not lose the summary of the others
-            logger.exception("case %s failed with an internal error", case)
-            row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
-        else:
-            row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"],
-                       implausible_input=report.get("implausible_input") or "",
-                       spacing_assumed=bool(volume.meta.get("spacing_assumed", False)),
-                       partial_scan=report.get("partial_scan") or "")
-            for side in ("left", "right", "total"):
-                if report["lung_volume_ml"] is not None:  # None for a slab or a 2D slice (partial_scan)
-                    row[f"lung_ml_{side}"] = report["lung_volume_ml"][side]
-                if report["infection_volume_ml"] is not None:
-                    row[f"infection_ml_{side}"] = report["infection_volume_ml"][side]
-                if report["infection_percent"] is not None:
-                    row[f"infection_percent_{side}"] = report["infection_percent"][side]
-                if report["severity"] is not None:
-                    row[f"severity_{side}"] = report["severity"][side]
-            row.update(severity_withheld=report.get("severity_withheld") or "", n_lesions=len(report.get("lesions") or []),
-                       **{col: f"{case}/{written[key].name}" for col, key in FILE_COLUMNS.items() if key in written})
-        row["seconds"] = round(time.perf_counter() - start, 3)
-        rows.append(row)
-        if not progress:  # no bar (not a terminal, or --no-progress): one line per case
-            logger.info("case %d of %d: %s %s (%.1f s)", len(rows), len(items), case,
-                        row["status"] if row["status"] == "ok" else f"failed: {row['error']}", row["seconds"])
+    return outdir, items, as_limits(limits)
+
+
+def finish_case(outdir: Path, row: dict) -> dict:
+    """Record a segmented case's folder in the batch manifest (in the process that holds the ``-o`` lock,
+    one case after the other); returns ``row``."""
+    if row["status"] == "ok":
+        _claim(outdir, row["case"])
+    return row
+
+
+def log_case(row: dict, done: int, total: int) -> None:
+    logger.info("case %d of %d: %s %s (%.1f s)", done, total, row["case"],
+                row["status"] if row["status"] == "ok" else f"failed: {row['error']}", row["seconds"] or 0.0)
+
+
+def batch_summary(rows: list[dict]) -> pd.DataFrame:
+    """The summary table of the rows (logs the ground-truth mean lines)."""
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for line in ground_truth_summary_lines(summary):
         logger.info("%s", line)
     return summary
+
+
+def failed_row(item: BatchCase, error: str) -> dict:
+    """The summary row of a case that failed outside :func:`segment_case` (its Dask worker died...)."""
+    return _row(item) | {"status": "error", "error": error}
+
+
+def segment_case(segmenter, item: BatchCase, outdir: Path, tasks: Sequence[str], limits, overwrite: bool) -> dict:
+    """Segment one case into ``outdir/<case>/`` (atomic writes) and return its summary row; a failure of
+    the case is its row's ``status`` / ``error``, never an exception. ``limits``: a ``Limits``."""
+    from lungseg.inference.readers import read_input
+    from lungseg.inference.report import make_report, write_outputs
+
+    case = item.case
+    row = _row(item)
+    start = time.perf_counter()
+    try:
+        volume, kind = read_input(item.file, limits)
+        seg = segmenter.segment(volume, kind, tasks=tasks, progress=False)
+        report = make_report(seg, volume.spacing)
+        if item.has_ground_truth:  # scored before writing: report.json and metrics.csv hold the scores
+            _score(row, report, seg, volume, item, tasks, limits)
+        written = write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
+    except LungsegError as exc:
+        logger.error("case %s failed: %s", case, exc)
+        row.update(status="error", error=str(exc))
+    except MemoryError as exc:
+        logger.error("case %s failed: not enough memory (%s)", case, exc)
+        row.update(status="error", error=f"not enough memory ({exc or 'MemoryError'}); try a smaller batch size")
+    except Exception as exc:  # one broken case must not lose the summary of the others
+        logger.exception("case %s failed with an internal error", case)
+        row.update(status="error", error=f"internal error: {type(exc).__name__}: {exc}")
+    else:
+        row.update(status="ok", error="", output_dir=str(outdir / case), no_lungs_found=report["no_lungs_found"],
+                   implausible_input=report.get("implausible_input") or "",
+                   spacing_assumed=bool(volume.meta.get("spacing_assumed", False)),
+                   partial_scan=report.get("partial_scan") or "")
+        for side in ("left", "right", "total"):
+            if report["lung_volume_ml"] is not None:  # None for a slab or a 2D slice (partial_scan)
+                row[f"lung_ml_{side}"] = report["lung_volume_ml"][side]
+            if report["infection_volume_ml"] is not None:
+                row[f"infection_ml_{side}"] = report["infection_volume_ml"][side]
+            if report["infection_percent"] is not None:
+                row[f"infection_percent_{side}"] = report["infection_percent"][side]
+            if report["severity"] is not None:
+                row[f"severity_{side}"] = report["severity"][side]
+        row.update(severity_withheld=report.get("severity_withheld") or "", n_lesions=len(report.get("lesions") or []),
+                   **{col: f"{case}/{written[key].name}" for col, key in FILE_COLUMNS.items() if key in written})
+    row["seconds"] = round(time.perf_counter() - start, 3)
+    return row
 
 
 def _score(row: dict, report: dict, seg, volume, item: BatchCase, tasks: Sequence[str], limits) -> None:
