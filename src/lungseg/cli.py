@@ -155,6 +155,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lungseg.fetch.command import add_parser as add_fetch_data_parser
 
     add_fetch_data_parser(sub, [common])  # `lungseg fetch-data`
+    from lungseg.cli_train_worker import add_parser as add_train_worker_parser
+
+    add_train_worker_parser(sub, [common])  # `lungseg train-worker` (multi-worker training, TF_CONFIG)
     return parser
 
 
