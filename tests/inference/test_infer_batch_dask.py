@@ -9,11 +9,11 @@ the manifest and summary.csv; an unreachable scheduler is one error naming the a
 from __future__ import annotations
 
 import json
-import socket
 import time
 
 import pandas as pd
 import pytest
+from test_browser_tracking import free_port
 from test_infer_batch_eval import models_dir, predict, write_dataset  # noqa: F401 (models_dir: a fixture)
 
 pytest.importorskip("distributed")
@@ -121,10 +121,7 @@ def _working_segmenter(root):
 
 
 def test_unreachable_scheduler_is_one_error_and_nothing_is_written(tmp_path, models_dir, dataset, capsys):  # noqa: F811
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    address = f"tcp://127.0.0.1:{port}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "out"
     start = time.monotonic()
     assert predict(dataset, out, models_dir, "--dask", address) == 2

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ import pandas as pd
 import pytest
 import yaml
 from conftest import PROJECT_ROOT, TINY_PREPROCESSING, make_kedro_project, write_case
+from test_browser_tracking import free_port
 
 from lungseg.errors import ConfigError
 from lungseg.models.distribute import is_chief, scaled, shard, strategy_key, tf_config, worker_shard
@@ -30,12 +30,7 @@ BASE_TRAINING = yaml.safe_load((PROJECT_ROOT / "conf/base/parameters_training.ym
 
 
 def _cluster(n: int) -> list[str]:
-    ports = []
-    for _ in range(n):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            ports.append(s.getsockname()[1])
-    return [f"127.0.0.1:{p}" for p in ports]
+    return [f"127.0.0.1:{free_port()}" for _ in range(n)]
 
 
 def test_replica_rule_tf_config_and_shards(monkeypatch):

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import socket
 import subprocess
 import sys
 import time
@@ -21,6 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from conftest import PROJECT_ROOT, make_kedro_project
+from test_browser_tracking import free_port
 
 pytest.importorskip("distributed")
 
@@ -134,19 +134,13 @@ def test_memory_datasets_travel_between_worker_nodes_and_failures_name_the_node(
     assert {("before", "double"), ("before", "broken_node")} <= set(calls)  # called in the driver
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_unreachable_scheduler_is_one_error_naming_the_address(tmp_path):
     from kedro.io import DataCatalog, MemoryDataset
     from kedro.pipeline import Node, Pipeline
 
     from lungseg.runner import DaskRunner, SchedulerUnreachableError
 
-    address = f"tcp://127.0.0.1:{_free_port()}"
+    address = f"tcp://127.0.0.1:{free_port()}"
     out = tmp_path / "never.txt"
     catalog = DataCatalog(datasets={"numbers": MemoryDataset([1]), "params:dask_client": MemoryDataset({"address": address})})
     pipe = Pipeline([Node(lambda x: out.write_text("ran"), "numbers", None, name="writes")])
