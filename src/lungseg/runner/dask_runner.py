@@ -24,8 +24,9 @@ fixed for this project:
 * **Hooks and MLflow.** A pluggy ``PluginManager`` does not pickle, and kedro-mlflow's run lives in this
   process: nodes that read or write an MLflow dataset (training, evaluation) run here, in the driver, with
   the session's hooks; the others run on the workers, and their ``before_node_run`` (the parameters
-  kedro-mlflow logs) and ``on_node_error`` hooks are called here. ``after_node_run`` is not called for
-  them (their outputs stay on the cluster). ``$LUNGSEG_KEDRO_ENV`` is passed to the workers.
+  kedro-mlflow logs) is called here when the node is submitted (so also for a node that a failure
+  upstream then cancels), ``on_node_error`` when it fails. ``after_node_run`` is not called for them
+  (their outputs stay on the cluster). ``$LUNGSEG_KEDRO_ENV`` is passed to the workers.
 * ``run_only_missing`` is gone: Kedro 1.7's ``--only-missing-outputs`` filters the pipeline before ``_run``.
 """
 
