@@ -164,6 +164,10 @@ kwargs = {}
 if runner == "parallel":
     from kedro.runner import ParallelRunner
     kwargs["runner"] = ParallelRunner(max_workers=2)
+elif runner.startswith("dask"):  # dask: a LocalCluster of 2 one-thread workers in this process; dask=ADDRESS
+    from lungseg.runner import DaskRunner
+    address = runner.partition("=")[2] or None
+    kwargs["runner"] = DaskRunner(address=address, n_workers=2, processes=False, connect_timeout=3)
 with KedroSession.create(project_path=project, env=env) as session:
     session.run(pipeline_name=pipeline, **kwargs)
 """

@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import re
 import signal
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from pathlib import Path
 
 from lungseg.errors import ConfigError, ImplausibleInputError, InputError, LungsegError, Terminated
 from lungseg.layout import MODELS_DIR, TASKS
+from lungseg.tf_quiet import TF_NOISE as _TF_NOISE  # the UI relay and the tests use it here
+from lungseg.tf_quiet import import_quietly as _import_quietly
 
 logger = logging.getLogger("lungseg.cli")
 
@@ -42,15 +43,6 @@ EXIT_IMPLAUSIBLE = 3  # the plausibility guard refused the input; outputs are wr
 EXIT_SIGINT = 130
 EXIT_SIGTERM = 143
 
-# TensorFlow writes start-up lines straight to the stderr file descriptor while it loads and looks for devices
-# ("I0000 ... port.cc:153] oneDNN custom operations are on", "Could not find cuda drivers", "failed call to
-# cuInit" without a GPU), where TF_CPP_MIN_LOG_LEVEL does not reach them. Unless -v is given, `lungseg predict`
-# and `lungseg ui` hold back these lines, and only these, so that a command prints lungseg's own lines.
-_TF_NOISE = re.compile(
-    r"WARNING: All log messages before absl::InitializeLog\(\) is called"
-    r"|[IW]\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] "
-    r"|E\d{4} \d\d:\d\d:\d+\.\d+ +\d+ \S+:\d+\] .*(cuInit|Unable to register cu)"
-)
 _quiet_tensorflow = False  # set by _setup_logging: True unless -v
 
 
@@ -134,6 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
                    "infection is found in it, as the dataset's lung masks leave vessels out)")
     p.add_argument("--cases", type=_parse_cases, default=None, metavar="A,B,C",
                    help="batch mode: segment only these case ids (e.g. the held-out patients)")
+    p.add_argument("--dask", metavar="ADDRESS", default=None,
+                   help="batch mode: one Dask task per case on the scheduler at ADDRESS (tcp://host:8786), or "
+                   "'local' for a LocalCluster of one worker per core; the models are loaded once per worker")
+    p.add_argument("--dask-workers", type=_positive_int, default=None, metavar="N",
+                   help="with --dask local: N workers (default: one per core)")
     p.set_defaults(func=cmd_predict)
 
     u = sub.add_parser("ui", parents=[common], help="start the web UI", description="Start the Streamlit web UI.")
@@ -148,6 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     from lungseg.fetch.command import add_parser as add_fetch_data_parser
 
     add_fetch_data_parser(sub, [common])  # `lungseg fetch-data`
+    from lungseg.cli_train_worker import add_parser as add_train_worker_parser
+
+    add_train_worker_parser(sub, [common])  # `lungseg train-worker` (multi-worker training, TF_CONFIG)
     return parser
 
 
@@ -168,32 +168,9 @@ def _setup_logging(verbose: bool, quiet: bool) -> None:
 
 
 def import_tensorflow_quietly(quiet: bool | None = None) -> None:
-    """Import TensorFlow and let it find its devices with its start-up lines (``_TF_NOISE``) held back from
-    stderr; anything else written there meanwhile is passed on. Does nothing when not ``quiet`` (default: the
-    CLI's setting, False under -v), once TensorFlow is loaded, or when Keras runs on another backend.
-    A Kedro hook may call it with ``quiet=True`` (``after_context_created``) to quiet ``kedro run`` too."""
-    if not (_quiet_tensorflow if quiet is None else quiet):
-        return
-    if "tensorflow" in sys.modules or os.environ.get("KERAS_BACKEND", "tensorflow") != "tensorflow":
-        return
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    import tempfile
-
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as held:
-        os.dup2(held.fileno(), 2)
-        try:
-            import tensorflow as tf
-
-            tf.config.list_physical_devices()
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            held.seek(0)
-            lines = held.read().decode(errors="replace").splitlines(keepends=True)
-            sys.stderr.write("".join(line for line in lines if not _TF_NOISE.match(line)))
+    """Import TensorFlow with its start-up lines held back (:func:`lungseg.tf_quiet.import_quietly`) when
+    ``quiet`` (default: the CLI's setting, False under -v)."""
+    _import_quietly(_quiet_tensorflow if quiet is None else quiet)
 
 
 def _relay_stderr(stream) -> None:

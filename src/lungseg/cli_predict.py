@@ -9,6 +9,7 @@ limits of ``inference.limits``; only then are the models loaded and the CT segme
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -56,8 +57,9 @@ def predict(args: argparse.Namespace, load_models: Callable) -> int:
         if getattr(args, "spacing", None) is not None:
             raise ConfigError("--spacing applies to one input, not to a batch (cases may differ in voxel size)")
         return _batch(args, src, outdir, load_models, output_lock)
-    if getattr(args, "cases", None) is not None:
-        raise ConfigError("--cases applies to batch mode only (a folder of NIfTI files or a metadata.csv)")
+    for flag in ("cases", "dask"):
+        if getattr(args, flag, None) is not None:
+            raise ConfigError(f"--{flag} applies to batch mode only (a folder of NIfTI files or a metadata.csv)")
     from lungseg.inference.readers import override_spacing, read_input
     from lungseg.inference.report import check_output_dir
     from lungseg.limits import load_guard, load_limits
@@ -104,6 +106,49 @@ def _settings(args: argparse.Namespace, guard):
                              lung_fill_holes=args.fill_lung_holes)
 
 
+def _pinned(args: argparse.Namespace, lung, infection) -> argparse.Namespace:
+    """``args`` naming the models the driver loaded (absolute paths), so that every Dask worker loads those
+    same models even if a newer one is trained meanwhile."""
+    pinned = argparse.Namespace(**vars(args))
+    if getattr(args, "model", None):  # a registered lungseg-combined version: the URI names it
+        return pinned
+    for task, loaded in (("lung", lung), ("infection", infection)):
+        if loaded is not None:
+            source = Path(loaded.source)
+            setattr(pinned, f"{task}_model", str(source.resolve()) if source.exists() else loaded.source)
+    pinned.models = None
+    return pinned
+
+
+def _worker_segmenter(args: argparse.Namespace, load_models: Callable, settings):
+    """A Dask worker's Segmenter (:func:`lungseg.inference.batch_dask.worker_segmenter` calls it once)."""
+    from lungseg.inference.segment import Segmenter
+
+    lung, infection = load_models(args)
+    return Segmenter.from_models(lung, infection, settings)
+
+
+@contextlib.contextmanager
+def _dask_client(args: argparse.Namespace):
+    from lungseg.parallel import open_client
+
+    with open_client(args.dask, n_workers=getattr(args, "dask_workers", None)) as client:
+        print(f"lungseg: batch on the Dask cluster {args.dask} ({len(client.scheduler_info()['workers'])} workers)")
+        yield client
+
+
+def _dask_batch(client, args, lung, infection, load_models: Callable, settings, cases, outdir: Path, limits,
+                overwrite: bool):
+    """The batch on a Dask cluster (``--dask ADDRESS|local``; :mod:`lungseg.inference.batch_dask`)."""
+    import functools
+
+    from lungseg.inference.batch_dask import run_batch_dask
+
+    make = functools.partial(_worker_segmenter, _pinned(args, lung, infection), load_models, settings)
+    return run_batch_dask(client, make, cases, outdir, args.tasks, show_progress(args), limits=limits,
+                          overwrite=overwrite)
+
+
 def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Callable, output_lock) -> int:
     from lungseg.inference.batch import (
         check_batch_output_dir,
@@ -126,12 +171,18 @@ def _batch(args: argparse.Namespace, src: Path, outdir: Path, load_models: Calla
     missing = missing_inputs(cases)
     if len(missing) == len(cases):  # checked before any model is loaded: nothing could be segmented
         raise InputError(f"{src}: none of the {len(cases):,} cases' input files exists ({some(list(missing.values()), 3)})")
-    with output_lock(outdir):
+    with contextlib.ExitStack() as stack:
+        client = stack.enter_context(_dask_client(args)) if getattr(args, "dask", None) else None  # before any write
+        stack.enter_context(output_lock(outdir))
         lung, infection = load_models(args)
         segmenter = Segmenter.from_models(lung, infection, _settings(args, guard))
         _print_provenance({t: p for t, p in segmenter.provenance.items() if t == "lung" or t in args.tasks})
-        summary = run_batch(segmenter, cases, outdir, args.tasks, show_progress(args), limits=limits,
-                            overwrite=overwrite)
+        if client is not None:
+            summary = _dask_batch(client, args, lung, infection, load_models, _settings(args, guard), cases, outdir,
+                                  limits, overwrite)
+        else:
+            summary = run_batch(segmenter, cases, outdir, args.tasks, show_progress(args), limits=limits,
+                                overwrite=overwrite)
         path = write_summary(summary, outdir)
     failed = summary[summary["status"] != "ok"]
     print(f"lungseg: {len(summary) - len(failed)} of {len(summary)} cases segmented into {outdir}; summary: {path}")

@@ -14,6 +14,9 @@ and the file; with ``skip_invalid_cases`` the case is listed in the skipped-case
 
 Memory: each case is loaded, checked and released before the next one; the canonical copies are
 written lazily (``PartitionedDataset`` calls the loaders one at a time), so one case is held at once.
+Under :class:`lungseg.runner.DaskRunner` the cases are checked, and their copies written, one Dask task per
+case (:func:`lungseg.parallel.case_map`, :class:`lungseg.datasets.CasePartitionedDataset`); the case
+table keeps the order of ``metadata.csv`` either way.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from lungseg.config import check_section
 from lungseg.errors import ConfigError, DataValidationError
 from lungseg.imaging import detect_source_kind, looks_unwindowed
 from lungseg.layout import REQUIRED_COLUMNS, case_id_from_path, check_case_id, resolve_relative
+from lungseg.parallel import bound, case_map
 from lungseg.volume import load_canonical, load_mask
 
 logger = logging.getLogger(__name__)
@@ -219,6 +223,29 @@ def _check_inside_root(raw_root, paths: dict[str, str], case: str) -> None:
             )
 
 
+def volumes_of(volumes: dict[str, Loader], paths: dict[str, str]) -> dict[str, Loader]:
+    """The loaders of one case's files (what a task on a Dask worker needs, not the whole dataset's)."""
+    return {rel: volumes[rel] for rel in paths.values() if rel and rel in volumes}
+
+
+def _ingest_one(job: tuple[str, dict[str, str], dict[str, Loader]], raw_root, tolerance,
+                skip: bool) -> tuple[dict[str, Any] | None, DataValidationError | None]:
+    """Check one case: ``(its case-table row, None)``, or ``(None, the problem)`` when ``skip`` (else it raises).
+    One task per case under :class:`lungseg.runner.DaskRunner` (:func:`lungseg.parallel.case_map`)."""
+    case, paths, volumes = job
+    try:
+        _check_inside_root(raw_root, paths, case)
+        return case_facts(case, paths, read_case(case, paths, volumes, tolerance)), None
+    except DataValidationError as exc:
+        if not skip:
+            raise
+        return None, exc
+
+
+def _canonical_case(case: str, paths: dict[str, str], volumes: dict[str, Loader], tolerance) -> dict[str, np.ndarray]:
+    return canonical_record(read_case(case, paths, volumes, tolerance))
+
+
 def ingest_dataset(
     metadata: pd.DataFrame, volumes: dict[str, Loader], params: dict[str, Any]
 ) -> tuple[pd.DataFrame, dict[str, Callable[[], dict[str, np.ndarray]]], pd.DataFrame]:
@@ -244,19 +271,16 @@ def ingest_dataset(
     skipped: list[dict[str, str]] = []
     table = check_metadata(metadata, skipped if skip else None)
     facts, valid = [], []
-    for rec in tqdm(table.to_dict("records"), desc="ingest cases", unit="case"):
-        case = rec.pop("case_id")
-        try:
-            _check_inside_root(p.get("raw_root"), rec, case)
-            data = read_case(case, rec, volumes, tolerance)
-            facts.append(case_facts(case, rec, data))
-            valid.append((case, rec))
-            del data
-        except DataValidationError as exc:
-            if not skip:
-                raise
-            logger.warning("Skipping %s", exc)
-            skipped.append({"case_id": case, "file": exc.file or "", "problem": exc.problem})
+    rows = table.to_dict("records")
+    jobs = [(row.pop("case_id"), row, volumes_of(volumes, row)) for row in rows]
+    checked = case_map(_ingest_one, jobs, p.get("raw_root"), tolerance, skip)
+    for (case, rec, _), (fact, problem) in tqdm(zip(jobs, checked), total=len(jobs), desc="ingest cases", unit="case"):
+        if problem is not None:
+            logger.warning("Skipping %s", problem)
+            skipped.append({"case_id": case, "file": problem.file or "", "problem": problem.problem})
+            continue
+        facts.append(fact)
+        valid.append((case, rec))
     if not facts:
         raise DataValidationError(
             f"no valid case left out of {len(table)} (see the skipped-cases report)", file="metadata.csv"
@@ -268,8 +292,6 @@ def ingest_dataset(
         ", ".join(f"{k}: {v}" for k, v in case_table["source_kind"].value_counts().items()), len(skipped),
     )
 
-    def make_loader(case: str, paths: dict[str, str]) -> Callable[[], dict[str, np.ndarray]]:
-        return lambda: canonical_record(read_case(case, paths, volumes, tolerance))
-
-    canonical = {case: make_loader(case, paths) for case, paths in valid}
+    canonical = {case: bound(_canonical_case, case, paths, volumes_of(volumes, paths), tolerance)
+                 for case, paths in valid}
     return case_table, canonical, pd.DataFrame(skipped, columns=SKIPPED_COLUMNS)

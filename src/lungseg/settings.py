@@ -4,8 +4,8 @@ import os
 
 from kedro.config import OmegaConfigLoader
 
-from lungseg.cli import import_tensorflow_quietly
 from lungseg.hooks import LungsegMlflowHook, ParamsCheckHook, RawDataCheckHook, RunEnvironmentHook
+from lungseg.tf_quiet import import_quietly
 
 CONFIG_LOADER_CLASS = OmegaConfigLoader
 CONFIG_LOADER_ARGS = {
@@ -30,4 +30,4 @@ HOOKS = (LungsegMlflowHook(), RawDataCheckHook(), ParamsCheckHook(CONFIG_LOADER_
 # command of the project, `kedro run` and `kedro viz` included: TensorFlow is imported here, once, with them
 # filtered out of stderr (anything else it writes passes). LUNGSEG_TF_VERBOSE=1 shows them.
 if not os.environ.get("LUNGSEG_TF_VERBOSE"):
-    import_tensorflow_quietly(quiet=True)
+    import_quietly()

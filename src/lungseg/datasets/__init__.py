@@ -3,8 +3,9 @@
 from lungseg.datasets.fold_models import FoldModelsDataset
 from lungseg.datasets.nifti import NiftiDataset
 from lungseg.datasets.npz import NpzDataset
+from lungseg.datasets.partitioned import CasePartitionedDataset
 
-__all__ = ["FoldModelsDataset", "NiftiDataset", "NpzDataset"]
+__all__ = ["CasePartitionedDataset", "FoldModelsDataset", "NiftiDataset", "NpzDataset"]
 
 
 def __getattr__(name):  # MLflow is imported only when the MLflow dataset is used

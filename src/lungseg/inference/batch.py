@@ -38,6 +38,7 @@ import os
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 from tqdm.auto import tqdm
@@ -219,22 +220,11 @@ def run_batch(
     earlier run are reused, and an interruption writes a partial ``summary.csv`` before it goes on up
     (see "Interruption and resume" in the module docstring).
     """
-    from lungseg.layout import check_case_id
-    from lungseg.limits import as_limits
-
-    outdir = check_batch_output_dir(outdir, overwrite)
-    limits = as_limits(limits)
-    items = [_as_case(c) for c in cases]
-    for item in items:  # case ids name folders: never a path (find_cases checks them too)
-        try:
-            check_case_id(item.case, "batch case")
-        except LungsegError as exc:
-            raise InputError(str(exc)) from exc
+    outdir, items, limits = start_batch(outdir, cases, limits, overwrite)
     missing = missing_inputs(items)
     if missing:
         logger.warning("%d of %d cases have no input file (%s): recorded as failed, not read", len(missing),
                        len(items), some(list(missing)))
-    _claim(outdir, JOURNAL_FILE)  # ours from now on: an interrupted batch can be rerun into it
     key = run_key(segmenter, tasks)
     finished = _finished_cases(outdir, key)
     rows: list[dict] = []
@@ -250,13 +240,12 @@ def run_batch(
                 rows.append(_row(item) | earlier["row"])
                 reused.append(item.case)
                 continue
-            row = _run_case(segmenter, item, outdir, tasks, limits, overwrite)
+            row = finish_case(outdir, segment_case(segmenter, item, outdir, tasks, limits, overwrite))
             rows.append(row)
             if row["status"] == "ok":
                 _record(outdir, key, digest, row)
             if not progress:  # no bar (not a terminal, or --no-progress): one line per case
-                logger.info("case %d of %d: %s %s (%.1f s)", len(rows), len(items), item.case,
-                            row["status"] if row["status"] == "ok" else f"failed: {row['error']}", row["seconds"])
+                log_case(row, len(rows), len(items))
     except (KeyboardInterrupt, Terminated):
         done = len(rows)
         rows += [_row(item) | {"status": NOT_RUN, "error": "the batch was interrupted before this case; rerun the "
@@ -268,14 +257,56 @@ def run_batch(
     if reused:
         logger.info("%d of %d cases were finished by an earlier run with the same inputs, models and settings: "
                     "not segmented again (%s)", len(reused), len(items), some(reused))
+    return batch_summary(rows)
+
+
+def start_batch(outdir: str | Path, cases: Sequence[tuple], limits, overwrite: bool) -> tuple[Path, list[BatchCase], Any]:
+    """Check the output folder and the case ids, and claim the folder and its journal (an interrupted batch
+    can be rerun into it): ``(outdir, cases, limits)``. Shared by :func:`run_batch` and
+    :func:`lungseg.inference.batch_dask.run_batch_dask`."""
+    from lungseg.layout import check_case_id
+    from lungseg.limits import as_limits
+
+    outdir = check_batch_output_dir(outdir, overwrite)
+    items = [_as_case(c) for c in cases]
+    for item in items:  # case ids name folders: never a path (find_cases checks them too)
+        try:
+            check_case_id(item.case, "batch case")
+        except LungsegError as exc:
+            raise InputError(str(exc)) from exc
+    _claim(outdir, JOURNAL_FILE)  # ours from now on: an interrupted batch can be rerun into it
+    return outdir, items, as_limits(limits)
+
+
+def finish_case(outdir: Path, row: dict) -> dict:
+    """Record a segmented case's folder in the batch manifest (in the process that holds the ``-o`` lock,
+    one case after the other); returns ``row``."""
+    if row["status"] == "ok":
+        _claim(outdir, row["case"])
+    return row
+
+
+def log_case(row: dict, done: int, total: int) -> None:
+    logger.info("case %d of %d: %s %s (%.1f s)", done, total, row["case"],
+                row["status"] if row["status"] == "ok" else f"failed: {row['error']}", row["seconds"] or 0.0)
+
+
+def batch_summary(rows: list[dict]) -> pd.DataFrame:
+    """The summary table of the rows (logs the ground-truth mean lines)."""
     summary = pd.DataFrame(rows, columns=SUMMARY_COLUMNS)
     for line in ground_truth_summary_lines(summary):
         logger.info("%s", line)
     return summary
 
 
-def _run_case(segmenter, item: BatchCase, outdir: Path, tasks: Sequence[str], limits, overwrite: bool) -> dict:
-    """Segment one case into ``outdir/<case>/``; its summary row (``status`` ``error`` on failure)."""
+def failed_row(item: BatchCase, error: str) -> dict:
+    """The summary row of a case that failed outside :func:`segment_case` (its Dask worker died...)."""
+    return _row(item) | {"status": "error", "error": error}
+
+
+def segment_case(segmenter, item: BatchCase, outdir: Path, tasks: Sequence[str], limits, overwrite: bool) -> dict:
+    """Segment one case into ``outdir/<case>/`` (atomic writes) and return its summary row; a failure of
+    the case is its row's ``status`` / ``error``, never an exception. ``limits``: a ``Limits``."""
     from lungseg.inference.readers import read_input
     from lungseg.inference.report import make_report, write_outputs
 
@@ -289,7 +320,6 @@ def _run_case(segmenter, item: BatchCase, outdir: Path, tasks: Sequence[str], li
         if item.has_ground_truth:  # scored before writing: report.json and metrics.csv hold the scores
             _score(row, report, seg, volume, item, tasks, limits)
         written = write_outputs(volume, seg, report, outdir / case, overwrite=overwrite)
-        _claim(outdir, case)
     except LungsegError as exc:
         logger.error("case %s failed: %s", case, exc)
         row.update(status="error", error=str(exc))

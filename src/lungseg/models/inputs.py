@@ -27,6 +27,7 @@ from lungseg.imaging import (
     select_infection_slices,
 )
 from lungseg.layout import TASKS, check_task
+from lungseg.parallel import case_map, on_cluster
 
 logger = logging.getLogger(__name__)
 
@@ -112,31 +113,28 @@ def build_model_input(
     """
     config = preprocess_config(params, task)
     rng = np.random.default_rng(int(params["seed"]))
+    min_fraction, negatives = float(params["min_lung_fraction"]), float(params["infection_negative_fraction"])
+    cases = list(case_table["case_id"])
+    if on_cluster():  # one task per case, twice: the slice flags, then (after the seeded draw here) the slices
+        flags = case_map(_flags_task, [(c, enhanced_cases[c]) for c in cases], min_fraction)
+        chosen = [_chosen(task, *f, negatives, rng) for f in flags]
+        parts = case_map(_slices_task, [(c, enhanced_cases[c], i) for c, i in zip(cases, chosen)], task, config)
+    else:  # one case in memory at a time, read once
+        parts = (_serial_case(task, c, enhanced_cases[c](), min_fraction, negatives, rng, config) for c in cases)
     images, masks, case_ids, slice_idx, records = [], [], [], [], []
     kept = {}
-    for case in tqdm(list(case_table["case_id"]), desc=f"{task} model input", unit="case"):
-        rec = enhanced_cases[case]()
-        lung, infection = rec["lung"], rec["infection"]
-        keep = informative_slices(lung, float(params["min_lung_fraction"]))
-        if task == "infection":
-            keep = select_infection_slices(keep, infection, float(params["infection_negative_fraction"]), rng)
-        idx = np.flatnonzero(keep)
-        kept[case] = int(idx.size)
-        if idx.size == 0:
+    for case, part in tqdm(zip(cases, parts), total=len(cases), desc=f"{task} model input", unit="case"):
+        kept[case] = 0 if part is None else len(part["images"])
+        if part is None:
             logger.warning("%s task: case %s has no informative slice (empty lung mask?); skipped", task, case)
             continue
-        one_lung = (lung[idx] == 1).any(axis=(1, 2)) ^ (lung[idx] == 2).any(axis=(1, 2))
-        if one_lung.any():
-            logger.info("%s task: case %s has %d slice(s) with one lung only", task, case, int(one_lung.sum()))
-        lung_sel = lung[idx]
-        imgs, recs = crop_and_resize(rec["image"], config, lung_mask=lung, index=idx)
-        target = (lung_sel > 0) if task == "lung" else (infection[idx] > 0)
-        masks.append(prepare_masks(target.astype(np.uint8), recs))
-        images.append(imgs)
-        records.append(np.stack([r.to_array() for r in recs]))
-        case_ids.append(np.full(idx.size, case))
-        slice_idx.append(idx.astype(np.int32))
-        del rec
+        if part["one_lung"]:
+            logger.info("%s task: case %s has %d slice(s) with one lung only", task, case, part["one_lung"])
+        images.append(part["images"])
+        masks.append(part["masks"])
+        records.append(part["records"])
+        case_ids.append(np.full(kept[case], case))
+        slice_idx.append(part["slice_index"])
     if not images:
         raise TrainingDataError(
             f"{task} task: 0 slices left after filtering (min_lung_fraction="
@@ -156,6 +154,50 @@ def build_model_input(
         task, len(out["images"]), len(kept), ", ".join(f"{k}: {v}" for k, v in kept.items()), 100 * pos,
     )
     return out
+
+
+def _case_flags(rec: dict[str, np.ndarray], min_lung_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """A case's informative slices and its slices with infection, ``bool (Z,)`` each."""
+    return informative_slices(rec["lung"], min_lung_fraction), (rec["infection"] > 0).any(axis=(1, 2))
+
+
+def _chosen(task: str, keep: np.ndarray, has_infection: np.ndarray, negative_fraction: float,
+            rng: np.random.Generator) -> np.ndarray:
+    """The slice indices a task keeps; the infection task draws its negatives from the one seeded ``rng``,
+    case after case in the case table's order, serial or on a cluster."""
+    if task == "infection":
+        keep = select_infection_slices(keep, has_infection, negative_fraction, rng)
+    return np.flatnonzero(keep)
+
+
+def _case_slices(task: str, case: str, rec: dict[str, np.ndarray], idx: np.ndarray,
+                 config: PreprocessConfig) -> dict[str, Any] | None:
+    """The model-input slices ``idx`` of one case, cropped and resized, with their masks and crop records
+    (None without a slice)."""
+    if idx.size == 0:
+        return None
+    lung, infection = rec["lung"], rec["infection"]
+    one_lung = (lung[idx] == 1).any(axis=(1, 2)) ^ (lung[idx] == 2).any(axis=(1, 2))
+    imgs, recs = crop_and_resize(rec["image"], config, lung_mask=lung, index=idx)
+    target = (lung[idx] > 0) if task == "lung" else (infection[idx] > 0)
+    return {"images": imgs, "masks": prepare_masks(target.astype(np.uint8), recs),
+            "records": np.stack([r.to_array() for r in recs]), "slice_index": idx.astype(np.int32),
+            "one_lung": int(one_lung.sum())}
+
+
+def _serial_case(task: str, case: str, rec: dict[str, np.ndarray], min_lung_fraction: float,
+                 negative_fraction: float, rng: np.random.Generator, config: PreprocessConfig) -> dict[str, Any] | None:
+    idx = _chosen(task, *_case_flags(rec, min_lung_fraction), negative_fraction, rng)
+    return _case_slices(task, case, rec, idx, config)
+
+
+def _flags_task(job: tuple[str, Lazy], min_lung_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    return _case_flags(job[1](), min_lung_fraction)
+
+
+def _slices_task(job: tuple[str, Lazy, np.ndarray], task: str, config: PreprocessConfig) -> dict[str, Any] | None:
+    case, load, idx = job
+    return _case_slices(task, case, load(), idx, config)
 
 
 SPLIT_METHODS = ("grouped", "kfold", "slice_level_leaky")

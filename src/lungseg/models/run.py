@@ -6,6 +6,7 @@ per fold). It returns a :class:`TrainResult`; the node only hands its parts to t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -23,6 +24,16 @@ from lungseg.config import check_section, positive_number
 from lungseg.errors import ConfigError, TrainingDataError
 from lungseg.layout import RUN_ENV_VARIABLE
 from lungseg.models.data import SliceSequence, augment_params, split_model_input
+from lungseg.models.distribute import (
+    as_distributed_input,
+    check_multi_worker_fit,
+    is_multi_worker,
+    make_strategy,
+    replicas,
+    scaled,
+    shard,
+    worker_shard,
+)
 from lungseg.models.factory import build_model, compile_model
 from lungseg.models.precision import check_precision, precision_policy, resolve_and_log, with_precision
 from lungseg.models.train import (
@@ -32,7 +43,6 @@ from lungseg.models.train import (
     fit,
     learning_rate_for,
     set_seeds,
-    strategy_scope,
 )
 
 logger = logging.getLogger(__name__)
@@ -122,9 +132,14 @@ def train_variant(
     model_params: dict[str, Any],
     training_params: dict[str, Any],
     dataset_name: str,
+    strategy: Any = None,
 ) -> TrainResult:
     """Build, compile and fit one variant on the ``train`` cases of ``case_split``, validating on
-    its ``val`` cases, and describe the result in a model config."""
+    its ``val`` cases, and describe the result in a model config.
+
+    ``strategy``: a ``tf.distribute`` strategy made beforehand (``lungseg train-worker`` makes the
+    multi-worker one first thing); default: the one ``training.distribution_strategy`` names. The global
+    batch and the learning rate follow its replicas (:mod:`lungseg.models.distribute`)."""
     params = check_training_params(model_params, training_params)
     prep = json.loads(str(model_input["config_json"]))
     task, size = prep["task"], int(prep["image_size"])
@@ -147,17 +162,31 @@ def train_variant(
         y_train = np.tile(y_train, (repeats, 1, 1))
     logger.info("Training %s/%s at %d px: %d train / %d val slices", task, arch, size, len(x_train), len(x_val))
 
-    batch = int(params["batch_size"])
+    if strategy is None:
+        strategy = make_strategy(params["distribution_strategy"])
+    batch, base_lr = scaled(int(params["batch_size"]), float(params["learning_rate"]), strategy)
+    multi = is_multi_worker(strategy)
+    if multi:  # each worker feeds its own shard; its batch is its share of the global batch
+        index, count = worker_shard()
+        check_multi_worker_fit(count)
+        batch = batch // count
+        x_train, y_train = shard(x_train, y_train, index, count, batch)
+    if replicas(strategy) > 1:
+        logger.info("%d replicas: global batch %d, learning rate %g (batch_size %s and learning_rate %s per replica)",
+                    replicas(strategy), batch * (count if multi else 1), base_lr, params["batch_size"],
+                    params["learning_rate"])
     train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed)
-    lr = learning_rate_for(params["lr_schedule"], float(params["learning_rate"]), int(params["epochs"]) * len(train_seq))
-    with strategy_scope(params["distribution_strategy"]), precision_policy(params["precision"]):
+    lr = learning_rate_for(params["lr_schedule"], base_lr, int(params["epochs"]) * len(train_seq))
+    scope = contextlib.nullcontext() if strategy is None else strategy.scope()
+    with scope, precision_policy(params["precision"]):
         model = build_model(arch, size, arch_params, channels=int(prep.get("context", 1)))  # fails early on a bad size
         compile_model(model, loss=params["loss"], learning_rate=lr)
     val_seq = SliceSequence(x_val, y_val, batch, None, shuffle=False, seed=seed)
+    train_in, val_in = (as_distributed_input(train_seq), as_distributed_input(val_seq)) if multi else (train_seq, val_seq)
     backup = params["backup_dir"]
     with tempfile.TemporaryDirectory(prefix="lungseg-ckpt-") as tmp:
         model, history = fit(
-            model, train_seq, val_seq,
+            model, train_in, val_in,
             epochs=int(params["epochs"]),
             checkpoint_path=Path(tmp) / "best.keras",
             backup_dir=Path(backup) if backup else None,

@@ -39,7 +39,6 @@ REDUCE_LR_DEFAULTS: dict[str, Any] = {"factor": 0.5, "patience": 3, "min_lr": 1e
 EARLY_STOPPING_DEFAULTS: dict[str, Any] = {"patience": 8, "min_delta": 1e-4}
 _REDUCE_LR_KEYS = set(REDUCE_LR_DEFAULTS) | {"monitor", "mode", "enabled"}
 _EARLY_STOPPING_KEYS = set(EARLY_STOPPING_DEFAULTS) | {"monitor", "mode", "start_from_epoch", "enabled"}
-STRATEGIES = ("none", "mirrored")
 #: Which epoch's weights :func:`fit` returns.
 WEIGHTS = ("best", "last")
 #: Learning-rate schedules: ``plateau`` (constant, halved by ``ReduceLROnPlateau``; the paper) or
@@ -62,29 +61,16 @@ def set_seeds(seed: int) -> None:
 
 
 def strategy_scope(name: str | None):
-    """Context manager to build and compile a model in.
-
-    ``None`` / ``'none'``: a no-op context. ``'mirrored'``: ``tf.distribute.MirroredStrategy().scope()``
-    (all visible GPUs; TensorFlow backend only).
+    """Context manager to build and compile a model in: ``strategy.scope()`` of
+    :func:`lungseg.models.distribute.make_strategy` (``none``: a no-op context).
 
     Raises:
-        ConfigError: unknown name, or ``'mirrored'`` on a non-TensorFlow backend.
+        ConfigError: unknown name, or a strategy on a non-TensorFlow backend.
     """
-    key = "none" if name is None else str(name).strip().lower()
-    if key in ("none", "", "null", "default"):
-        return contextlib.nullcontext()
-    if key != "mirrored":
-        raise ConfigError(f"unknown distribution_strategy {name!r}; allowed: {', '.join(STRATEGIES)}")
-    if keras.backend.backend() != "tensorflow":
-        raise ConfigError(
-            f"distribution_strategy 'mirrored' needs the TensorFlow backend, but Keras runs on "
-            f"{keras.backend.backend()!r} (set KERAS_BACKEND=tensorflow or use distribution_strategy: none)"
-        )
-    import tensorflow as tf  # lazy: the only TensorFlow import of lungseg.models
+    from lungseg.models.distribute import make_strategy
 
-    strategy = tf.distribute.MirroredStrategy()
-    logger.info("MirroredStrategy over %d replica(s)", strategy.num_replicas_in_sync)
-    return strategy.scope()
+    strategy = make_strategy(name)
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def check_training_data(images: np.ndarray, masks: np.ndarray, task: str) -> None:

@@ -15,6 +15,7 @@ import pandas as pd
 from lungseg.errors import TrainingDataError
 from lungseg.imaging import enhance
 from lungseg.models.inputs import build_model_input, enhance_config, preprocess_config, split_cases
+from lungseg.parallel import bound
 
 Lazy = Callable[[], dict[str, np.ndarray]]
 
@@ -35,15 +36,14 @@ def enhance_cases(
     if missing:
         raise TrainingDataError(f"canonical cases missing for {missing}; run the ingestion pipeline")
 
-    def make(case: str) -> Lazy:
-        def run() -> dict[str, np.ndarray]:
-            rec = canonical_cases[case]()
-            image = enhance(rec["ct"], kinds[case], config)
-            return {"image": image, "lung": rec["lung"], "infection": rec["infection"], "spacing": rec["spacing"]}
+    return {case: bound(_enhance_case, case, canonical_cases[case], kinds[case], config) for case in case_table["case_id"]}
 
-        return run
 
-    return {case: make(case) for case in case_table["case_id"]}
+def _enhance_case(case: str, load: Lazy, kind: str, config) -> dict[str, np.ndarray]:
+    """One case's enhanced record (a task on a Dask worker under :class:`lungseg.runner.DaskRunner`)."""
+    rec = load()
+    return {"image": enhance(rec["ct"], kind, config), "lung": rec["lung"], "infection": rec["infection"],
+            "spacing": rec["spacing"]}
 
 
 def build_lung_input(case_table, enhanced_cases, params):
