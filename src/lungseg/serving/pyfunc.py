@@ -8,7 +8,7 @@ orientation, so the masks come back on the same grid and the volumes in ml are r
 
 Output: one row per CT, columns ``label_map_nifti_base64`` (a gzipped NIfTI of uint8 labels 1 left
 lung, 2 right lung, 3 infection, on the input's own grid and affine: ``lungseg predict``'s
-``lung_and_infection_mask.nii.gz``) and ``report_json`` (``lungseg predict``'s report.json: volumes,
+``lung_and_infection_mask.nii.gz``) and ``report_json`` (``lungseg predict``'s report.json: volumes, the lesion table,
 involvement % and severity per lung; ``provenance``: each model's training dataset, environment and
 recorded score; ``severity_withheld`` when models trained on synthetic phantoms met another input).
 
@@ -105,7 +105,7 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
 
     def _segment_one(self, row: int, text: Any) -> dict[str, str]:
         from lungseg.errors import LungsegError
-        from lungseg.inference.export import tidy
+        from lungseg.inference.export import lesion_table, tidy
         from lungseg.inference.ownership import scratch_dir
         from lungseg.inference.readers import read_input
         from lungseg.inference.report import make_report
@@ -125,6 +125,8 @@ class CombinedSegmentationModel(mlflow.pyfunc.PythonModel):
                 text = str(exc).replace(str(path), path.name).replace(str(Path(tmp)), "<upload>")
                 raise _bad_request(f"row {row}: {text}") from exc
         report = make_report(seg, volume.spacing)
+        if self._models.infection is not None:  # lungseg predict's lesion table (lesions.csv), as in its report.json
+            report["lesions"] = lesion_table(volume, seg, volumes_in_ml=report.get("lung_volume_ml") is not None)
         report["models"] = {
             "lung": self._models.lung.source,
             "infection": self._models.infection.source if self._models.infection else None,
