@@ -34,14 +34,14 @@ from lungseg.inference.ownership import read_manifest
 SECOND_CASE_WAITS = """
 import pathlib, time
 import lungseg.inference.batch as _batch
-_orig, _calls = _batch._run_case, []
+_orig, _calls = _batch.segment_case, []
 def _hook(*args, **kwargs):
     _calls.append(1)
     if len(_calls) == 2:
         pathlib.Path({flag!r}).write_text("here")
         time.sleep(120)
     return _orig(*args, **kwargs)
-_batch._run_case = _hook
+_batch.segment_case = _hook
 """
 
 

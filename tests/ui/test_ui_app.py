@@ -442,7 +442,7 @@ def test_model_selector_when_several_versions(monkeypatch, models_dir, tmp_path)
     _assert_no_exception(at)
     assert not _errors(at) and len(at.image) == 3
     key = at.session_state["_seg"][0]
-    assert VERSION in dict(key[2])["lung"]
+    assert VERSION in dict(key[3])["lung"]  # (digest, spacing, choice, models, precision)
 
 
 def test_the_sidebar_precision_reloads_the_models_in_bf16_and_the_report_says_so(monkeypatch, models_dir):

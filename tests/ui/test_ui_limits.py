@@ -16,8 +16,9 @@ from test_ui_app import _app, _assert_no_exception, _errors, _upload, png_bytes,
 from lungseg.app.uploads import read_upload
 from lungseg.errors import InputError
 
-#: A refusal's budget in the page (the check itself takes milliseconds; AppTest reruns the whole script).
-FAST = 3.0
+#: A refusal's budget in the page: the check itself takes milliseconds, but AppTest reruns the whole script,
+#: which took 4.5 s on a 2-core machine under a load of 8; inflating the 1 GiB bomb would take far longer.
+FAST = 10.0
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from lungseg.evaluation.out_of_fold import combined_oof_metrics, fold_segmenter,
 from lungseg.limits import load_guard
 from lungseg.models.folds import fold_table, train_folds
 from lungseg.models.inputs import source_equalised
-from lungseg.pipelines.evaluation.nodes import EVALUATION_KEYS
+from lungseg.pipelines.evaluation.nodes import EVALUATION_KEYS, EVALUATION_OPTIONAL
 from lungseg.tracking import history_to_steps, log_child_run, split_inputs, summary_to_metrics
 
 Lazy = Callable[[], dict[str, np.ndarray]]
@@ -38,7 +38,7 @@ def train_fold_models(model_input: dict[str, np.ndarray], folds: pd.DataFrame, m
 def evaluate_fold_models(fold_models: dict[str, dict], folds: pd.DataFrame, enhanced_cases: dict[str, Lazy],
                          params: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Each fold model on its own held-out cases: the out-of-fold table and its summary."""
-    params = check_section(params, "evaluation", EVALUATION_KEYS)
+    params = check_section(params, "evaluation", EVALUATION_KEYS, EVALUATION_OPTIONAL)
     models = {k: v["model"] for k, v in fold_models.items()}
     configs = {k: v["config"] for k, v in fold_models.items()}
     table = oof_case_metrics(models, configs, folds, enhanced_cases, int(params["batch_size"]))
@@ -54,7 +54,7 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
                       canonical_cases: dict[str, Lazy], case_table: pd.DataFrame,
                       params: dict[str, Any], preprocessing: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, Any]]:
     """The combined system (predicted lungs, then infection inside them) out of fold, per case."""
-    params = check_section(params, "evaluation", EVALUATION_KEYS)
+    params = check_section(params, "evaluation", EVALUATION_KEYS, EVALUATION_OPTIONAL)
     kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
     # the guard's bounds of conf/base (what the out-of-fold Segmenter read for itself before #26)
     segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
@@ -77,8 +77,8 @@ def stress_cases(canonical_cases: dict[str, Lazy], params: dict[str, Any]) -> di
     the painted pixels added to its infection mask, its lungs unchanged. Lazy, one seed per case."""
     from lungseg.imaging.paint import paint_from_dict
 
-    params = check_section(params, "evaluation", EVALUATION_KEYS)
-    paint, seed = paint_from_dict(params["stress"])
+    params = check_section(params, "evaluation", EVALUATION_KEYS, EVALUATION_OPTIONAL)
+    paint, seed = paint_from_dict(params.get("stress"))
 
     def painted(case: str, load: Lazy) -> Lazy:
         def _load() -> dict[str, np.ndarray]:

@@ -20,14 +20,16 @@ from lungseg.tracking import history_to_steps, summary_to_metrics
 
 Lazy = Callable[[], dict[str, np.ndarray]]
 #: Keys of the ``evaluation`` parameters (conf/base/parameters_training.yml).
-EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes", "stress")
+EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes")
+#: may be left out: the stress set then paints with its defaults (lungseg.imaging.paint.PaintParams)
+EVALUATION_OPTIONAL = ("stress",)
 
 
 def evaluate_model(model, model_config: dict[str, Any], model_input: dict[str, np.ndarray],
                    case_split: pd.DataFrame, enhanced_cases: dict[str, Lazy], params: dict[str, Any]):
     """One variant on its held-out patients: the summary (metrics.json), per-slice and per-case
     tables and the arrays of the overlay figure."""
-    params = check_section(params, "evaluation", EVALUATION_KEYS)
+    params = check_section(params, "evaluation", EVALUATION_KEYS, EVALUATION_OPTIONAL)
     result = evaluate_variant(model, model_config, model_input, case_split, enhanced_cases, int(params["batch_size"]))
     return result.summary, result.per_slice, result.per_case, result.overlay
 
@@ -62,7 +64,7 @@ def plot_history(history: dict[str, list[float]], model_config: dict[str, Any]):
 def baselines(case_table: pd.DataFrame, canonical_cases: dict[str, Lazy], case_split: pd.DataFrame,
               params: dict[str, Any]) -> tuple[dict[str, Any], pd.DataFrame]:
     """The classical baseline for both tasks on the held-out patients (options in ``evaluation``)."""
-    params = check_section(params, "evaluation", EVALUATION_KEYS)
+    params = check_section(params, "evaluation", EVALUATION_KEYS, EVALUATION_OPTIONAL)
     return evaluate_baselines(case_table, canonical_cases, case_split,
                               params["baseline_lung"] or {}, params["baseline_infection"] or {})
 
