@@ -72,7 +72,8 @@ def browser():
 
 TINY_UNET = {"architecture": "unet", "base_filters": 4, "depth": 2, "bn_momentum": 0.9}
 TINY_TRAINING = {"epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0,
-                 "reduce_lr": None, "augment": None, "verbose": 0}
+                 "reduce_lr": None, "augment": None, "verbose": 0,
+                 "run_eagerly": True}  # no graph traced: seconds per tiny fit
 
 
 @pytest.fixture(scope="module")

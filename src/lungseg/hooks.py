@@ -138,6 +138,18 @@ class LungsegMlflowHook(MlflowHook):
         self._params: dict[str, Any] = {}
 
     @hook_impl
+    def after_context_created(self, context) -> None:
+        """kedro-mlflow's set-up, after checking that an HTTP tracking server answers: MLflow's client
+        retries a dead server for minutes (seven retries with back-off) before its traceback."""
+        try:
+            uri = (context.config_loader["mlflow"] or {}).get("server", {}).get("mlflow_tracking_uri")
+        except Exception:  # noqa: BLE001 - no mlflow.yml: kedro-mlflow's own default, a local store
+            uri = None
+        if isinstance(uri, str) and uri.startswith(("http://", "https://")):
+            check_tracking_server(uri)
+        super().after_context_created(context)
+
+    @hook_impl
     def before_pipeline_run(self, run_params: dict[str, Any], pipeline, catalog) -> None:
         self.run_id = None  # the instance lives in settings.py: a previous session's run must not leak in
         super().before_pipeline_run(run_params, pipeline, catalog)
@@ -256,6 +268,36 @@ class MissingRawDataError(ConfigError, click.ClickException):
 
 class BadParamsError(ConfigError, click.ClickException):
     """A misspelt or mistyped ``--params``: one ``Error: ...`` line from ``kedro run``, exit code 1."""
+
+
+class TrackingServerUnreachableError(ConfigError, click.ClickException):
+    """The MLflow tracking server of the environment's mlflow.yml did not answer: one ``Error: ...`` line."""
+
+
+TRACKING_SERVER_TIMEOUT = 5.0
+
+
+def check_tracking_server(uri: str, timeout: float = TRACKING_SERVER_TIMEOUT) -> None:
+    """Raise :class:`TrackingServerUnreachableError` naming ``uri`` unless its ``/health`` answers within
+    ``timeout`` seconds (``mlflow server`` serves it). Called before any node runs or any run opens."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout) as resp:
+            resp.read(64)
+    except urllib.error.HTTPError as exc:
+        if exc.code < 500:  # it answers (a proxy in front may not serve /health): the server is there
+            return
+        reason = f"HTTP {exc.code}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = str(getattr(exc, "reason", exc)) or type(exc).__name__
+    else:
+        return
+    raise TrackingServerUnreachableError(
+        f"MLflow tracking server {uri!r} did not answer within {timeout:g} s ({reason}). Start it "
+        f"(README, \"Scaling out\": mlflow server ... --host/--port of that address), or fix "
+        f"server.mlflow_tracking_uri in the environment's mlflow.yml. Nothing was run or written.")
 
 
 def missing_data_message(raw_root: str, pipeline_names: str) -> str:

@@ -62,14 +62,25 @@ def test_kedro_run_with_a_misspelt_param_writes_nothing_and_opens_no_mlflow_run(
         assert len(errors) == 1 and "(nothing was run)" in errors[0] and "Traceback" not in proc.stderr
         assert "no 'trainig' as a parameter section" in errors[0] and "got 'abc'" in errors[0]
         assert "no 'clahe_clip' in 'preprocessing'" in errors[0] and time.perf_counter() - start < 120
-        written = sorted(p.relative_to(project).as_posix() for p in (project / "data").rglob("*") if p.is_file())
-        assert written == [], written
-        if (project / "mlflow.db").exists():
-            import sqlite3
+        _assert_nothing_written(project)
+    # row 5, through the CLI: a misspelt pipeline name is one line, and nothing is written either
+    proc = subprocess.run([sys.executable, "-m", "kedro", "run", "--env=test", "--pipelines=infection_unte"],
+                          cwd=project, capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.startswith("Error: ")]
+    assert len(errors) == 1 and "no pipeline named 'infection_unte'; did you mean 'infection_unet'?" in errors[0]
+    _assert_nothing_written(project)
 
-            with sqlite3.connect(project / "mlflow.db") as db:
-                tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
-                assert "runs" not in tables or db.execute("select count(*) from runs").fetchone()[0] == 0
+
+def _assert_nothing_written(project) -> None:
+    written = sorted(p.relative_to(project).as_posix() for p in (project / "data").rglob("*") if p.is_file())
+    assert written == [], written
+    if (project / "mlflow.db").exists():
+        import sqlite3
+
+        with sqlite3.connect(project / "mlflow.db") as db:
+            tables = {r[0] for r in db.execute("select name from sqlite_master where type='table'")}
+            assert "runs" not in tables or db.execute("select count(*) from runs").fetchone()[0] == 0
 
 
 def test_an_unknown_pipeline_name_is_one_line_listing_the_pipelines():

@@ -96,9 +96,14 @@ def test_a_case_whose_task_is_lost_is_an_error_row_naming_it(tmp_path, models_di
         monkeypatch.setattr(batch_dask, "_case_task", lost)
         summary = batch_dask.run_batch_dask(client, _working_segmenter(models_dir), cases, tmp_path / "b",
                                             progress=False, limits=load_limits()).set_index("case")
-    assert list(summary["status"]) == ["ok", "error", "ok"]
-    assert "Dask task failed: RuntimeError: worker tcp://127.0.0.1:1 lost; rerun" in summary.loc["case_b", "error"]
-    assert not (tmp_path / "b" / "case_b").exists() and (tmp_path / "b" / "case_c" / "report.json").is_file()
+        assert list(summary["status"]) == ["ok", "error", "ok"]
+        assert "Dask task failed: RuntimeError: worker tcp://127.0.0.1:1 lost; rerun" in summary.loc["case_b", "error"]
+        assert not (tmp_path / "b" / "case_b").exists() and (tmp_path / "b" / "case_c" / "report.json").is_file()
+        # the rerun into the same -o (the worker is back) completes the lost case, without --overwrite
+        monkeypatch.setattr(batch_dask, "_case_task", real)
+        rerun = batch_dask.run_batch_dask(client, _working_segmenter(models_dir), cases, tmp_path / "b",
+                                          progress=False, limits=load_limits()).set_index("case")
+    assert list(rerun["status"]) == ["ok", "ok", "ok"] and (tmp_path / "b" / "case_b" / "report.json").is_file()
 
 
 def _segmenter_that_fails():

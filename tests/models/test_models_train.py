@@ -352,3 +352,20 @@ def test_validation_freq_validates_every_nth_and_the_last_epoch_and_keeps_one_va
         fit(_model(), train, val, epochs=2, verbose=0, weights="best", validation_freq=2)
     with pytest.raises(ConfigError, match=r"skips validations that reduce_lr watches \(val_loss\)"):
         fit(_model(), train, val, epochs=2, verbose=0, weights="last", validation_freq=2, reduce_lr={"patience": 1})
+
+
+def test_run_eagerly_is_optional_a_boolean_and_for_one_device_only():
+    import yaml
+    from conftest import PROJECT_ROOT
+
+    from lungseg.models.run import check_training_params
+
+    base = yaml.safe_load((PROJECT_ROOT / "conf" / "base" / "parameters_training.yml").read_text())
+    training = {k: v for k, v in base["lung_unet"]["training"].items() if k != "run_eagerly"}
+    model = {"architecture": "unet"}
+    assert check_training_params(model, training)["run_eagerly"] is False  # left out: graph mode
+    assert check_training_params(model, {**training, "run_eagerly": True})["run_eagerly"] is True
+    with pytest.raises(ConfigError, match="run_eagerly must be true or false, got 'yes'"):
+        check_training_params(model, {**training, "run_eagerly": "yes"})
+    with pytest.raises(ConfigError, match="run_eagerly applies to distribution_strategy: none"):
+        check_training_params(model, {**training, "run_eagerly": True, "distribution_strategy": "mirrored"})

@@ -18,6 +18,7 @@ from conftest import make_kedro_project, run_kedro, write_case
 TINY_TRAINING = {
     "epochs": 2, "batch_size": 8, "learning_rate": 1e-3, "loss": "bce_dice", "seed": 0,
     "reduce_lr": None, "augment": None, "verbose": 0,
+    "run_eagerly": True,  # no graph traced: seconds per tiny fit
 }
 TINY_UNET = {"architecture": "unet", "base_filters": 4, "depth": 2, "bn_momentum": 0.9}
 

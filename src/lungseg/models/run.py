@@ -53,6 +53,8 @@ TRAINING_KEYS = (
     "augment", "distribution_strategy", "verbose", "backup_dir", "max_train_slices", "repeats",
     "lr_schedule", "weights", "validation_freq", "precision",
 )
+#: Keys that may be left out (their default in brackets): ``run_eagerly`` [false].
+TRAINING_OPTIONAL_KEYS = ("run_eagerly",)
 
 
 @dataclass
@@ -75,7 +77,13 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
     """Fail before any training on a missing, unknown or mistyped parameter, naming it."""
     if not isinstance(model_params, dict) or "architecture" not in model_params:
         raise ConfigError("model parameters need an 'architecture' (unet | deeplabv3plus)")
-    params = check_section(training_params, section, TRAINING_KEYS)
+    params = check_section(training_params, section, TRAINING_KEYS, TRAINING_OPTIONAL_KEYS)
+    params.setdefault("run_eagerly", False)
+    if not isinstance(params["run_eagerly"], bool):
+        raise ConfigError(f"{section}.run_eagerly must be true or false, got {params['run_eagerly']!r}")
+    if params["run_eagerly"] and params["distribution_strategy"] not in (None, "none"):
+        raise ConfigError(f"{section}.run_eagerly applies to distribution_strategy: none "
+                          f"(got {params['distribution_strategy']!r})")
     positive_number(params, "epochs", section, integer=True)
     positive_number(params, "batch_size", section, integer=True)
     positive_number(params, "learning_rate", section)
@@ -99,12 +107,13 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
 def run_fingerprint(arch: str, arch_params: dict[str, Any], training_params: dict[str, Any],
                     prep: dict[str, Any], x_train: np.ndarray, y_train: np.ndarray, x_val: np.ndarray) -> str:
     """A short hash of what determines a training run: the model, the training settings (all but
-    ``verbose``, ``backup_dir`` and ``validation_freq``, which change no weight), the preprocessing
+    ``verbose``, ``backup_dir``, ``validation_freq`` and ``run_eagerly``, which change no weight), the preprocessing
     config and the training / validation data.
 
     A backup is resumed only by a run with the same fingerprint (see :func:`lungseg.models.fit`).
     """
-    settings = {k: v for k, v in training_params.items() if k not in ("verbose", "backup_dir", "validation_freq")}
+    settings = {k: v for k, v in training_params.items()
+                if k not in ("verbose", "backup_dir", "validation_freq", "run_eagerly")}
     h = hashlib.sha256(json.dumps([arch, arch_params, settings, prep], sort_keys=True, default=str).encode())
     for arr in (x_train, y_train, x_val):
         h.update(str(arr.shape).encode())
@@ -180,7 +189,7 @@ def train_variant(
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with scope, precision_policy(params["precision"]):
         model = build_model(arch, size, arch_params, channels=int(prep.get("context", 1)))  # fails early on a bad size
-        compile_model(model, loss=params["loss"], learning_rate=lr)
+        compile_model(model, loss=params["loss"], learning_rate=lr, run_eagerly=params["run_eagerly"])
     val_seq = SliceSequence(x_val, y_val, batch, None, shuffle=False, seed=seed)
     train_in, val_in = (as_distributed_input(train_seq), as_distributed_input(val_seq)) if multi else (train_seq, val_seq)
     backup = params["backup_dir"]
@@ -199,6 +208,8 @@ def train_variant(
         )
     if params["precision"] != "float32":  # saved and served as a float32 model: loads and predicts anywhere
         model = compile_model(with_precision(model, "float32"), loss=params["loss"], learning_rate=lr)
+    elif params["run_eagerly"]:  # saved compiled as usual: the eager mode was the training run's only
+        model = compile_model(model, loss=params["loss"], learning_rate=lr)
     config = {
         **prep,
         "architecture": arch,
