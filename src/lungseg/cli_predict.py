@@ -133,6 +133,9 @@ def _dask_client(args: argparse.Namespace):
     from lungseg.parallel import open_client
 
     with open_client(args.dask, n_workers=getattr(args, "dask_workers", None)) as client:
+        from lungseg.inference.batch_dask import warm_up_workers
+
+        warm_up_workers(client)  # the workers import TensorFlow while this process loads the models
         print(f"lungseg: batch on the Dask cluster {args.dask} ({len(client.scheduler_info()['workers'])} workers)")
         yield client
 

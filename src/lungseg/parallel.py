@@ -41,8 +41,9 @@ def open_client(address: str | None = None, *, n_workers: int | None = None, thr
     from distributed import Client, LocalCluster
 
     if address in LOCAL:
+        kwargs = {"env": worker_env(threads_per_worker)} if processes else {}
         with LocalCluster(n_workers=n_workers, threads_per_worker=threads_per_worker, processes=processes,
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+                          dashboard_address=None, **kwargs) as cluster, Client(cluster) as client:
             yield client
         return
     try:
@@ -54,6 +55,37 @@ def open_client(address: str | None = None, *, n_workers: int | None = None, thr
             "start it with `dask scheduler`, or leave dask_client.address out for a local cluster") from exc
     with client:
         yield client
+
+
+def worker_env(threads: int) -> dict[str, str]:
+    """The environment of a local cluster's worker processes: TensorFlow's thread pools sized to the worker's
+    ``threads`` (``TF_NUM_INTRAOP_THREADS`` / ``TF_NUM_INTEROP_THREADS``, read when TensorFlow starts), as Dask
+    already does for OpenMP, MKL and OpenBLAS. Otherwise every worker's TensorFlow takes every core, and N
+    workers on N cores oversubscribe them N times."""
+    n = str(max(1, int(threads)))
+    return {"TF_NUM_INTRAOP_THREADS": n, "TF_NUM_INTEROP_THREADS": n}
+
+
+def limit_tensorflow_threads() -> None:
+    """On a Dask worker whose TensorFlow has not started yet: size its thread pools to the worker's threads
+    (what :func:`worker_env` does for a local cluster, for the workers of a cluster started elsewhere that
+    did not set them). Anywhere else, or once TensorFlow runs, nothing."""
+    import os
+    import sys
+
+    worker = _dask_worker()
+    if worker is None or "TF_NUM_INTRAOP_THREADS" in os.environ:
+        return
+    threads = max(1, int(getattr(worker.state, "nthreads", 1)))
+    os.environ.update(worker_env(threads))  # read by TensorFlow when it starts in this process
+    if "tensorflow" in sys.modules:
+        import tensorflow as tf
+
+        try:
+            tf.config.threading.set_intra_op_parallelism_threads(threads)
+            tf.config.threading.set_inter_op_parallelism_threads(threads)
+        except RuntimeError:  # TensorFlow already runs here: its pools stay as they are
+            pass
 
 
 def _probe(address: str, timeout: float) -> None:

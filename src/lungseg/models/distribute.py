@@ -21,9 +21,11 @@ at program start"): ``lungseg train-worker`` creates it first and hands it to
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -125,24 +127,52 @@ def scaled(batch_size: int, learning_rate: float, strategy) -> tuple[int, float]
     return int(batch_size) * n, float(learning_rate) * n
 
 
-#: Why a multi_worker run over several workers stops before training (see :func:`check_multi_worker_fit`).
-KERAS_MULTI_WORKER_BUG = (
-    "Keras {version}'s model.fit does not run under MultiWorkerMirroredStrategy across several workers: it "
-    "reduces the whole distributed first batch to read its shapes (\"Attempt to convert a value (PerReplica...)\"), "
-    "then every scalar log with axis=0 (\"Invalid reduction dimension 0 for input with 0 dimensions\"); "
-    "keras-team/keras#20585, tensorflow/tensorflow#72388. Train on one host with distribution_strategy: mirrored "
-    "(its GPUs), or one multi_worker process, until Keras fixes it"
-)
+@contextlib.contextmanager
+def multi_worker_fit(model, batch) -> Iterator[None]:
+    """Keras 3's ``model.fit`` under ``MultiWorkerMirroredStrategy`` across several workers, made to run
+    (keras-team/keras#20585, tensorflow/tensorflow#72388; found on Keras 3.15 / TensorFlow 2.21 with two
+    worker processes on 127.0.0.1). ``fit`` fails there twice, both outside the training step itself:
 
+    1. it builds the model's metrics and loss from the first batch of the *distributed* dataset, whose
+       elements are ``PerReplica`` values without a shape ("Attempt to convert a value (PerReplica...)").
+       Building them beforehand from one local batch (``batch``, a ``(x, y)`` of numpy arrays; Keras' own
+       ``_symbolic_build``), and skipping ``fit``'s build step for this model (its
+       ``_maybe_symbolic_build``, which reads a distributed batch even when all is built), removes the first;
+    2. it reduces each step's scalar logs (the loss, the metrics) across the workers with
+       ``strategy.reduce("MEAN", v, axis=0)``, and a scalar has no axis 0 ("Invalid reduction dimension 0
+       for input with 0 dimensions"). While this context is open Keras' ``reduce_per_replica`` reduces a
+       scalar with ``axis=None`` (the all-reduce mean of the workers' values, as for any other strategy),
+       and everything else as before.
 
-def check_multi_worker_fit(count: int) -> None:
-    """Refuse, before any step, a ``multi_worker`` fit over ``count`` > 1 workers (found on Keras 3.15 /
-    TensorFlow 2.21 with two worker processes on 127.0.0.1: the two Keras errors of
-    :data:`KERAS_MULTI_WORKER_BUG`), with one clear error instead of a collective op's traceback."""
-    if count > 1:
-        import keras
+    The training step, the all-reduce of the gradients and the callbacks are Keras' own. Enter it inside
+    ``strategy.scope()``."""
+    from keras.src.backend.tensorflow import trainer as tf_trainer
 
-        raise ConfigError(KERAS_MULTI_WORKER_BUG.format(version=keras.__version__))
+    model._symbolic_build(data_batch=batch)
+    # fit's own build step reads a distributed batch even when everything is built: skipped for this model
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None
+    original = tf_trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction in ("auto", "mean") and tf_trainer._collective_all_reduce_multi_worker(strategy):
+            from keras.src import tree
+
+            def reduce(v):
+                parts = v.values if tf_trainer._is_per_replica_instance(v) else (v,)
+                if all(getattr(getattr(part, "shape", None), "rank", None) == 0 for part in parts):
+                    return strategy.reduce("MEAN", v, axis=None)
+                return original(v, strategy, reduction)
+
+            return tree.map_structure(reduce, values)
+        return original(values, strategy, reduction)
+
+    tf_trainer.reduce_per_replica = reduce_per_replica
+    try:
+        yield
+    finally:
+        tf_trainer.reduce_per_replica = original
+        with contextlib.suppress(AttributeError):
+            del model._maybe_symbolic_build
 
 
 def shard(x: np.ndarray, y: np.ndarray, index: int, count: int, batch: int) -> tuple[np.ndarray, np.ndarray]:

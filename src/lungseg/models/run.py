@@ -26,9 +26,9 @@ from lungseg.layout import RUN_ENV_VARIABLE
 from lungseg.models.data import SliceSequence, augment_params, split_model_input
 from lungseg.models.distribute import (
     as_distributed_input,
-    check_multi_worker_fit,
     is_multi_worker,
     make_strategy,
+    multi_worker_fit,
     replicas,
     scaled,
     shard,
@@ -177,7 +177,6 @@ def train_variant(
     multi = is_multi_worker(strategy)
     if multi:  # each worker feeds its own shard; its batch is its share of the global batch
         index, count = worker_shard()
-        check_multi_worker_fit(count)
         batch = batch // count
         x_train, y_train = shard(x_train, y_train, index, count, batch)
     if replicas(strategy) > 1:
@@ -193,7 +192,11 @@ def train_variant(
     val_seq = SliceSequence(x_val, y_val, batch, None, shuffle=False, seed=seed)
     train_in, val_in = (as_distributed_input(train_seq), as_distributed_input(val_seq)) if multi else (train_seq, val_seq)
     backup = params["backup_dir"]
-    with tempfile.TemporaryDirectory(prefix="lungseg-ckpt-") as tmp:
+    with contextlib.ExitStack() as stack:
+        tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="lungseg-ckpt-"))
+        if multi:  # Keras' fit across workers, made to run (keras-team/keras#20585): see multi_worker_fit
+            stack.enter_context(strategy.scope())
+            stack.enter_context(multi_worker_fit(model, val_seq[0] if len(val_seq) else train_seq[0]))
         model, history = fit(
             model, train_in, val_in,
             epochs=int(params["epochs"]),
