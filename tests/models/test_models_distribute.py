@@ -143,21 +143,27 @@ def _runs(project):
     return client, [r for e in client.search_experiments() for r in client.search_runs([e.experiment_id])]
 
 
+def _check_one_model_and_one_run(project, workers: int) -> None:
+    """One model and one config from the chief of ``workers``, one MLflow run with a falling loss and the
+    logged model."""
+    models = list((project / "data/06_models/lung_unet/model.keras").iterdir())
+    configs = list((project / "data/06_models/lung_unet/model_config.json").iterdir())
+    assert len(models) == 1 and len(configs) == 1
+    config = json.loads((configs[0] / "model_config.json").read_text())
+    assert config["distribution"] == {"strategy": "multi_worker", "workers": workers, "replicas": workers}
+    client, runs = _runs(project)
+    assert len(runs) == 1 and runs[0].data.tags["workers"] == str(workers)
+    loss = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "loss"), key=lambda m: m.step)]
+    assert len(loss) == 2 and loss[1] < loss[0]
+    assert client.list_artifacts(runs[0].info.run_id)  # the logged model
+
+
 def test_train_worker_on_a_one_worker_cluster_writes_one_model_and_one_run(tmp_path):
     project, _, _ = _model_input_project(tmp_path)
     codes, outs = _train_workers(project, _cluster(1))
     assert codes == [0], outs[0][-4000:]
     assert "chief of 1 workers: lung_unet saved" in outs[0]
-    models = list((project / "data/06_models/lung_unet/model.keras").iterdir())
-    configs = list((project / "data/06_models/lung_unet/model_config.json").iterdir())
-    assert len(models) == 1 and len(configs) == 1
-    config = json.loads((configs[0] / "model_config.json").read_text())
-    assert config["distribution"] == {"strategy": "multi_worker", "workers": 1, "replicas": 1}
-    client, runs = _runs(project)
-    assert len(runs) == 1 and runs[0].data.tags["workers"] == "1"
-    loss = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "loss"), key=lambda m: m.step)]
-    assert len(loss) == 2 and loss[1] < loss[0]
-    assert client.list_artifacts(runs[0].info.run_id)  # the logged model
+    _check_one_model_and_one_run(project, workers=1)
 
 
 def test_two_worker_processes_train_one_model_with_one_mlflow_run(tmp_path):
@@ -170,12 +176,4 @@ def test_two_worker_processes_train_one_model_with_one_mlflow_run(tmp_path):
     assert "chief of 2 workers: lung_unet saved" in outs[0]
     assert "worker 1 of 2 done" in outs[1] and "saved" not in outs[1]
     assert "2 replicas: global batch 8" in outs[0]  # the replica rule: batch_size 4 per worker
-    models = list((project / "data/06_models/lung_unet/model.keras").iterdir())
-    configs = list((project / "data/06_models/lung_unet/model_config.json").iterdir())
-    assert len(models) == 1 and len(configs) == 1
-    config = json.loads((configs[0] / "model_config.json").read_text())
-    assert config["distribution"] == {"strategy": "multi_worker", "workers": 2, "replicas": 2}
-    client, runs = _runs(project)
-    assert len(runs) == 1 and runs[0].data.tags["workers"] == "2"
-    loss = [m.value for m in sorted(client.get_metric_history(runs[0].info.run_id, "loss"), key=lambda m: m.step)]
-    assert len(loss) == 2 and loss[1] < loss[0]
+    _check_one_model_and_one_run(project, workers=2)
