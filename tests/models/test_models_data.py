@@ -53,6 +53,34 @@ def test_shuffle_is_a_permutation_deterministic_per_seed_and_changes_each_epoch(
     np.testing.assert_array_equal(order_a1, _ids(b))
 
 
+def test_oversampling_draws_slices_by_lesion_extent_deterministically():
+    from lungseg.models.data import extent_weights
+
+    images, masks = _data(n=6)
+    masks[:] = 0
+    masks[1, :4, :8] = 1            # 32 px
+    masks[2, :8, :8] = 1            # 64 px: twice slice 1's extent
+    w = extent_weights(masks, 2.0)  # mean extent of the lesion slices: 48 px
+    np.testing.assert_allclose(w, [1, 1 + 2 * 32 / 48, 1 + 2 * 64 / 48, 1, 1, 1])
+    assert extent_weights(masks, 0) is None and extent_weights(np.zeros_like(masks), 2.0) is None
+    with pytest.raises(ConfigError, match="oversampling strength must be >= 0"):
+        extent_weights(masks, -1)
+
+    a = SliceSequence(images, masks, 3, None, shuffle=True, seed=3, sample_weights=[0, 1, 3, 0, 0, 0])
+    b = SliceSequence(images, masks, 3, None, shuffle=True, seed=3, sample_weights=[0, 1, 3, 0, 0, 0])
+    order = _ids(a)
+    assert len(order) == 6 and set(order) <= {1, 2}  # an epoch is still N slices, drawn by weight
+    np.testing.assert_array_equal(order, _ids(b))
+    many = SliceSequence(np.repeat(images, 50, axis=0), np.repeat(masks, 50, axis=0), 100, None, shuffle=True,
+                         seed=0, sample_weights=np.repeat(w, 50))
+    drawn = np.bincount(many._order // 50, minlength=6)  # which original slice each draw is
+    assert drawn[2] > drawn[1] > drawn[0]  # the most extensive lesion most often, an empty slice least
+    with pytest.raises(DataValidationError, match="sample_weights must be 6 finite non-negative"):
+        SliceSequence(images, masks, 3, None, shuffle=True, seed=0, sample_weights=[1, 2])
+    with pytest.raises(DataValidationError, match="not all zero"):
+        SliceSequence(images, masks, 3, None, shuffle=True, seed=0, sample_weights=np.zeros(6))
+
+
 def test_augmentation_deterministic_keeps_binary_masks_and_never_stores():
     images, masks = _data()
     original = images.copy(), masks.copy()

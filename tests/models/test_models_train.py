@@ -264,6 +264,9 @@ def test_run_fingerprint_changes_with_settings_and_data_but_not_with_verbosity()
         run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3}, prep, x, y, x[:1]),
     }
     assert base not in others and len(others) == 5
+    # no oversampling is the fingerprint of before the option; oversampling changes it
+    assert base == run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3, "oversample": 0}, prep, x, y, x)
+    assert base != run_fingerprint("unet", {"base_filters": 4}, {"epochs": 3, "oversample": 2}, prep, x, y, x)
 
 
 class _SpoilLastEpoch(keras.callbacks.Callback):
@@ -329,6 +332,10 @@ def test_training_params_refuse_a_bad_schedule_or_weights_by_name():
         check_training_params(model, {**base, "validation_freq": 2, "weights": "best"})
     with pytest.raises(ConfigError, match=r"'training.validation_freq' must be a positive number"):
         check_training_params(model, {**base, "validation_freq": 0})
+    assert check_training_params(model, base)["oversample"] == 0  # may be left out
+    for bad in (-1, "2", True):
+        with pytest.raises(ConfigError, match=r"training.oversample must be a number >= 0"):
+            check_training_params(model, {**base, "oversample": bad})
 
 
 def test_validation_freq_validates_every_nth_and_the_last_epoch_and_keeps_one_value_per_epoch(tmp_path):

@@ -149,3 +149,35 @@ def test_unreachable_scheduler_is_one_error_naming_the_address(tmp_path):
         DaskRunner(connect_timeout=2).run(pipe, catalog)
     assert time.monotonic() - start < 10
     assert not out.exists()
+
+
+_GATES: dict[str, object] = {}
+
+
+def _head_waits_for_last(i, n, gate_name, timeout):
+    """Item 0 waits until the last item has run: True only if the last was in flight beside the first."""
+    import threading
+
+    gate = _GATES.setdefault(gate_name, threading.Event())
+    if i == n - 1:
+        gate.set()
+    return gate.wait(timeout=timeout) if i == 0 else True
+
+
+def _case_map_on_cluster(n, ahead, gate_name, timeout):
+    from lungseg.parallel import case_map
+
+    return list(case_map(_head_waits_for_last, range(n), n, gate_name, timeout, ahead=ahead))
+
+
+def test_all_cases_in_flight_lets_the_rest_pass_a_long_first_case():
+    """Ingestion and the partition saves put every case in flight (their results are small): a case that
+    is still running at the head does not keep the workers from the later cases. With a window (the
+    default for large results) the last case waits for the first, as a window must."""
+    from lungseg.parallel import open_client
+
+    n = 10
+    with open_client(None, n_workers=1, threads_per_worker=3, processes=False) as client:
+        assert client.submit(_case_map_on_cluster, n, n, "all", 30, pure=False).result() == [True] * n
+        windowed = client.submit(_case_map_on_cluster, n, 3, "window", 1, pure=False).result()
+    assert windowed == [False] + [True] * (n - 1)

@@ -36,6 +36,8 @@ class CasePartitionedDataset(PartitionedDataset):
             kwargs[self._filepath_arg] = self._join_protocol(self._partition_to_path(partition_id))
             lazy = callable(partition_data) and self._save_lazily
             jobs.append((self._dataset_type(**kwargs), partition_data if lazy else (lambda d=partition_data: d)))
-        for _ in case_map(_save_partition, jobs):
+        # each task returns None, so every case may be in flight at once: no worker waits for a long
+        # case at the head of a window before it gets the next one
+        for _ in case_map(_save_partition, jobs, ahead=len(jobs)):
             pass
         self._invalidate_caches()

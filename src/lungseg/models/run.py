@@ -23,7 +23,7 @@ import pandas as pd
 from lungseg.config import check_section, positive_number
 from lungseg.errors import ConfigError, TrainingDataError
 from lungseg.layout import RUN_ENV_VARIABLE
-from lungseg.models.data import SliceSequence, augment_params, split_model_input
+from lungseg.models.data import SliceSequence, augment_params, extent_weights, split_model_input
 from lungseg.models.distribute import (
     as_distributed_input,
     is_multi_worker,
@@ -53,8 +53,9 @@ TRAINING_KEYS = (
     "augment", "distribution_strategy", "verbose", "backup_dir", "max_train_slices", "repeats",
     "lr_schedule", "weights", "validation_freq", "precision",
 )
-#: Keys that may be left out (their default in brackets): ``run_eagerly`` [false].
-TRAINING_OPTIONAL_KEYS = ("run_eagerly",)
+#: Keys that may be left out (their default in brackets): ``run_eagerly`` [false], ``oversample`` [0: every
+#: training slice once per epoch; s > 0: slices drawn by :func:`lungseg.models.data.extent_weights`].
+TRAINING_OPTIONAL_KEYS = ("run_eagerly", "oversample")
 
 
 @dataclass
@@ -79,6 +80,10 @@ def check_training_params(model_params: Any, training_params: Any, section: str 
         raise ConfigError("model parameters need an 'architecture' (unet | deeplabv3plus)")
     params = check_section(training_params, section, TRAINING_KEYS, TRAINING_OPTIONAL_KEYS)
     params.setdefault("run_eagerly", False)
+    params.setdefault("oversample", 0)
+    over = params["oversample"]
+    if isinstance(over, bool) or not isinstance(over, (int, float)) or not np.isfinite(over) or over < 0:
+        raise ConfigError(f"{section}.oversample must be a number >= 0 (0: no oversampling), got {over!r}")
     if not isinstance(params["run_eagerly"], bool):
         raise ConfigError(f"{section}.run_eagerly must be true or false, got {params['run_eagerly']!r}")
     if params["run_eagerly"] and params["distribution_strategy"] not in (None, "none"):
@@ -113,7 +118,8 @@ def run_fingerprint(arch: str, arch_params: dict[str, Any], training_params: dic
     A backup is resumed only by a run with the same fingerprint (see :func:`lungseg.models.fit`).
     """
     settings = {k: v for k, v in training_params.items()
-                if k not in ("verbose", "backup_dir", "validation_freq", "run_eagerly")}
+                if k not in ("verbose", "backup_dir", "validation_freq", "run_eagerly")
+                and not (k == "oversample" and not v)}  # no oversampling: the fingerprint of before the option
     h = hashlib.sha256(json.dumps([arch, arch_params, settings, prep], sort_keys=True, default=str).encode())
     for arr in (x_train, y_train, x_val):
         h.update(str(arr.shape).encode())
@@ -183,7 +189,12 @@ def train_variant(
         logger.info("%d replicas: global batch %d, learning rate %g (batch_size %s and learning_rate %s per replica)",
                     replicas(strategy), batch * (count if multi else 1), base_lr, params["batch_size"],
                     params["learning_rate"])
-    train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed)
+    weights = extent_weights(y_train, float(params["oversample"]))
+    if weights is not None:
+        logger.info("Oversampling by lesion extent (oversample %g): slice weights %.2f to %.2f (1: no lesion)",
+                    params["oversample"], weights.min(), weights.max())
+    train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed,
+                              sample_weights=weights)
     lr = learning_rate_for(params["lr_schedule"], base_lr, int(params["epochs"]) * len(train_seq))
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with scope, precision_policy(params["precision"]):
