@@ -29,6 +29,24 @@ def pytest_configure(config):
         "markers", "chromium: drives Debian's chromium; skipped without it, but a failure under CI=true")
 
 
+#: The test files that take longest (the --durations of `make test`, 2026-12-07), scheduled first: under
+#: `--dist loadfile` each xdist worker takes whole files in collection order, and with the longest last
+#: (tests/ui/ sorts last) one worker ran them alone for minutes while the other had finished.
+LONGEST_FIRST = (
+    "tests/ui/test_ui_browser.py", "tests/test_pipelines.py", "tests/test_browser_tracking.py",
+    "tests/pipelines/test_pipe_cv.py", "tests/test_fetch.py", "tests/test_notebook.py",
+    "tests/tracking/test_tracking_runs.py", "tests/models/test_models_distribute.py", "tests/test_airflow.py",
+    "tests/tracking/test_tracking_server.py", "tests/hardening/test_params_check.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """The files of :data:`LONGEST_FIRST` first (longest-processing-time first, so that the workers end
+    together); every other file, and the tests inside each file, keep their order."""
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::", 1)[0], len(rank)))
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtest_setup(item):
     """A ``chromium`` test without /usr/bin/chromium: skipped with the reason on a developer's machine; a
