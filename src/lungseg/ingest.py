@@ -274,7 +274,7 @@ def ingest_dataset(
     rows = table.to_dict("records")
     jobs = [(row.pop("case_id"), row, volumes_of(volumes, row)) for row in rows]
     # a case's facts are a few numbers: every case in flight at once, so that a long one holds up no worker
-    checked = case_map(_ingest_one, jobs, p.get("raw_root"), tolerance, skip, ahead=max(1, len(jobs)))
+    checked = case_map(_ingest_one, jobs, p.get("raw_root"), tolerance, skip, ahead=len(jobs))
     for (case, rec, _), (fact, problem) in tqdm(zip(jobs, checked), total=len(jobs), desc="ingest cases", unit="case"):
         if problem is not None:
             logger.warning("Skipping %s", problem)
