@@ -48,17 +48,26 @@ class EvalResult:
 def predict_case(model, config: dict[str, Any], image_u8: np.ndarray, lung: np.ndarray, batch_size: int) -> np.ndarray:
     """Binary prediction of one enhanced case on its own (canonical) grid.
 
-    The lung task crops every slice to the body; the infection task crops to the ground-truth
-    lungs (its training protocol) and predicts nothing on slices without lung.
+    The lung task crops every slice to the body. The infection task predicts nothing on slices
+    without lung: it crops to the ground-truth lungs (its training protocol), or, with
+    ``crop_mode='body'``, to the body, its prediction then kept inside the ground-truth lungs' filled
+    outline (as the combined system keeps it inside the predicted lungs).
     """
+    from lungseg.imaging import fill_holes_2d
+
     prep = PreprocessConfig.from_dict(config)
     pred = np.zeros(image_u8.shape, np.uint8)
-    idx = np.flatnonzero((lung > 0).any(axis=(1, 2))) if prep.crop_mode == "lung_mask" else np.arange(len(image_u8))
+    infection = config.get("task") == "infection"
+    in_lung = prep.crop_mode == "lung_mask" or infection
+    idx = np.flatnonzero((lung > 0).any(axis=(1, 2))) if in_lung else np.arange(len(image_u8))
     if idx.size == 0:
         return pred
     imgs, recs = crop_and_resize(image_u8, prep, lung_mask=lung, index=idx)
     probs = restore_slices(predict_probabilities(model, imgs, batch_size), recs)
-    pred[idx] = probs >= float(config["threshold"])
+    found = probs >= float(config["threshold"])
+    if infection and prep.crop_mode == "body":
+        found &= fill_holes_2d(lung[idx] > 0).view(bool)
+    pred[idx] = found
     return pred
 
 

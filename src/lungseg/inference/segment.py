@@ -223,7 +223,8 @@ class Segmenter:
         Steps: 1. lung model on body-cropped slices (the lung model's own config), mapped back and
         thresholded at its ``threshold``; 2. 3D postprocess (two largest components, holes filled when
         ``lung_fill_holes``, left/right split); 3. infection model on lung-cropped slices (its own config
-        with ``crop_mode='lung_mask'`` and the predicted lungs), only on slices that hold lung; 4. infection
+        with its recorded ``crop_mode``: ``'lung_mask'``, the predicted lungs' box, or ``'body'``, the whole body),
+        only on slices that hold lung; 4. infection
         kept inside the lungs' filled outline, and infection in a hole of the lungs made lung too.
         Everything is on the canonical grid of ``volume``.
 
@@ -269,9 +270,10 @@ class Segmenter:
         if not lung_slices.size:
             logger.warning("%s: no lungs found; the masks are empty", name)
         elif "infection" in tasks:
-            # 3. infection model on the lung-cropped slices that hold lung, with its own config.
+            # 3. infection model on the slices that hold lung, with its own config (lung- or body-cropped).
             inf_binary, inf_prob = self._predict_volume(
-                self.infection, _config_for(self.infection, crop_mode="lung_mask", **self._overrides), ct, source_kind, lung_slices,
+                self.infection, _config_for(self.infection, crop_mode=self.infection.config.get("crop_mode", "lung_mask"),
+                                            **self._overrides), ct, source_kind, lung_slices,
                 lung_labels, progress, "infection model", keep_probabilities,
             )
             # 4. infection only inside the lungs' outline (their holes filled: a lesion the lung model left

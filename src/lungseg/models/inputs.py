@@ -33,19 +33,30 @@ logger = logging.getLogger(__name__)
 
 Lazy = Callable[[], dict[str, np.ndarray]]
 LUNG_CROP_SOURCES = ("body", "lung_mask")
+#: The infection model's input: ``lung_mask`` (the lungs' box, the paper's protocol; at inference the predicted
+#: lungs) or ``body`` (the whole body, so it sees the context a tight lung box cuts off); either way its
+#: prediction is kept only inside the lungs (the ground truth's when evaluated alone, the lung model's combined).
+INFECTION_CROP_SOURCES = ("lung_mask", "body")
 #: Keys of the ``preprocessing`` parameters (conf/base/parameters_preprocessing.yml).
 PREPROCESSING_KEYS = (
     "window", "clahe_clip_limit", "clahe_tile_grid", "image_size", "crop_margin", "body_threshold",
     "lung_crop_source", "min_lung_fraction", "infection_negative_fraction", "seed", "source_clahe_clip_limit",
     "context",
 )
+#: Keys that may be left out (their default in brackets): ``infection_crop_source`` [lung_mask].
+PREPROCESSING_OPTIONAL_KEYS = ("infection_crop_source",)
 #: Keys of the ``split`` parameters.
 SPLIT_KEYS = ("method", "val_fraction", "n_folds", "fold", "seed")
 
 
 def check_preprocessing_params(params: Any) -> dict[str, Any]:
     """The ``preprocessing`` parameters, refused by name when a key is missing or unknown."""
-    return check_section(params, "preprocessing", PREPROCESSING_KEYS)
+    params = check_section(params, "preprocessing", PREPROCESSING_KEYS, PREPROCESSING_OPTIONAL_KEYS)
+    params.setdefault("infection_crop_source", "lung_mask")
+    if params["infection_crop_source"] not in INFECTION_CROP_SOURCES:
+        raise ConfigError(f"preprocessing.infection_crop_source is {params['infection_crop_source']!r}; "
+                          f"expected one of {INFECTION_CROP_SOURCES}")
+    return params
 
 
 def per_task(params: dict[str, Any], key: str, task: str) -> Any:
@@ -94,7 +105,7 @@ def preprocess_config(params: dict[str, Any], task: str) -> PreprocessConfig:
         raise ConfigError(
             f"preprocessing.lung_crop_source is {source!r}; expected one of {LUNG_CROP_SOURCES}"
         )
-    crop_mode = "lung_mask" if task == "infection" else source
+    crop_mode = params["infection_crop_source"] if task == "infection" else source
     clip = params["source_clahe_clip_limit"]
     clip = params["clahe_clip_limit"] if clip is None else clip
     return PreprocessConfig.from_dict({**params, "crop_mode": crop_mode, "clahe_clip_limit": clip,
