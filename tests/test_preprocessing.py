@@ -58,6 +58,24 @@ def test_model_inputs_per_task(ingested):
     assert 2 * inter / (back.sum() + orig.sum()) > 0.8
 
 
+def test_infection_input_on_the_body_crop(ingested):
+    """``infection_crop_source: body``: the same slices and masks as the lung-box input, cut from the body's
+    larger box, and recorded as ``crop_mode: body`` so that inference repeats it."""
+    table, canonical = ingested
+    enhanced = enhance_cases(table, canonical, TINY_PREPROCESSING)
+    lungbox = build_infection_input(table, enhanced, TINY_PREPROCESSING)
+    body = build_infection_input(table, enhanced, {**TINY_PREPROCESSING, "infection_crop_source": "body"})
+    assert json.loads(str(body["config_json"]))["crop_mode"] == "body"
+    assert (body["slice_index"] == lungbox["slice_index"]).all() and (body["case_ids"] == lungbox["case_ids"]).all()
+    area = lambda r: (r[:, 3] - r[:, 2]) * (r[:, 5] - r[:, 4])  # noqa: E731  (y1 - y0) * (x1 - x0)
+    assert (area(body["records"]) > area(lungbox["records"])).all()
+    for out in (lungbox, body):  # either way the records map the mask back onto the infection of the grid
+        first = out["case_ids"] == "case_a"
+        back = restore_slices(out["masks"][first].astype(np.float32), records_from_array(out["records"][first])) >= 0.5
+        orig = canonical["case_a"]()["infection"][out["slice_index"][first]] > 0
+        assert 2 * np.logical_and(back, orig).sum() / (back.sum() + orig.sum()) > 0.7
+
+
 def test_lung_crop_source_lung_mask_and_bad_value():
     assert preprocess_config({**TINY_PREPROCESSING, "lung_crop_source": "lung_mask"}, "lung").crop_mode == "lung_mask"
     with pytest.raises(ConfigError, match="lung_crop_source"):
