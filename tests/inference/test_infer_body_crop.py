@@ -1,4 +1,5 @@
-"""The infection model on the whole body (``preprocessing.infection_crop_source: body``).
+"""The infection model on the whole body (``preprocessing.infection_crop_source: body``), and an infection
+margin around the predicted lungs (``infection_margin_mm``).
 
 It sees the context a tight lung box cuts off; its prediction is kept inside the lungs: the predicted
 lungs in the combined system (``lungseg predict``), the ground-truth lungs when it is evaluated alone.
@@ -15,7 +16,7 @@ import numpy as np
 import pytest
 from conftest import TINY_PREPROCESSING
 from rule_models import band_model
-from test_infer_context import LESION_BAND, LESION_HU, SPACING, chest, config, save_models
+from test_infer_context import LESION_BAND, LESION_HU, LUNG_BAND, SPACING, chest, config, save_models
 
 import lungseg.imaging as imaging
 from lungseg import cli
@@ -23,6 +24,10 @@ from lungseg.errors import ConfigError
 from lungseg.evaluation.evaluate import predict_case
 from lungseg.evaluation.metrics import dice
 from lungseg.imaging import PreprocessConfig, enhance
+from lungseg.inference.loaded_model import LoadedModel
+from lungseg.inference.segment import Segmenter, reaching_in
+from lungseg.inference.settings import InferenceSettings
+from lungseg.limits import load_guard
 from lungseg.models.inputs import preprocess_config
 from lungseg.volume import from_canonical_array, load_canonical
 
@@ -84,3 +89,59 @@ def test_evaluating_a_body_cropped_infection_model_keeps_it_in_the_ground_truth_
     no_lung[5] = 0
     pred = predict_case(model, cfg, image, no_lung, batch_size=4) > 0
     assert not pred[5].any()  # a slice without lung: nothing predicted, as in the lung-crop protocol
+
+
+# ----------------------------------------------------------------------------- infection_margin_mm
+
+
+def test_reaching_in_keeps_the_regions_that_enter_the_lungs_up_to_the_margin():
+    outline = np.zeros((3, 40, 40), bool)
+    outline[:, 10:30, 10:20] = True
+    found = np.zeros_like(outline)
+    found[1, 15:20, 16:24] = True  # enters the lungs, 4 px out of them
+    found[1, 2:5, 2:5] = True  # near the lungs (within 10 px) but never in them
+    found[2, 15:17, 16:36] = True  # enters them, 16 px out: cut at the margin
+    kept = reaching_in(found, outline, margin_mm=8.0, spacing_yx=(0.8, 0.8))  # 10 px
+    assert kept[1, 15:20, 16:24].all() and not kept[1, 2:5, 2:5].any()
+    assert kept[2, 15:17, 16:30].all() and not kept[2, 15:17, 31:].any()
+    notch = np.zeros_like(outline)
+    notch[0, 12:16, 20:25] = True  # borders the lungs (a notch the lung model cut into their edge)
+    notch[0, 20:24, 22:25] = True  # 2 px from them: apart
+    kept = reaching_in(notch, outline, 8.0, (0.8, 0.8))
+    assert kept[0, 12:16, 20:25].all() and not kept[0, 20:24].any()
+    with pytest.raises(ConfigError, match="infection_margin_mm must be a number of mm >= 0"):
+        InferenceSettings(guard=load_guard(), infection_margin_mm=-1)
+
+
+def test_a_margin_keeps_a_consolidation_the_lung_model_cut_off_and_makes_it_lung():
+    """A lesion on the lung's outer edge: the lung model (lung intensity) leaves it out, as it leaves out
+    consolidation at the lungs' border. Without a margin the infection stops at the lung model's outline;
+    with 5 mm the lesion is infection, and lung. (The chest's own lesions are inside the lungs either way.)"""
+    ct, lung, lesion_a, lesion_b = chest()
+    size = ct.shape[1]
+    yy, xx = np.mgrid[0:size, 0:size]
+    c = size / 2
+    edge_x = c + 0.2 * size + 0.15 * size  # the left lung's outer edge, on its centre row
+    lesion = np.zeros_like(lung, bool)
+    lesion[3:9] = (((yy - c) ** 2 + (xx - edge_x) ** 2) < (0.07 * size) ** 2) & (lung[0] > 0)
+    ct[lesion] = LESION_HU
+    models = []
+    for task, model, cfg in (("lung", band_model(64, *LUNG_BAND), config("lung", 64)),
+                             ("infection", band_model(96, *LESION_BAND), {**config("infection", 96), "crop_mode": "body"})):
+        models.append(LoadedModel(model, cfg, task))
+    volume = from_canonical_array(ct, SPACING)
+    inside = Segmenter.from_models(*models, InferenceSettings(guard=load_guard())).segment(volume, "hu", progress=False)
+    margin = Segmenter.from_models(*models, InferenceSettings(guard=load_guard(), infection_margin_mm=5.0)).segment(
+        volume, "hu", progress=False)
+    def recall(seg):
+        return (seg.infection[lesion] > 0).mean()
+
+    assert recall(inside) < 0.2  # outside the lung model's outline
+    assert recall(margin) > 0.8
+    added = (margin.infection > 0) & ~(inside.infection > 0)
+    from scipy import ndimage
+
+    near_lesions = ndimage.binary_dilation(lesion | (lesion_a > 0) | (lesion_b > 0), iterations=2)
+    assert not (added & ~near_lesions).any()  # it added nothing away from the lesions
+    assert (margin.lung_labels[margin.infection > 0] > 0).all()  # and it is lung now
+    assert dice(margin.lung_labels > 0, lung > 0) > dice(inside.lung_labels > 0, lung > 0)

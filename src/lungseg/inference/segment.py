@@ -84,6 +84,27 @@ def predict_probabilities(model, images_u8: np.ndarray, batch_size: int = 16) ->
     return out
 
 
+def reaching_in(found: np.ndarray, outline: np.ndarray, margin_mm: float, spacing_yx) -> np.ndarray:
+    """The infection of ``found`` (bool ``(Z, H, W)``) inside ``outline``, and the regions of it that reach into
+    ``outline`` kept up to ``margin_mm`` (in-plane) outside it: its 3D connected components (6-connected)
+    within the grown outline that overlap or border the outline. A region apart from the lungs is dropped."""
+    import cv2
+    from scipy import ndimage
+
+    ry, rx = (max(1, int(round(margin_mm / float(s)))) for s in spacing_yx)
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rx + 1, 2 * ry + 1))
+    grown = np.stack([cv2.dilate(o.view(np.uint8), kernel) for o in outline]).view(bool) if len(outline) else outline
+    near = found & grown
+    labels, n = ndimage.label(near)
+    if n == 0:
+        return near
+    border = np.stack([cv2.dilate(o.view(np.uint8), np.ones((3, 3), np.uint8)) for o in outline]).view(bool)
+    touching = np.zeros(n + 1, bool)
+    touching[np.unique(labels[near & border])] = True  # in the lungs, or next to them (a notch in their edge)
+    touching[0] = False
+    return touching[labels]
+
+
 def _config_for(loaded: LoadedModel, **overrides):
     """The ``PreprocessConfig`` of a model's saved config (keys the imaging config does not know are dropped)."""
     from lungseg.imaging import PreprocessConfig
@@ -280,10 +301,12 @@ class Segmenter:
             # out as a hole is still searched), and infection in a hole is lung too.
             lung_in = lung_labels[lung_slices] > 0
             outline = lung_in if self.lung_fill_holes else fill_holes_2d(lung_in).view(bool)
-            found = inf_binary & outline
+            margin = self.settings.infection_margin_mm
+            found = (inf_binary & outline if margin <= 0
+                     else reaching_in(inf_binary, outline, margin, volume.spacing[1:]))
             infection[lung_slices] = found
             del inf_binary
-            if not self.lung_fill_holes and np.any(found & ~lung_in):
+            if np.any(found & ~lung_in):  # in a hole of the lungs, or (with a margin) just outside them
                 lung_labels = split_left_right(lung_labels | infection, min_ratio=self.lung_min_ratio)
             if infection_prob is not None:
                 infection_prob[lung_slices] = inf_prob

@@ -18,6 +18,8 @@ from lungseg.limits import GuardParams
 
 #: The keys of the ``inference`` parameters that :meth:`InferenceSettings.from_params` reads.
 SEGMENTER_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard")
+#: Keys it reads when present (their defaults: the dataclass's).
+SEGMENTER_OPTIONAL_KEYS = ("infection_margin_mm",)
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,9 @@ class InferenceSettings:
         flip_tta: average each model with its left-right mirror image.
         input_equalised: the input already carries CLAHE (the models' own CLAHE step is skipped).
         chunk_slices: slices prepared at a time (rounded up to a multiple of ``batch_size``).
+        infection_margin_mm: 0 keeps the infection inside the predicted lungs' outline. Above 0, an infection
+            region that reaches into the lungs is kept up to this distance (in-plane, mm) outside them, and
+            that part is made lung: consolidation the lung model cut off at the lungs' edge.
     """
 
     guard: GuardParams
@@ -42,6 +47,7 @@ class InferenceSettings:
     flip_tta: bool = False
     input_equalised: bool = False
     chunk_slices: int = 64
+    infection_margin_mm: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.guard, GuardParams):
@@ -53,6 +59,10 @@ class InferenceSettings:
         for name, cast in (("batch_size", int), ("chunk_slices", int), ("lung_min_ratio", float),
                            ("lung_fill_holes", bool), ("flip_tta", bool), ("input_equalised", bool)):
             object.__setattr__(self, name, cast(getattr(self, name)))
+        margin = self.infection_margin_mm
+        if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
+            raise ConfigError(f"infection_margin_mm must be a number of mm >= 0 (0: inside the lungs), got {margin!r}")
+        object.__setattr__(self, "infection_margin_mm", float(margin))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], section: str = "inference", **overrides: Any) -> InferenceSettings:
@@ -70,7 +80,7 @@ class InferenceSettings:
         missing = [k for k in SEGMENTER_KEYS if k not in params and k not in overrides]
         if missing:
             raise ConfigError(f"parameters '{section}' lack {', '.join(repr(k) for k in missing)}")
-        values = {k: params[k] for k in SEGMENTER_KEYS if k in params}
+        values = {k: params[k] for k in (*SEGMENTER_KEYS, *SEGMENTER_OPTIONAL_KEYS) if k in params}
         if not isinstance(values.get("guard", {}), (Mapping, GuardParams)):
             raise ConfigError(f"parameter '{section}.guard' must be a mapping, got {values['guard']!r}")
         if isinstance(values.get("guard"), Mapping):

@@ -59,7 +59,8 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     # the guard's bounds of conf/base (what the out-of-fold Segmenter read for itself before #26)
     segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
                              input_equalised=source_equalised(preprocessing), flip_tta=bool(params["flip_tta"]),
-                             lung_fill_holes=bool(params["lung_fill_holes"]), guard=load_guard())
+                             lung_fill_holes=bool(params["lung_fill_holes"]), guard=load_guard(),
+                             infection_margin_mm=params.get("infection_margin_mm", 0.0))
     table = combined_oof_metrics(segment, folds, canonical_cases)
     summary = {"n_folds": int(folds["fold"].nunique()),
                "involvement_abs_error_mean": float((table["pred_involvement_percent"]

@@ -21,8 +21,9 @@ from lungseg.tracking import history_to_steps, summary_to_metrics
 Lazy = Callable[[], dict[str, np.ndarray]]
 #: Keys of the ``evaluation`` parameters (conf/base/parameters_training.yml).
 EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes")
-#: may be left out: the stress set then paints with its defaults (lungseg.imaging.paint.PaintParams)
-EVALUATION_OPTIONAL = ("stress",)
+#: may be left out: the stress set then paints with its defaults (lungseg.imaging.paint.PaintParams); the
+#: combined cross-validation's infection_margin_mm is 0 (InferenceSettings.infection_margin_mm)
+EVALUATION_OPTIONAL = ("stress", "infection_margin_mm")
 
 
 def evaluate_model(model, model_config: dict[str, Any], model_input: dict[str, np.ndarray],
