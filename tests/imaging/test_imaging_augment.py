@@ -165,3 +165,35 @@ def test_paint_brightens_the_lungs_keeps_the_mask_and_draws_nothing_when_off():
     stack = np.stack([img] * 3, axis=-1)
     painted3, _ = random_augment(stack, lung, np.random.default_rng(1), AugmentParams(paint=1.0, **_NO_GEOMETRY))
     np.testing.assert_array_equal(painted3[..., 1], painted)            # 2.5D: every channel the same region
+
+
+def test_elastic_deforms_image_and_mask_alike_within_alpha_and_draws_nothing_when_off():
+    img, mask = _square_pair()
+    params = AugmentParams(elastic=1.0, elastic_alpha=4.0, elastic_sigma=6.0, **_NO_GEOMETRY)
+    changed = 0
+    for seed in range(10):
+        out, out_mask = random_augment(img, mask, np.random.default_rng(seed), params)
+        assert out.dtype == np.float32 and out_mask.dtype == np.uint8 and set(np.unique(out_mask)) <= {0, 1}
+        assert (out_mask[out > 0.99] == 1).all()  # the mask moved with the image
+        inter, union = np.logical_and(out > 0.5, out_mask == 1).sum(), np.logical_or(out > 0.5, out_mask == 1).sum()
+        assert inter / union > 0.9
+        # no pixel moved more than alpha: the square's outline stays within 4 px of where it was
+        ys, xs = np.nonzero(out_mask)
+        assert ys.min() >= 20 - 5 and ys.max() <= 39 + 5 and xs.min() >= 24 - 5 and xs.max() <= 43 + 5
+        changed += not np.array_equal(out_mask, mask)
+    assert changed >= 8
+    # a 2.5D stack: every channel gets the same field
+    stack = np.repeat(img[..., None], 3, axis=2)
+    out3, m3 = random_augment(stack, mask, np.random.default_rng(4), params)
+    np.testing.assert_array_equal(out3[..., 0], out3[..., 2])
+    # off (the default): nothing drawn, the geometry of before
+    plain = random_augment(img, mask, np.random.default_rng(7), AugmentParams())
+    off = random_augment(img, mask, np.random.default_rng(7), AugmentParams(elastic=0.0, elastic_alpha=9.0))
+    np.testing.assert_array_equal(plain[0], off[0])
+    np.testing.assert_array_equal(plain[1], off[1])
+
+
+@pytest.mark.parametrize("bad", [{"elastic": 1.5}, {"elastic_alpha": -1}, {"elastic_sigma": 0}])
+def test_bad_elastic_options_are_refused_by_name(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        AugmentParams.from_dict(bad)

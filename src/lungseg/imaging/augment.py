@@ -26,6 +26,11 @@ class AugmentParams:
     the slice mean, a brightness shift in ``[-brightness, brightness]`` and Gaussian noise of standard
     deviation ``noise_std``, all on the [0, 1] scale and clipped back to it (nnU-Net's intensity set).
 
+    ``elastic``: the probability of an elastic deformation after the affine (MIScnn's and nnU-Net's
+    augmentation): a random displacement field, white noise smoothed by a Gaussian of ``elastic_sigma``
+    pixels and scaled so that its largest displacement is ``elastic_alpha`` pixels, the same for the image
+    (bilinear), its mask (nearest) and every 2.5D channel. 0 draws nothing.
+
     ``paint`` (lung model only): the probability that a slice gets consolidation and ground glass painted
     into 30-70 % of its lungs first (:mod:`lungseg.imaging.paint`), its mask unchanged, so that
     consolidated lung is still lung. 0 draws nothing.
@@ -41,6 +46,9 @@ class AugmentParams:
     brightness: float = 0.0
     noise_std: float = 0.0
     paint: float = 0.0
+    elastic: float = 0.0
+    elastic_alpha: float = 6.0
+    elastic_sigma: float = 8.0
 
     def __post_init__(self) -> None:
         if self.rotation_deg < 0:
@@ -51,7 +59,10 @@ class AugmentParams:
             )
         if not 0.0 <= self.p <= 1.0:
             raise ConfigError(f"augmentation probability p must be in [0, 1], got {self.p}")
-        for name in ("gamma", "contrast", "brightness", "noise_std", "paint"):
+        if not self.elastic_alpha >= 0 or not self.elastic_sigma > 0:
+            raise ConfigError(f"augmentation needs elastic_alpha >= 0 and elastic_sigma > 0 (pixels), "
+                              f"got {self.elastic_alpha}, {self.elastic_sigma}")
+        for name in ("gamma", "contrast", "brightness", "noise_std", "paint", "elastic"):
             value = getattr(self, name)
             if not 0.0 <= value <= (1.0 if name != "gamma" else 4.0):
                 top = 4 if name == "gamma" else 1
@@ -146,6 +157,25 @@ def random_paint(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, 
                      for c in range(img.shape[-1])], axis=-1)
 
 
+def random_elastic(shape: tuple[int, int], rng: np.random.Generator, params: AugmentParams):
+    """With probability ``params.elastic``, the ``(map_x, map_y)`` float32 maps of one elastic deformation of an
+    ``(H, W)`` image for :func:`cv2.remap` (see :class:`AugmentParams`); None otherwise (and nothing drawn at 0)."""
+    if not params.elastic or rng.random() >= params.elastic or not params.elastic_alpha:
+        return None
+    h, w = shape
+    field = rng.uniform(-1.0, 1.0, size=(2, h, w)).astype(np.float32)
+    field = np.stack([cv2.GaussianBlur(f, (0, 0), params.elastic_sigma, borderType=cv2.BORDER_REFLECT) for f in field])
+    field *= np.float32(params.elastic_alpha / max(float(np.abs(field).max()), 1e-6))
+    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
+    return xx + field[0], yy + field[1]
+
+
+def _remap(arr: np.ndarray, maps, flag: int) -> np.ndarray:
+    if arr.ndim == 3 and arr.shape[2] > 4:  # OpenCV remaps at most 4 channels at once
+        return np.stack([_remap(arr[..., c], maps, flag) for c in range(arr.shape[2])], axis=-1)
+    return cv2.remap(np.ascontiguousarray(arr), maps[0], maps[1], flag, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
+
+
 def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
     h, w = arr.shape[:2]
     if arr.ndim == 3 and arr.shape[2] > 4:  # OpenCV warps at most 4 channels at once
@@ -175,13 +205,17 @@ def random_augment(
     if params.paint:
         img2 = random_paint(img2, msk2, rng, params)
     m = random_affine(img2.shape[:2], rng, params)
-    if m is None:
+    maps = random_elastic(img2.shape[:2], rng, params)
+    if m is None and maps is None:
         return random_intensity(img2.reshape(img.shape), rng, params).copy(), msk.copy()
     img_dtype, msk_dtype = img2.dtype, msk2.dtype
     work_img = img2 if img_dtype in (np.float32, np.float64, np.uint8) else img2.astype(np.float32)
-    out_img = _warp(work_img, m, cv2.INTER_LINEAR).astype(img_dtype, copy=False)
     work_msk = msk2 if msk_dtype in (np.uint8, np.uint16, np.int16, np.float32) else msk2.astype(np.uint8)
-    out_msk = _warp(work_msk, m, cv2.INTER_NEAREST).astype(msk_dtype, copy=False)
+    if m is not None:
+        work_img, work_msk = _warp(work_img, m, cv2.INTER_LINEAR), _warp(work_msk, m, cv2.INTER_NEAREST)
+    if maps is not None:
+        work_img, work_msk = _remap(work_img, maps, cv2.INTER_LINEAR), _remap(work_msk, maps, cv2.INTER_NEAREST)
+    out_img, out_msk = work_img.astype(img_dtype, copy=False), work_msk.astype(msk_dtype, copy=False)
     return random_intensity(out_img.reshape(img.shape), rng, params), out_msk.reshape(msk.shape)
 
 
