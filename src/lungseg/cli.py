@@ -61,6 +61,16 @@ def _parse_cases(text: str) -> tuple[str, ...]:
     return cases
 
 
+def _non_negative_mm(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid margin {text!r}: give a number of mm >= 0")
+    return value
+
+
 def _positive_int(text: str) -> int:
     try:
         value = int(text)
@@ -124,6 +134,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fill-lung-holes", action="store_true",
                    help="count every hole of the predicted lungs as lung (default: a hole is lung only where "
                    "infection is found in it, as the dataset's lung masks leave vessels out)")
+    p.add_argument("--infection-margin", type=_non_negative_mm, default=0.0, metavar="MM",
+                   help="keep an infection region that enters or borders the predicted lungs up to MM outside them "
+                   "(in-plane) and make that part lung: consolidation the lung model cut off at the lungs' edge "
+                   "(default 0: infection only inside the predicted lungs)")
     p.add_argument("--cases", type=_parse_cases, default=None, metavar="A,B,C",
                    help="batch mode: segment only these case ids (e.g. the held-out patients)")
     p.add_argument("--dask", metavar="ADDRESS", default=None,

@@ -145,3 +145,19 @@ def test_a_margin_keeps_a_consolidation_the_lung_model_cut_off_and_makes_it_lung
     assert not (added & ~near_lesions).any()  # it added nothing away from the lesions
     assert (margin.lung_labels[margin.infection > 0] > 0).all()  # and it is lung now
     assert dice(margin.lung_labels > 0, lung > 0) > dice(inside.lung_labels > 0, lung > 0)
+
+
+def test_the_margin_is_an_option_of_lungseg_predict_and_of_the_inference_parameters(capsys):
+    from lungseg.cli import build_parser
+    from lungseg.cli_predict import _settings
+    from lungseg.limits import inference_parameters
+
+    args = build_parser().parse_args(["predict", "ct.nii.gz", "-o", "out", "--infection-margin", "7.5"])
+    assert _settings(args, load_guard()).infection_margin_mm == 7.5
+    assert _settings(build_parser().parse_args(["predict", "ct.nii.gz", "-o", "out"]), load_guard()).infection_margin_mm == 0
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["predict", "ct.nii.gz", "-o", "out", "--infection-margin", "-2"])
+    assert "invalid margin '-2': give a number of mm >= 0" in capsys.readouterr().err
+    params = inference_parameters()
+    assert params["infection_margin_mm"] == 0  # conf/base
+    assert InferenceSettings.from_params({**params, "infection_margin_mm": 12}).infection_margin_mm == 12.0

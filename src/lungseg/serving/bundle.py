@@ -37,6 +37,8 @@ SETTINGS_FILE = "settings.json"
 #: ``precision`` is the served model's default prediction precision (the pyfunc model applies it; a
 #: bundle written before it existed predicts in float32); ``lungseg predict --model`` uses ``--precision``.
 SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits", "precision")
+#: Stored when given (a bundle without them takes InferenceSettings' defaults).
+SETTINGS_OPTIONAL_KEYS = ("infection_margin_mm",)
 
 
 @dataclass
@@ -115,7 +117,8 @@ def write_bundle(dest: str | Path, lung: Any, infection: Any, settings: dict[str
     sources = {"lung": _copy_model(lung, dest / "lung")}
     if infection is not None:
         sources["infection"] = _copy_model(infection, dest / "infection")
-    saved = {k: settings[k] for k in SETTINGS_KEYS} | {"sources": sources}
+    saved = ({k: settings[k] for k in SETTINGS_KEYS} | {k: settings[k] for k in SETTINGS_OPTIONAL_KEYS if k in settings}
+             | {"sources": sources})
     (dest / SETTINGS_FILE).write_text(json.dumps(saved, indent=2, default=str))
     return dest
 

@@ -15,7 +15,7 @@ logger = logging.getLogger(__name__)
 #: Keys of the ``inference`` parameters (conf/base/parameters_inference.yml); all are required.
 INFERENCE_KEYS = (
     "input", "output_dir", "lung_model", "infection_model", "models_dir", "batch_size", "tasks", "progress", "cases",
-    "lung_min_ratio", "lung_fill_holes", "flip_tta", "limits", "guard", "precision",
+    "lung_min_ratio", "lung_fill_holes", "flip_tta", "limits", "guard", "precision", "infection_margin_mm",
 )
 
 

@@ -17,7 +17,7 @@ from kedro.pipeline import Node, Pipeline
 from lungseg.config import check_section
 from lungseg.errors import ModelNotFoundError
 from lungseg.layout import is_cv_name
-from lungseg.serving.bundle import SETTINGS_KEYS
+from lungseg.serving.bundle import SETTINGS_KEYS, SETTINGS_OPTIONAL_KEYS
 
 logger = logging.getLogger(__name__)
 
@@ -42,7 +42,7 @@ def combined_model(registry: dict[str, Any], inference: dict[str, Any], lung_mod
             except ModelNotFoundError as exc:
                 logger.warning("%s is not registered by this run: %s", registry["model_name"], exc)
                 return {"register": False}
-    settings = {k: inference[k] for k in SETTINGS_KEYS}
+    settings = {k: inference[k] for k in SETTINGS_KEYS} | {k: inference[k] for k in SETTINGS_OPTIONAL_KEYS if k in inference}
     return {"register": True, "name": str(registry["model_name"]), "settings": settings, **parts}
 
 
