@@ -87,7 +87,8 @@ def predict_probabilities(model, images_u8: np.ndarray, batch_size: int = 16) ->
 def reaching_in(found: np.ndarray, outline: np.ndarray, margin_mm: float, spacing_yx) -> np.ndarray:
     """The infection of ``found`` (bool ``(Z, H, W)``) inside ``outline``, and the regions of it that reach into
     ``outline`` kept up to ``margin_mm`` (in-plane) outside it: its 3D connected components (6-connected)
-    within the grown outline that overlap or border the outline. A region apart from the lungs is dropped."""
+    within the grown outline that overlap or border the outline. A region apart from the lungs is dropped.
+    The slices are taken as adjacent in their order (the Segmenter passes the slices that hold lung)."""
     import cv2
     from scipy import ndimage
 
@@ -243,10 +244,11 @@ class Segmenter:
 
         Steps: 1. lung model on body-cropped slices (the lung model's own config), mapped back and
         thresholded at its ``threshold``; 2. 3D postprocess (two largest components, holes filled when
-        ``lung_fill_holes``, left/right split); 3. infection model on lung-cropped slices (its own config
-        with its recorded ``crop_mode``: ``'lung_mask'``, the predicted lungs' box, or ``'body'``, the whole body),
-        only on slices that hold lung; 4. infection
-        kept inside the lungs' filled outline, and infection in a hole of the lungs made lung too.
+        ``lung_fill_holes``, left/right split); 3. infection model with its own config, cropped as its recorded
+        ``crop_mode`` says (``'lung_mask'``: the predicted lungs' box; ``'body'``: the whole body), only on
+        slices that hold lung; 4. infection kept inside the lungs' filled outline (with
+        ``infection_margin_mm``, also the part of a region that enters or borders them up to that far
+        outside: :func:`reaching_in`), and infection in a hole of the lungs or outside them made lung too.
         Everything is on the canonical grid of ``volume``.
 
         Args:
