@@ -31,7 +31,9 @@ def test_the_models_of_the_run_and_the_inference_settings_are_packed(tmp_path):
                          lung_config={"task": "lung"}, infection_folds=folds)
     assert out["register"] is True and out["name"] == "lungseg-combined"
     assert out["lung"] == ("lung", {"task": "lung"}) and out["infection"] == {"fold_0": ("m0", {"task": "infection"})}
-    assert set(out["settings"]) == set(SETTINGS_KEYS) and out["settings"]["guard"] == inference_parameters()["guard"]
+    # the required keys, and the optional infection margin that conf/base sets (0)
+    assert set(out["settings"]) == {*SETTINGS_KEYS, "infection_margin_mm"} and out["settings"]["infection_margin_mm"] == 0
+    assert out["settings"]["guard"] == inference_parameters()["guard"]
 
 
 def test_a_missing_partner_model_skips_registration_with_a_warning(tmp_path, caplog):
