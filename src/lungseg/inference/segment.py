@@ -92,14 +92,17 @@ def reaching_in(found: np.ndarray, outline: np.ndarray, margin_mm: float, spacin
     import cv2
     from scipy import ndimage
 
+    def dilated(kernel: np.ndarray) -> np.ndarray:  # each slice of the outline, grown by ``kernel``
+        return np.stack([cv2.dilate(o.view(np.uint8), kernel) for o in outline]).view(bool)
+
+    if not len(outline):
+        return found & outline
     ry, rx = (max(1, int(round(margin_mm / float(s)))) for s in spacing_yx)
-    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rx + 1, 2 * ry + 1))
-    grown = np.stack([cv2.dilate(o.view(np.uint8), kernel) for o in outline]).view(bool) if len(outline) else outline
-    near = found & grown
+    near = found & dilated(cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * rx + 1, 2 * ry + 1)))
     labels, n = ndimage.label(near)
     if n == 0:
         return near
-    border = np.stack([cv2.dilate(o.view(np.uint8), np.ones((3, 3), np.uint8)) for o in outline]).view(bool)
+    border = dilated(np.ones((3, 3), np.uint8))
     touching = np.zeros(n + 1, bool)
     touching[np.unique(labels[near & border])] = True  # in the lungs, or next to them (a notch in their edge)
     touching[0] = False
