@@ -177,6 +177,7 @@ from pathlib import Path
 from kedro.framework.session import KedroSession
 from kedro.framework.startup import bootstrap_project
 project, env, pipeline, runner = Path(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4]
+nodes = [n for n in sys.argv[5].split(",") if n] if len(sys.argv) > 5 else None
 bootstrap_project(project)
 kwargs = {}
 if runner == "parallel":
@@ -187,18 +188,20 @@ elif runner.startswith("dask"):  # dask: a LocalCluster of 2 one-thread workers 
     address = runner.partition("=")[2] or None
     kwargs["runner"] = DaskRunner(address=address, n_workers=2, processes=False, connect_timeout=3)
 with KedroSession.create(project_path=project, env=env) as session:
-    session.run(pipeline_name=pipeline, **kwargs)
+    session.run(pipeline_name=pipeline, node_names=nodes, **kwargs)
 """
 
 
-def run_kedro(project: Path, pipeline: str, runner: str = "sequential", env: str = "test") -> None:
+def run_kedro(project: Path, pipeline: str, runner: str = "sequential", env: str = "test",
+              nodes: list[str] | None = None) -> None:
     """Run a pipeline of the project at ``project`` through a KedroSession, in a fresh process
-    (as ``kedro run`` does: MLflow and Kedro keep per-process state)."""
+    (as ``kedro run`` does: MLflow and Kedro keep per-process state); ``nodes``: only these
+    (``kedro run --nodes``)."""
     import subprocess
     import sys
 
     proc = subprocess.run(
-        [sys.executable, "-c", _SESSION_SCRIPT, str(project), env, pipeline, runner],
+        [sys.executable, "-c", _SESSION_SCRIPT, str(project), env, pipeline, runner, ",".join(nodes or [])],
         cwd=project, capture_output=True, text=True, timeout=900,
         env={**os.environ, "KEDRO_DISABLE_TELEMETRY": "true", "DO_NOT_TRACK": "1"},
     )

@@ -195,3 +195,86 @@ def test_flip_tta_averages_the_model_and_its_mirror():
 
     x = np.random.default_rng(1).random((2, 8, 8, 1), dtype=np.float32)
     np.testing.assert_allclose(FlipTTAModel(LeftEdge()).predict_on_batch(x), np.full_like(x, 0.5))
+
+
+class Constant:
+    """A fold model that predicts one value everywhere."""
+
+    def __init__(self, value: float):
+        self.value, self.inputs = value, None
+
+    def predict_on_batch(self, x):
+        return np.full(x.shape, self.value, dtype=np.float32)
+
+
+def _fold(value: float, val_cases: list[str], **config) -> dict:
+    return {"model": Constant(value),
+            "config": {"task": "infection", "image_size": 32, "threshold": 0.5, "fold": 0, "val_cases": val_cases,
+                       "train_cases": ["b"], **config}}
+
+
+def test_an_out_of_fold_ensemble_averages_each_fold_with_the_same_fold_of_other_runs():
+    from lungseg.evaluation.out_of_fold import join_fold_members
+
+    main = {"fold_0": _fold(0.2, ["a"]), "fold_1": _fold(0.4, ["b"])}
+    other = {"fold_0": _fold(0.6, ["a"], trained_at="later"), "fold_1": _fold(1.0, ["b"])}
+    joined = join_fold_members(main, {"runs/seed7": other})
+    x = np.zeros((1, 4, 4, 1), dtype=np.float32)
+    assert joined["fold_0"]["model"].predict_on_batch(x) == pytest.approx(np.full(x.shape, 0.4))
+    assert joined["fold_1"]["model"].predict_on_batch(x) == pytest.approx(np.full(x.shape, 0.7))
+    assert joined["fold_0"]["config"]["val_cases"] == ["a"] and joined["fold_0"]["config"]["ensemble_size"] == 2
+    assert join_fold_members(main, {}) == main
+
+
+def test_an_out_of_fold_ensemble_refuses_members_of_other_folds_or_preprocessing():
+    from lungseg.errors import ConfigError
+    from lungseg.evaluation.out_of_fold import join_fold_members
+
+    main = {"fold_0": _fold(0.2, ["a"])}
+    with pytest.raises(ConfigError, match=r"folder 'runs/x': fold_0 held out \['c'\], this run's fold_0 held out \['a'\]"):
+        join_fold_members(main, {"runs/x": {"fold_0": _fold(0.5, ["c"])}})  # it trained on case a
+    with pytest.raises(ConfigError, match="folder 'runs/x' has no fold_0"):
+        join_fold_members(main, {"runs/x": {"fold_1": _fold(0.5, ["a"])}})
+    with pytest.raises(ConfigError, match="prepared differently .*image_size: 32 vs 64"):
+        join_fold_members(main, {"runs/x": {"fold_0": _fold(0.5, ["a"], image_size=64)}})
+
+
+def test_the_combined_cross_validation_scores_a_seed_ensemble_from_other_fold_folders(cv_project, tmp_path):
+    import shutil
+
+    import yaml
+
+    project = tmp_path / "project"
+    shutil.copytree(cv_project, project)
+    mlflow_yml = project / "conf/test/mlflow.yml"
+    conf = yaml.safe_load(mlflow_yml.read_text())
+    conf["server"]["mlflow_tracking_uri"] = f"sqlite:///{project / 'mlflow.db'}"
+    mlflow_yml.write_text(yaml.safe_dump(conf))
+    # the same run's folds as the other member: the average of two equal members is the member itself
+    other = tmp_path / "seed_b" / "infection_unet_cv"
+    shutil.copytree(project / "data/06_models/infection_unet_cv", other)
+    params_yml = project / "conf/test/parameters.yml"
+    params = yaml.safe_load(params_yml.read_text())
+    params_yml.write_text(yaml.safe_dump({**params, "evaluation": {"infection_ensemble_with": [str(other)]}}))
+    reports = project / "data/08_reporting/infection_unet_cv"
+    (reports / "combined_case_metrics.csv").unlink()
+    run_kedro(project, "infection_unet_cv", nodes=["infection_unet_cv.evaluate_combined"])
+    before = pd.read_csv(cv_project / "data/08_reporting/infection_unet_cv/combined_case_metrics.csv")
+    after = pd.read_csv(reports / "combined_case_metrics.csv")
+    pd.testing.assert_frame_equal(after, before)
+
+
+
+def test_a_seed_ensemble_at_inference_is_one_folder_with_the_other_runs_members_beside(cv_project, tmp_path):
+    import shutil
+
+    from lungseg.inference.ensemble import load_fold_ensemble
+
+    folder = tmp_path / "infection_unet_cv"
+    shutil.copytree(cv_project / "data/06_models/infection_unet_cv", folder)
+    for k in (0, 1):  # "another seed": the same files under other names
+        for ext in ("keras", "json"):
+            shutil.copy(folder / f"fold_{k}.{ext}", folder / f"fold_{k}_seed7.{ext}")
+    ensemble = load_fold_ensemble(folder, "infection")
+    assert ensemble.config["ensemble_size"] == 4
+    assert ensemble.config["ensemble_members"] == ["fold_0", "fold_0_seed7", "fold_1", "fold_1_seed7"]

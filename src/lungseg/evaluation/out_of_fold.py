@@ -158,3 +158,40 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
         return seg.lung_labels, seg.infection, seg.infection_prob
 
     return segment
+
+
+def join_fold_members(folds: Mapping[str, dict], others: Mapping[str, Mapping[str, dict]]) -> dict[str, dict]:
+    """Each fold's model averaged with the same fold's model of other runs of the same folds.
+
+    ``folds`` and every value of ``others`` are ``{fold_name: {"model", "config"}}`` (a
+    :class:`lungseg.datasets.FoldModelsDataset`); ``others`` is keyed by where each came from (its
+    folder), for the errors. A seed or recipe ensemble scored out of fold: fold ``k``'s members must
+    have held out the same cases (else a member would score cases it trained on) and prepare their
+    input alike (:func:`lungseg.inference.ensemble.ensemble_config`). Returns ``{fold_name: {"model":
+    EnsembleModel, "config": shared config}}``; with no ``others``, ``folds`` itself.
+    """
+    from lungseg.errors import ConfigError
+    from lungseg.inference.ensemble import ensemble_config
+    from lungseg.inference.wrappers import EnsembleModel
+
+    if not others:
+        return dict(folds)
+    joined = {}
+    for name, main in sorted(folds.items()):
+        members, configs = [main["model"]], {name: main["config"]}  # sorted first: its values lead the errors
+        for source, run in others.items():
+            if name not in run:
+                raise ConfigError(f"folder {source!r} has no {name} (it has {', '.join(sorted(run)) or 'no folds'}); "
+                                  f"an out-of-fold ensemble needs every fold of the same split")
+            member = run[name]
+            held, other_held = sorted(main["config"].get("val_cases", [])), sorted(member["config"].get("val_cases", []))
+            if held != other_held:
+                raise ConfigError(f"folder {source!r}: {name} held out {other_held}, this run's {name} held out {held}; "
+                                  f"an out-of-fold ensemble needs the same folds (split.n_folds, split.seed)")
+            members.append(member["model"])
+            configs[f"{name} of {source}"] = member["config"]
+        config = ensemble_config(configs, ", ".join(others))
+        joined[name] = {"model": EnsembleModel(members),
+                        "config": {**config, "val_cases": main["config"].get("val_cases"),
+                                   "fold": main["config"].get("fold")}}
+    return joined

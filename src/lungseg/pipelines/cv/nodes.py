@@ -11,7 +11,13 @@ import numpy as np
 import pandas as pd
 
 from lungseg.config import check_section
-from lungseg.evaluation.out_of_fold import combined_oof_metrics, fold_segmenter, oof_case_metrics, summarize_cv
+from lungseg.evaluation.out_of_fold import (
+    combined_oof_metrics,
+    fold_segmenter,
+    join_fold_members,
+    oof_case_metrics,
+    summarize_cv,
+)
 from lungseg.limits import load_guard
 from lungseg.models.folds import fold_table, train_folds
 from lungseg.models.inputs import source_equalised
@@ -56,6 +62,7 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     """The combined system (predicted lungs, then infection inside them) out of fold, per case."""
     params = check_section(params, "evaluation", EVALUATION_KEYS, EVALUATION_OPTIONAL)
     kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
+    infection_folds = join_fold_members(infection_folds, load_fold_runs(params.get("infection_ensemble_with")))
     # the guard's bounds of conf/base (what the out-of-fold Segmenter read for itself before #26)
     segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
                              input_equalised=source_equalised(preprocessing), flip_tta=bool(params["flip_tta"]),
@@ -70,6 +77,20 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     sweep = {c: float(table[c].mean()) for c in table if c.startswith("infection_dice_t")}
     summary["infection_dice_by_threshold"] = sweep  # out of fold; picking the best one on it is optimistic
     return table, summary
+
+
+def load_fold_runs(folders: str | list[str] | None) -> dict[str, dict[str, dict]]:
+    """``evaluation.infection_ensemble_with``: fold folders of other runs of the same folds (one
+    folder, or a list), each loaded as a :class:`lungseg.datasets.FoldModelsDataset`."""
+    from lungseg.datasets import FoldModelsDataset
+    from lungseg.errors import ConfigError
+
+    if not folders:
+        return {}
+    folders = [folders] if isinstance(folders, str) else list(folders)
+    if not all(isinstance(f, str) and f for f in folders):
+        raise ConfigError(f"evaluation.infection_ensemble_with: expected a folder or a list of folders, got {folders!r}")
+    return {folder: FoldModelsDataset(path=folder).load() for folder in folders}
 
 
 def stress_cases(canonical_cases: dict[str, Lazy], params: dict[str, Any]) -> dict[str, Lazy]:

@@ -23,7 +23,7 @@ Lazy = Callable[[], dict[str, np.ndarray]]
 EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes")
 #: may be left out: the stress set then paints with its defaults (lungseg.imaging.paint.PaintParams); the
 #: combined cross-validation's infection_margin_mm is 0 (InferenceSettings.infection_margin_mm)
-EVALUATION_OPTIONAL = ("stress", "infection_margin_mm")
+EVALUATION_OPTIONAL = ("stress", "infection_margin_mm", "infection_ensemble_with")
 
 
 def evaluate_model(model, model_config: dict[str, Any], model_input: dict[str, np.ndarray],
