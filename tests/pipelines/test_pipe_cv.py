@@ -73,6 +73,7 @@ def test_the_combined_system_is_scored_with_predicted_lungs_and_by_band(cv_proje
     assert set(summary["infection_dice_by_threshold"]) == {f"infection_dice_t{t}" for t in ("0.2", "0.3", "0.4", "0.5", "0.6")}
     band_counts = sum(summary[k] for k in summary if k.startswith("combined_n_cases_band_"))
     assert band_counts == 5  # every case in exactly one involvement band
+    assert summary["infection_models_per_fold"] == 1 and summary["infection_ensemble_with"] == []
     assert (cv_project / "data/08_reporting/infection_unet_cv/combined_infection_dice.png").stat().st_size > 5000
 
 
@@ -262,6 +263,8 @@ def test_the_combined_cross_validation_scores_a_seed_ensemble_from_other_fold_fo
     before = pd.read_csv(cv_project / "data/08_reporting/infection_unet_cv/combined_case_metrics.csv")
     after = pd.read_csv(reports / "combined_case_metrics.csv")
     pd.testing.assert_frame_equal(after, before)
+    summary = json.loads((reports / "combined_summary.json").read_text())
+    assert summary["infection_models_per_fold"] == 2 and summary["infection_ensemble_with"] == [str(other)]
 
 
 

@@ -62,7 +62,8 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     """The combined system (predicted lungs, then infection inside them) out of fold, per case."""
     params = check_section(params, "evaluation", EVALUATION_KEYS, EVALUATION_OPTIONAL)
     kinds = dict(zip(case_table["case_id"], case_table["source_kind"]))
-    infection_folds = join_fold_members(infection_folds, load_fold_runs(params.get("infection_ensemble_with")))
+    others = load_fold_runs(params.get("infection_ensemble_with"))
+    infection_folds = join_fold_members(infection_folds, others)
     # the guard's bounds of conf/base (what the out-of-fold Segmenter read for itself before #26)
     segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
                              input_equalised=source_equalised(preprocessing), flip_tta=bool(params["flip_tta"]),
@@ -70,6 +71,8 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
                              infection_margin_mm=params.get("infection_margin_mm", 0.0))
     table = combined_oof_metrics(segment, folds, canonical_cases)
     summary = {"n_folds": int(folds["fold"].nunique()),
+               # the infection models per fold (1, or an ensemble with the runs of evaluation.infection_ensemble_with)
+               "infection_models_per_fold": 1 + len(others), "infection_ensemble_with": sorted(others),
                "involvement_abs_error_mean": float((table["pred_involvement_percent"]
                                                     - table["true_involvement_percent"]).abs().mean())}
     for metric in ("infection_dice", "lung_dice", "infection_recall", "infection_precision"):

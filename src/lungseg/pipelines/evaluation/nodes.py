@@ -22,7 +22,8 @@ Lazy = Callable[[], dict[str, np.ndarray]]
 #: Keys of the ``evaluation`` parameters (conf/base/parameters_training.yml).
 EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes")
 #: may be left out: the stress set then paints with its defaults (lungseg.imaging.paint.PaintParams); the
-#: combined cross-validation's infection_margin_mm is 0 (InferenceSettings.infection_margin_mm)
+#: combined cross-validation's infection_margin_mm is 0 (InferenceSettings.infection_margin_mm) and its
+#: infection_ensemble_with [] (each fold's infection model alone)
 EVALUATION_OPTIONAL = ("stress", "infection_margin_mm", "infection_ensemble_with")
 
 
