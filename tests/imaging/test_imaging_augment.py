@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from lungseg.errors import ConfigError
+from lungseg.errors import ConfigError, DataValidationError
 from lungseg.imaging import AugmentParams, augment_batch, random_augment
 
 
@@ -165,6 +165,38 @@ def test_paint_brightens_the_lungs_keeps_the_mask_and_draws_nothing_when_off():
     stack = np.stack([img] * 3, axis=-1)
     painted3, _ = random_augment(stack, lung, np.random.default_rng(1), AugmentParams(paint=1.0, **_NO_GEOMETRY))
     np.testing.assert_array_equal(painted3[..., 1], painted)            # 2.5D: every channel the same region
+
+
+def test_paint_in_a_region_adds_the_painted_pixels_to_the_mask():
+    """The infection model's paint: inside the lungs given as ``region``, the painted pixels join the
+    infection mask; what was infection stays infection; the lung model's draws are unchanged."""
+    rng0 = np.random.default_rng(0)
+    img = np.full((64, 64), 170, np.uint8)
+    lung = np.zeros((64, 64), np.uint8)
+    lung[10:54, 8:28] = 1
+    lung[10:54, 36:56] = 1
+    img[lung > 0] = 40 + rng0.integers(0, 10, int(lung.sum()))
+    infection = np.zeros_like(lung)
+    infection[40:50, 10:20] = 1
+    params = AugmentParams(paint=1.0, **_NO_GEOMETRY)
+    painted, out_mask = random_augment(img, infection, np.random.default_rng(1), params, region=lung)
+    lung_painted, _ = random_augment(img, lung, np.random.default_rng(1), params)
+    np.testing.assert_array_equal(painted, lung_painted)                # the same draw as the lung model's paint
+    assert out_mask.dtype == infection.dtype
+    assert np.all(out_mask >= infection) and not np.any(out_mask[lung == 0])
+    share = out_mask[lung > 0].mean()
+    assert 0.3 <= share <= 0.75                                         # 30-70 % of the lungs, and the old lesion
+    brighter = (painted.astype(int) - img) > 30
+    assert brighter[out_mask > infection].mean() > 0.8                  # the new infection is what was painted
+    stack = np.stack([img] * 3, axis=-1)
+    p3, m3 = random_augment(stack, infection, np.random.default_rng(1), params, region=lung)
+    np.testing.assert_array_equal(p3[..., 1], painted)
+    np.testing.assert_array_equal(m3, out_mask)
+    off, off_mask = random_augment(img, infection, np.random.default_rng(1), AugmentParams(**_NO_GEOMETRY), region=lung)
+    np.testing.assert_array_equal(off_mask, infection)
+    np.testing.assert_array_equal(off, img)
+    with pytest.raises(DataValidationError, match="paint region has shape"):
+        random_augment(img, infection, np.random.default_rng(1), params, region=lung[:32])
 
 
 def test_elastic_deforms_image_and_mask_alike_within_alpha_and_draws_nothing_when_off():

@@ -115,3 +115,5 @@ def test_bad_inputs_are_refused_with_a_clear_error():
         SliceSequence(images, masks, 0, None, False, 0)
     with pytest.raises(ConfigError, match="scale_min"):
         SliceSequence(images, masks, 4, {"scale_min": 1.5, "scale_max": 1.0}, False, 0)
+    with pytest.raises(DataValidationError, match="paint_regions shape"):
+        SliceSequence(images, masks, 4, {"paint": 1.0}, False, 0, paint_regions=masks[:5])

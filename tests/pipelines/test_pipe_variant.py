@@ -168,13 +168,35 @@ def test_a_25d_variant_trains_on_stacks_records_its_context_and_evaluates(inputs
     assert 0.0 <= catalog.load(f"{v}.metrics")["case_dice"] <= 1.0
 
 
-def test_the_paint_augmentation_is_refused_for_the_infection_model_before_training(inputs):
-    """``augment.paint`` keeps the mask as it is, which is right only where the mask is the lung."""
-    from lungseg.errors import ConfigError
+def test_the_infection_model_paints_inside_its_inputs_lungs_and_learns_the_paint_as_infection(inputs, monkeypatch):
+    """``augment.paint`` on the infection model: the model input carries the lungs on the model grid, training
+    paints inside them and the painted pixels join the infection mask; an input without lungs is refused."""
+    from lungseg.models import data as data_module
     from lungseg.models.run import train_variant
 
     model_input, split, _ = inputs
-    assert json.loads(str(model_input["config_json"]))["task"] == "infection"
-    augment = {"hflip": True, "rotation_deg": 0.0, "scale_min": 1.0, "scale_max": 1.0, "paint": 0.5}
-    with pytest.raises(ConfigError, match="augment.paint .* lung-model augmentation"):
-        train_variant(model_input, split, MODEL, {**TRAINING, "augment": augment}, "tiny")
+    lungs = model_input["lungs"]
+    assert lungs.shape == model_input["masks"].shape and lungs.dtype == np.uint8
+    assert np.all(model_input["masks"] <= lungs)                        # the infection lies in the lungs
+    assert 0 < lungs.mean() < 1
+    seen = []
+    real = data_module.augment_batch
+
+    def spy(images, masks, rng, params, regions=None):
+        out = real(images, masks, rng, params, regions=regions)
+        seen.append((masks.copy(), regions, out[1]))
+        return out
+
+    monkeypatch.setattr(data_module, "augment_batch", spy)
+    augment = {"hflip": False, "rotation_deg": 0.0, "scale_min": 1.0, "scale_max": 1.0, "paint": 1.0}
+    train_variant(model_input, split, MODEL, {**TRAINING, "epochs": 1, "augment": augment}, "tiny")
+    painted = [(m, r, o) for m, r, o in seen if r is not None]
+    assert painted                                                       # the training batches came with lungs
+    for before, regions, after in painted:
+        assert np.all(after >= before)                                   # nothing of the infection is lost
+        assert np.all(after <= np.maximum(before, regions))              # paint stays in the lungs
+    assert sum(int(a.sum() - b.sum()) for b, _, a in painted) > 0        # and the paint became infection
+    old = {k: v for k, v in model_input.items() if k != "lungs"}         # a model input stored before the lungs were
+    with pytest.raises(ConfigError, match="'tiny' carries no lung masks .* rerun its preprocessing"):
+        train_variant(old, split, MODEL, {**TRAINING, "augment": augment}, "tiny")
+

@@ -31,9 +31,10 @@ class AugmentParams:
     pixels and scaled so that its largest displacement is ``elastic_alpha`` pixels, the same for the image
     (bilinear), its mask (nearest) and every 2.5D channel. 0 draws nothing.
 
-    ``paint`` (lung model only): the probability that a slice gets consolidation and ground glass painted
-    into 30-70 % of its lungs first (:mod:`lungseg.imaging.paint`), its mask unchanged, so that
-    consolidated lung is still lung. 0 draws nothing.
+    ``paint``: the probability that a slice gets consolidation and ground glass painted into 30-70 % of
+    its lungs first (:mod:`lungseg.imaging.paint`). The lung model paints inside its mask and keeps it, so
+    that consolidated lung is still lung; the infection model paints inside the slice's lung mask (``region``
+    of :func:`random_augment`) and the painted pixels join its infection mask. 0 draws nothing.
     """
 
     hflip: bool = True
@@ -138,23 +139,30 @@ def random_intensity(image: np.ndarray, rng: np.random.Generator, params: Augmen
     return x.astype(img.dtype, copy=False)
 
 
-def random_paint(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, params: AugmentParams) -> np.ndarray:
+def random_paint(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, params: AugmentParams,
+                 infection: np.ndarray | None = None):
     """With probability ``params.paint``, extensive disease painted into 30-70 % of the lungs ``lung``
-    (an ``(H, W)`` 0/1 mask) of an ``(H, W[, C])`` image; every 2.5D channel gets the same region."""
+    (an ``(H, W)`` 0/1 mask) of an ``(H, W[, C])`` image; every 2.5D channel gets the same region.
+
+    Returns the image; with an ``(H, W)`` ``infection`` mask, ``(image, infection)`` with the painted pixels
+    added to the mask (in its dtype)."""
     from lungseg.imaging.paint import PaintParams, paint_slice
 
     img = np.asarray(image)
     if not params.paint or rng.random() >= params.paint or not np.any(lung):
-        return img
+        return img if infection is None else (img, infection)
     fraction = {1: float(rng.uniform(0.3, 0.7))}
     seed = int(rng.integers(2**32))
     labels = (np.asarray(lung) > 0).astype(np.uint8)
-    empty = np.zeros(labels.shape, np.uint8)
+    start = np.zeros(labels.shape, np.uint8) if infection is None else (np.asarray(infection) > 0).astype(np.uint8)
     paint = PaintParams()
-    if img.ndim == 2:
-        return paint_slice(img, labels, empty, np.random.default_rng(seed), fraction, paint)[0]
-    return np.stack([paint_slice(img[..., c], labels, empty, np.random.default_rng(seed), fraction, paint)[0]
-                     for c in range(img.shape[-1])], axis=-1)
+    channels = [img] if img.ndim == 2 else [img[..., c] for c in range(img.shape[-1])]
+    outs = [paint_slice(ch, labels, start, np.random.default_rng(seed), fraction, paint) for ch in channels]
+    out_img = outs[0][0] if img.ndim == 2 else np.stack([o[0] for o in outs], axis=-1)
+    if infection is None:
+        return out_img
+    # the centre channel's lesions are the target (every channel gets the same region from the same seed)
+    return out_img, outs[len(outs) // 2][1].astype(np.asarray(infection).dtype)
 
 
 def random_elastic(shape: tuple[int, int], rng: np.random.Generator, params: AugmentParams):
@@ -186,10 +194,14 @@ def _warp(arr: np.ndarray, m: np.ndarray, flag: int) -> np.ndarray:
 
 
 def random_augment(
-    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, params: AugmentParams
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, params: AugmentParams,
+    region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Apply ONE random affine (then the intensity options, if any) to a ``(H, W)`` float image (or an ``(H, W, C)`` 2.5D stack, every channel
     alike) and its ``(H, W)`` uint8 mask.
+
+    ``region``: the ``(H, W)`` lungs where ``params.paint`` paints, the painted pixels added to the mask (the
+    infection model); None paints inside the mask and keeps it (the lung model).
 
     Image: bilinear; mask: nearest neighbour (labels are never blended); border constant 0.
     Shapes (a trailing channel of 1 is kept) and dtypes are kept.
@@ -202,8 +214,13 @@ def random_augment(
         raise DataValidationError(
             f"random_augment needs an (H, W) or (H, W, C) image and an (H, W) mask, got {img.shape} and {msk.shape}"
         )
-    if params.paint:
+    if region is not None and np.shape(region) != msk2.shape:
+        raise DataValidationError(f"random_augment: the paint region has shape {np.shape(region)}, the mask {msk2.shape}")
+    if params.paint and region is None:
         img2 = random_paint(img2, msk2, rng, params)
+    elif params.paint:
+        img2, msk2 = random_paint(img2, region, rng, params, infection=msk2)
+        msk = msk2.reshape(msk.shape)
     m = random_affine(img2.shape[:2], rng, params)
     maps = random_elastic(img2.shape[:2], rng, params)
     if m is None and maps is None:
@@ -220,15 +237,20 @@ def random_augment(
 
 
 def augment_batch(
-    images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, params: AugmentParams
+    images: np.ndarray, masks: np.ndarray, rng: np.random.Generator, params: AugmentParams,
+    regions: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`random_augment` on each pair of an ``(N, H, W[, C])`` batch; each pair gets its own draw."""
+    """:func:`random_augment` on each pair of an ``(N, H, W[, C])`` batch; each pair gets its own draw.
+    ``regions``: one paint region per pair (see :func:`random_augment`), or None."""
     imgs = np.asarray(images)
     msks = np.asarray(masks)
     if imgs.shape[0] != msks.shape[0]:
         raise DataValidationError(f"augment_batch got {imgs.shape[0]} images but {msks.shape[0]} masks")
+    if regions is not None and len(regions) != len(msks):
+        raise DataValidationError(f"augment_batch got {len(regions)} paint regions for {len(msks)} masks")
     out_i = np.empty_like(imgs)
     out_m = np.empty_like(msks)
     for k in range(imgs.shape[0]):
-        out_i[k], out_m[k] = random_augment(imgs[k], msks[k], rng, params)
+        out_i[k], out_m[k] = random_augment(imgs[k], msks[k], rng, params,
+                                            region=None if regions is None else regions[k])
     return out_i, out_m

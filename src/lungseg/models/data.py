@@ -58,6 +58,9 @@ class SliceSequence(keras.utils.PyDataset):
         sample_weights: one non-negative weight per slice (see :func:`extent_weights`): each epoch then
             draws its ``N`` slices with replacement, slice ``i`` with probability ``w_i / sum(w)``
             (oversampling), instead of a permutation. None: every slice once per epoch.
+        paint_regions: ``(N, S, S)`` 0/1 lung masks where ``augment.paint`` paints extensive disease, the
+            painted pixels added to the mask (the infection model). None: paint inside the mask itself and
+            keep it (the lung model: consolidated lung is still lung).
         **kwargs: ``workers``, ``use_multiprocessing``, ``max_queue_size`` of ``keras.utils.PyDataset``.
     """
 
@@ -70,6 +73,7 @@ class SliceSequence(keras.utils.PyDataset):
         shuffle: bool,
         seed: int,
         sample_weights: np.ndarray | None = None,
+        paint_regions: np.ndarray | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -97,6 +101,12 @@ class SliceSequence(keras.utils.PyDataset):
                     or sample_weights.min(initial=0.0) < 0 or (len(images) and sample_weights.sum() <= 0)):
                 raise DataValidationError(f"SliceSequence: sample_weights must be {len(images)} finite non-negative "
                                           f"weights, not all zero (got shape {sample_weights.shape})")
+        if paint_regions is not None:
+            paint_regions = np.asarray(paint_regions)
+            if paint_regions.shape != masks.shape:
+                raise DataValidationError(f"SliceSequence: paint_regions shape {paint_regions.shape} != masks shape "
+                                          f"{masks.shape}")
+        self.paint_regions = paint_regions
         self.sample_weights = sample_weights
         self.images = images
         self.masks = masks if masks.dtype == np.uint8 else masks.astype(np.uint8)
@@ -138,7 +148,8 @@ class SliceSequence(keras.utils.PyDataset):
         masks = self.masks[sel]
         if self.augment is not None:
             rng = np.random.default_rng([self.seed, self._epoch, idx])
-            images, masks = augment_batch(images, masks, rng, self.augment)
+            regions = None if self.paint_regions is None else self.paint_regions[sel]
+            images, masks = augment_batch(images, masks, rng, self.augment, regions=regions)
         x = to_unit_float(images)
         if x.ndim == 3:
             x = x[..., np.newaxis]

@@ -120,7 +120,8 @@ def build_model_input(
     infection and a share ``infection_negative_fraction`` of the others), cropped and resized.
 
     Returns ``images`` (N, S, S) uint8, ``masks``, ``case_ids``, ``slice_index``, ``records`` and
-    ``config_json`` (the task and its :class:`PreprocessConfig`, which the model config inherits).
+    ``config_json`` (the task and its :class:`PreprocessConfig`, which the model config inherits); the
+    infection task also ``lungs``, the lung masks on the same grid (where ``augment.paint`` paints).
     """
     config = preprocess_config(params, task)
     rng = np.random.default_rng(int(params["seed"]))
@@ -132,7 +133,7 @@ def build_model_input(
         parts = case_map(_slices_task, [(c, enhanced_cases[c], i) for c, i in zip(cases, chosen)], task, config)
     else:  # one case in memory at a time, read once
         parts = (_serial_case(task, c, enhanced_cases[c](), min_fraction, negatives, rng, config) for c in cases)
-    images, masks, case_ids, slice_idx, records = [], [], [], [], []
+    images, masks, case_ids, slice_idx, records, lungs = [], [], [], [], [], []
     kept = {}
     for case, part in tqdm(zip(cases, parts), total=len(cases), desc=f"{task} model input", unit="case"):
         kept[case] = 0 if part is None else len(part["images"])
@@ -144,6 +145,8 @@ def build_model_input(
         images.append(part["images"])
         masks.append(part["masks"])
         records.append(part["records"])
+        if "lungs" in part:
+            lungs.append(part["lungs"])
         case_ids.append(np.full(kept[case], case))
         slice_idx.append(part["slice_index"])
     if not images:
@@ -159,6 +162,8 @@ def build_model_input(
         "records": np.concatenate(records),
         "config_json": np.array(json.dumps({"task": task, **config.to_dict()})),
     }
+    if lungs:
+        out["lungs"] = np.concatenate(lungs)
     pos = float(out["masks"].mean())
     logger.info(
         "%s task: %d slices kept from %d cases (%s); positive pixels %.2f%%",
@@ -191,9 +196,12 @@ def _case_slices(task: str, case: str, rec: dict[str, np.ndarray], idx: np.ndarr
     one_lung = (lung[idx] == 1).any(axis=(1, 2)) ^ (lung[idx] == 2).any(axis=(1, 2))
     imgs, recs = crop_and_resize(rec["image"], config, lung_mask=lung, index=idx)
     target = (lung[idx] > 0) if task == "lung" else (infection[idx] > 0)
-    return {"images": imgs, "masks": prepare_masks(target.astype(np.uint8), recs),
+    part = {"images": imgs, "masks": prepare_masks(target.astype(np.uint8), recs),
             "records": np.stack([r.to_array() for r in recs]), "slice_index": idx.astype(np.int32),
             "one_lung": int(one_lung.sum())}
+    if task == "infection":  # the lungs on the same grid: where training may paint extensive disease (augment.paint)
+        part["lungs"] = prepare_masks((lung[idx] > 0).astype(np.uint8), recs)
+    return part
 
 
 def _serial_case(task: str, case: str, rec: dict[str, np.ndarray], min_lung_fraction: float,

@@ -127,9 +127,10 @@ def run_fingerprint(arch: str, arch_params: dict[str, Any], training_params: dic
     return h.hexdigest()[:16]
 
 
-def _training_slices(model_input, case_split, task: str, params: dict[str, Any], seed: int):
-    """Train and validation arrays, the training set subsampled to ``max_train_slices``."""
-    x_train, y_train, _ = split_model_input(model_input, case_split, "train")
+def _training_slices(model_input, case_split, task: str, params: dict[str, Any], seed: int, with_lungs: bool = False):
+    """Train and validation arrays, the training set subsampled to ``max_train_slices``; with ``with_lungs``
+    also the training slices' lung masks (``model_input["lungs"]``), else None."""
+    x_train, y_train, rows = split_model_input(model_input, case_split, "train")
     x_val, y_val, _ = split_model_input(model_input, case_split, "val")
     check_training_data(x_train, y_train, task)
     if len(x_val) == 0:
@@ -137,8 +138,9 @@ def _training_slices(model_input, case_split, task: str, params: dict[str, Any],
     limit = params["max_train_slices"]
     if limit and len(x_train) > int(limit):
         pick = np.sort(np.random.default_rng(seed).choice(len(x_train), int(limit), replace=False))
-        x_train, y_train = x_train[pick], y_train[pick]
-    return x_train, y_train, x_val, y_val
+        x_train, y_train, rows = x_train[pick], y_train[pick], rows[pick]
+    lungs = np.asarray(model_input["lungs"])[rows] if with_lungs else None
+    return x_train, y_train, x_val, y_val, lungs
 
 
 def train_variant(
@@ -166,15 +168,20 @@ def train_variant(
     params["precision"] = resolve_and_log(params["precision"], "Training")
 
     augment = augment_params(params["augment"])
-    if augment is not None and augment.paint and task != "lung":
-        raise ConfigError(f"training.augment.paint paints disease into the lungs and keeps the mask: a lung-model "
-                          f"augmentation; the {task} model's crops carry no lung mask to paint into (set it to 0)")
-    x_train, y_train, x_val, y_val = _training_slices(model_input, case_split, task, params, seed)
+    # the lung model paints inside its own mask (consolidated lung is still lung); the infection model paints
+    # inside the model input's lung masks and learns the painted pixels as infection
+    paint_in_lungs = augment is not None and bool(augment.paint) and task != "lung"
+    if paint_in_lungs and "lungs" not in model_input:
+        raise ConfigError(f"training.augment.paint: the {task} model input {dataset_name!r} carries no lung masks "
+                          "to paint into (built before they were stored): rerun its preprocessing nodes")
+    x_train, y_train, x_val, y_val, l_train = _training_slices(model_input, case_split, task, params, seed,
+                                                               with_lungs=paint_in_lungs)
     fingerprint = run_fingerprint(arch, arch_params, params, prep, x_train, y_train, x_val)
     repeats = int(params["repeats"])
     if repeats > 1:  # small sets: several differently augmented passes per epoch
         x_train = np.tile(x_train, (repeats,) + (1,) * (x_train.ndim - 1))
         y_train = np.tile(y_train, (repeats, 1, 1))
+        l_train = None if l_train is None else np.tile(l_train, (repeats, 1, 1))
     logger.info("Training %s/%s at %d px: %d train / %d val slices", task, arch, size, len(x_train), len(x_val))
 
     if strategy is None:
@@ -184,6 +191,8 @@ def train_variant(
     if multi:  # each worker feeds its own shard; its batch is its share of the global batch
         index, count = worker_shard()
         batch = batch // count
+        if l_train is not None:  # the same rows as the images'
+            l_train = shard(l_train, y_train, index, count, batch)[0]
         x_train, y_train = shard(x_train, y_train, index, count, batch)
     if replicas(strategy) > 1:
         logger.info("%d replicas: global batch %d, learning rate %g (batch_size %s and learning_rate %s per replica)",
@@ -194,7 +203,7 @@ def train_variant(
         logger.info("Oversampling by lesion extent (oversample %g): slice weights %.2f to %.2f (1: no lesion)",
                     params["oversample"], weights.min(), weights.max())
     train_seq = SliceSequence(x_train, y_train, batch, params["augment"], shuffle=True, seed=seed,
-                              sample_weights=weights)
+                              sample_weights=weights, paint_regions=l_train)
     lr = learning_rate_for(params["lr_schedule"], base_lr, int(params["epochs"]) * len(train_seq))
     scope = contextlib.nullcontext() if strategy is None else strategy.scope()
     with scope, precision_policy(params["precision"]):
