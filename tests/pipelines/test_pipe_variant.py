@@ -6,8 +6,6 @@ call, every output stays in memory, and the test reads what each node produced.
 
 from __future__ import annotations
 
-import json
-
 import numpy as np
 import pandas as pd
 import pytest
