@@ -61,6 +61,16 @@ def _parse_cases(text: str) -> tuple[str, ...]:
     return cases
 
 
+def _non_negative_mm3(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"invalid lesion volume {text!r}: give a number of mm³ >= 0")
+    return value
+
+
 def _non_negative_mm(text: str) -> float:
     try:
         value = float(text)
@@ -138,6 +148,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="keep an infection region that enters or borders the predicted lungs up to MM outside them "
                    "(in-plane) and make that part lung: consolidation the lung model cut off at the lungs' edge "
                    "(default 0: infection only inside the predicted lungs)")
+    p.add_argument("--min-lesion", type=_non_negative_mm3, default=0.0, metavar="MM3",
+                   help="drop infection regions (3D, 6-connected) smaller than MM3 cubic millimetres "
+                   "(default 0: keep every region)")
     p.add_argument("--cases", type=_parse_cases, default=None, metavar="A,B,C",
                    help="batch mode: segment only these case ids (e.g. the held-out patients)")
     p.add_argument("--dask", metavar="ADDRESS", default=None,

@@ -104,7 +104,8 @@ def _settings(args: argparse.Namespace, guard):
 
     return InferenceSettings(guard=guard, batch_size=args.batch_size, flip_tta=args.tta,
                              lung_fill_holes=args.fill_lung_holes,
-                             infection_margin_mm=getattr(args, "infection_margin", 0.0))
+                             infection_margin_mm=getattr(args, "infection_margin", 0.0),
+                             infection_min_lesion_mm3=getattr(args, "min_lesion", 0.0))
 
 
 def _pinned(args: argparse.Namespace, lung, infection) -> argparse.Namespace:

@@ -32,7 +32,7 @@ def test_the_models_of_the_run_and_the_inference_settings_are_packed(tmp_path):
     assert out["register"] is True and out["name"] == "lungseg-combined"
     assert out["lung"] == ("lung", {"task": "lung"}) and out["infection"] == {"fold_0": ("m0", {"task": "infection"})}
     # the required keys, and the optional infection margin that conf/base sets (0)
-    assert set(out["settings"]) == {*SETTINGS_KEYS, "infection_margin_mm"} and out["settings"]["infection_margin_mm"] == 0
+    assert set(out["settings"]) == {*SETTINGS_KEYS, "infection_margin_mm", "infection_min_lesion_mm3"} and out["settings"]["infection_margin_mm"] == 0
     assert out["settings"]["guard"] == inference_parameters()["guard"]
 
 

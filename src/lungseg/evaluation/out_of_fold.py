@@ -128,11 +128,13 @@ def summarize_cv(table: pd.DataFrame, metric: str, prefix: str = "") -> dict[str
 
 def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str, dict],
                    source_kinds: Mapping[str, str], batch_size: int, input_equalised: bool = False,
-                   flip_tta: bool = False, lung_fill_holes: bool = False, *, guard, infection_margin_mm: float = 0.0):
+                   flip_tta: bool = False, lung_fill_holes: bool = False, *, guard, infection_margin_mm: float = 0.0,
+                   infection_min_lesion_mm3: float = 0.0):
     """``segment(case, record, fold)`` for :func:`combined_oof_metrics`: the fold's lung and
     infection models in a :class:`lungseg.inference.segment.Segmenter`, as ``lungseg predict`` runs them
     (``input_equalised``: the dataset's images already carry CLAHE; see ``source_clahe_clip_limit``;
-    ``guard``: the plausibility guard's bounds, ``inference.guard``; ``infection_margin_mm``: see
+    ``guard``: the plausibility guard's bounds, ``inference.guard``; ``infection_margin_mm``,
+    ``infection_min_lesion_mm3``: see
     :class:`lungseg.inference.settings.InferenceSettings`)."""
     from lungseg.inference.loaded_model import LoadedModel
     from lungseg.inference.segment import Segmenter
@@ -140,7 +142,8 @@ def fold_segmenter(lung_folds: Mapping[str, dict], infection_folds: Mapping[str,
 
     settings = InferenceSettings(guard=guard, batch_size=batch_size, input_equalised=input_equalised,
                                  flip_tta=flip_tta, lung_fill_holes=lung_fill_holes,
-                                 infection_margin_mm=infection_margin_mm)
+                                 infection_margin_mm=infection_margin_mm,
+                                 infection_min_lesion_mm3=infection_min_lesion_mm3)
     from lungseg.models.folds import fold_name
     from lungseg.volume import from_canonical_array
 

@@ -109,6 +109,18 @@ def reaching_in(found: np.ndarray, outline: np.ndarray, margin_mm: float, spacin
     return touching[labels]
 
 
+def drop_small_lesions(found: np.ndarray, min_mm3: float, spacing) -> np.ndarray:
+    """``found`` (bool ``(Z, H, W)``) without its 3D connected components (6-connected) smaller than ``min_mm3``
+    mm³ at voxel ``spacing`` (z, y, x, mm); at least one voxel is always needed."""
+    from lungseg.imaging import remove_small_objects
+
+    voxel_mm3 = float(np.prod([float(s) for s in spacing]))
+    min_voxels = max(1, int(np.ceil(min_mm3 / voxel_mm3 - 1e-9)))
+    if min_voxels <= 1 or not found.any():
+        return found
+    return remove_small_objects(found, min_voxels).view(bool)
+
+
 def _config_for(loaded: LoadedModel, **overrides):
     """The ``PreprocessConfig`` of a model's saved config (keys the imaging config does not know are dropped)."""
     from lungseg.imaging import PreprocessConfig
@@ -251,7 +263,8 @@ class Segmenter:
         ``crop_mode`` says (``'lung_mask'``: the predicted lungs' box; ``'body'``: the whole body), only on
         slices that hold lung; 4. infection kept inside the lungs' filled outline (with
         ``infection_margin_mm``, also the part of a region that enters or borders them up to that far
-        outside: :func:`reaching_in`), and infection in a hole of the lungs or outside them made lung too.
+        outside: :func:`reaching_in`), regions under ``infection_min_lesion_mm3`` dropped, and infection in a hole
+        of the lungs or outside them made lung too.
         Everything is on the canonical grid of ``volume``.
 
         Args:
@@ -309,6 +322,8 @@ class Segmenter:
             margin = self.settings.infection_margin_mm
             found = (inf_binary & outline if margin <= 0
                      else reaching_in(inf_binary, outline, margin, volume.spacing[1:]))
+            if self.settings.infection_min_lesion_mm3 > 0:
+                found = drop_small_lesions(found, self.settings.infection_min_lesion_mm3, volume.spacing)
             infection[lung_slices] = found
             del inf_binary
             if np.any(found & ~lung_in):  # in a hole of the lungs, or (with a margin) just outside them

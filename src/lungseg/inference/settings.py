@@ -19,7 +19,7 @@ from lungseg.limits import GuardParams
 #: The keys of the ``inference`` parameters that :meth:`InferenceSettings.from_params` reads.
 SEGMENTER_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard")
 #: Keys it reads when present (their defaults: the dataclass's).
-SEGMENTER_OPTIONAL_KEYS = ("infection_margin_mm",)
+SEGMENTER_OPTIONAL_KEYS = ("infection_margin_mm", "infection_min_lesion_mm3")
 
 
 @dataclass(frozen=True)
@@ -38,6 +38,8 @@ class InferenceSettings:
         infection_margin_mm: 0 keeps the infection inside the predicted lungs' outline. Above 0, an infection
             region that reaches into the lungs is kept up to this distance (in-plane, mm) outside them, and
             that part is made lung: consolidation the lung model cut off at the lungs' edge.
+        infection_min_lesion_mm3: 0 keeps every infection region. Above 0, a region (3D, 6-connected, within
+            the slices that hold lung) smaller than this volume in mm³ is dropped: specks of false positive.
     """
 
     guard: GuardParams
@@ -48,6 +50,7 @@ class InferenceSettings:
     input_equalised: bool = False
     chunk_slices: int = 64
     infection_margin_mm: float = 0.0
+    infection_min_lesion_mm3: float = 0.0
 
     def __post_init__(self) -> None:
         if not isinstance(self.guard, GuardParams):
@@ -63,6 +66,11 @@ class InferenceSettings:
         if isinstance(margin, bool) or not isinstance(margin, (int, float)) or not margin >= 0:
             raise ConfigError(f"infection_margin_mm must be a number of mm >= 0 (0: inside the lungs), got {margin!r}")
         object.__setattr__(self, "infection_margin_mm", float(margin))
+        smallest = self.infection_min_lesion_mm3
+        if isinstance(smallest, bool) or not isinstance(smallest, (int, float)) or not smallest >= 0:
+            raise ConfigError(f"infection_min_lesion_mm3 must be a volume in mm³ >= 0 (0: keep every region), "
+                              f"got {smallest!r}")
+        object.__setattr__(self, "infection_min_lesion_mm3", float(smallest))
 
     @classmethod
     def from_params(cls, params: Mapping[str, Any], section: str = "inference", **overrides: Any) -> InferenceSettings:

@@ -38,7 +38,7 @@ SETTINGS_FILE = "settings.json"
 #: bundle written before it existed predicts in float32); ``lungseg predict --model`` uses ``--precision``.
 SETTINGS_KEYS = ("batch_size", "lung_min_ratio", "lung_fill_holes", "flip_tta", "guard", "limits", "precision")
 #: Stored when given (a bundle without them takes InferenceSettings' defaults).
-SETTINGS_OPTIONAL_KEYS = ("infection_margin_mm",)
+SETTINGS_OPTIONAL_KEYS = ("infection_margin_mm", "infection_min_lesion_mm3")
 
 
 @dataclass

@@ -68,7 +68,8 @@ def evaluate_combined(lung_folds: dict[str, dict], infection_folds: dict[str, di
     segment = fold_segmenter(lung_folds, infection_folds, kinds, int(params["batch_size"]),
                              input_equalised=source_equalised(preprocessing), flip_tta=bool(params["flip_tta"]),
                              lung_fill_holes=bool(params["lung_fill_holes"]), guard=load_guard(),
-                             infection_margin_mm=params.get("infection_margin_mm", 0.0))
+                             infection_margin_mm=params.get("infection_margin_mm", 0.0),
+                             infection_min_lesion_mm3=params.get("infection_min_lesion_mm3", 0.0))
     table = combined_oof_metrics(segment, folds, canonical_cases)
     summary = {"n_folds": int(folds["fold"].nunique()),
                # the infection models per fold (1, or an ensemble with the runs of evaluation.infection_ensemble_with)

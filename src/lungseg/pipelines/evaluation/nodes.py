@@ -23,8 +23,8 @@ Lazy = Callable[[], dict[str, np.ndarray]]
 EVALUATION_KEYS = ("batch_size", "baseline_lung", "baseline_infection", "flip_tta", "lung_fill_holes")
 #: may be left out: the stress set then paints with its defaults (lungseg.imaging.paint.PaintParams); the
 #: combined cross-validation's infection_margin_mm is 0 (InferenceSettings.infection_margin_mm) and its
-#: infection_ensemble_with [] (each fold's infection model alone)
-EVALUATION_OPTIONAL = ("stress", "infection_margin_mm", "infection_ensemble_with")
+#: infection_ensemble_with [] (each fold's infection model alone), its infection_min_lesion_mm3 0 (every region kept)
+EVALUATION_OPTIONAL = ("stress", "infection_margin_mm", "infection_ensemble_with", "infection_min_lesion_mm3")
 
 
 def evaluate_model(model, model_config: dict[str, Any], model_input: dict[str, np.ndarray],
