@@ -16,10 +16,8 @@ logger = logging.getLogger(__name__)
 INFERENCE_KEYS = (
     "input", "output_dir", "lung_model", "infection_model", "models_dir", "batch_size", "tasks", "progress", "cases",
     "lung_min_ratio", "lung_fill_holes", "flip_tta", "limits", "guard", "precision", "infection_margin_mm",
+    "infection_min_lesion_mm3",
 )
-
-#: May be left out (the default of :class:`lungseg.inference.settings.InferenceSettings`).
-INFERENCE_OPTIONAL = ("infection_min_lesion_mm3",)
 
 
 def _case_ids(value) -> list[str] | None:
@@ -60,7 +58,7 @@ def run_inference(params: dict) -> pd.DataFrame:
         ConfigError: no ``input`` given, a missing or unknown key, a bad ``cases`` value.
         InputError: ``cases`` names a case that is not in the input.
     """
-    p = check_section(params, "inference", INFERENCE_KEYS, INFERENCE_OPTIONAL)
+    p = check_section(params, "inference", INFERENCE_KEYS)
     if not p["input"]:
         raise ConfigError("parameters 'inference.input': give a folder of NIfTI files or a metadata.csv")
     tasks = tuple(p["tasks"])
