@@ -61,24 +61,23 @@ def _parse_cases(text: str) -> tuple[str, ...]:
     return cases
 
 
-def _non_negative_mm3(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid lesion volume {text!r}: give a number of mm³ >= 0")
-    return value
+def _non_negative(what: str, unit: str):
+    """An argparse type: a number >= 0, or an error naming ``what`` and its ``unit``."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not value >= 0:
+            raise argparse.ArgumentTypeError(f"invalid {what} {text!r}: give a number of {unit} >= 0")
+        return value
+
+    return parse
 
 
-def _non_negative_mm(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = -1.0
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"invalid margin {text!r}: give a number of mm >= 0")
-    return value
+_non_negative_mm = _non_negative("margin", "mm")
+_non_negative_mm3 = _non_negative("lesion volume", "mm³")
 
 
 def _positive_int(text: str) -> int:

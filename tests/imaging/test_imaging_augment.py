@@ -147,13 +147,19 @@ def test_bad_intensity_options_are_refused_by_name(bad):
         AugmentParams.from_dict(bad)
 
 
-def test_paint_brightens_the_lungs_keeps_the_mask_and_draws_nothing_when_off():
+def _two_lungs():
+    """A 64-px slice: two dark lungs (with a little texture) in soft tissue, and their mask."""
     rng0 = np.random.default_rng(0)
     img = np.full((64, 64), 170, np.uint8)
     lung = np.zeros((64, 64), np.uint8)
     lung[10:54, 8:28] = 1
     lung[10:54, 36:56] = 1
     img[lung > 0] = 40 + rng0.integers(0, 10, int(lung.sum()))
+    return img, lung
+
+
+def test_paint_brightens_the_lungs_keeps_the_mask_and_draws_nothing_when_off():
+    img, lung = _two_lungs()
     painted, out_mask = random_augment(img, lung, np.random.default_rng(1), AugmentParams(paint=1.0, **_NO_GEOMETRY))
     np.testing.assert_array_equal(out_mask, lung)                       # consolidated lung is still lung
     brighter = painted[lung > 0].astype(int) - img[lung > 0] > 30
@@ -170,12 +176,7 @@ def test_paint_brightens_the_lungs_keeps_the_mask_and_draws_nothing_when_off():
 def test_paint_in_a_region_adds_the_painted_pixels_to_the_mask():
     """The infection model's paint: inside the lungs given as ``region``, the painted pixels join the
     infection mask; what was infection stays infection; the lung model's draws are unchanged."""
-    rng0 = np.random.default_rng(0)
-    img = np.full((64, 64), 170, np.uint8)
-    lung = np.zeros((64, 64), np.uint8)
-    lung[10:54, 8:28] = 1
-    lung[10:54, 36:56] = 1
-    img[lung > 0] = 40 + rng0.integers(0, 10, int(lung.sum()))
+    img, lung = _two_lungs()
     infection = np.zeros_like(lung)
     infection[40:50, 10:20] = 1
     params = AugmentParams(paint=1.0, **_NO_GEOMETRY)
