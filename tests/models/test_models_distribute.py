@@ -57,6 +57,8 @@ def test_replica_rule_tf_config_and_shards(monkeypatch):
     parts = [shard(x, y, i, 3, 2) for i in range(3)]
     assert [len(p[0]) for p in parts] == [3, 3, 3]  # the same steps on every worker
     assert sorted(np.concatenate([p[0][:, 0] for p in parts])) == list(range(9)) and (parts[1][1] == parts[1][0] * 10).all()
+    _, _, regions = shard(x, y, 1, 3, 2, x * 7)  # an extra array of the same rows (the paint regions) is cut alike
+    assert (regions == parts[1][0] * 7).all()
 
 
 def _model_input_project(tmp_path):

@@ -175,16 +175,17 @@ def multi_worker_fit(model, batch) -> Iterator[None]:
             del model._maybe_symbolic_build
 
 
-def shard(x: np.ndarray, y: np.ndarray, index: int, count: int, batch: int) -> tuple[np.ndarray, np.ndarray]:
+def shard(x: np.ndarray, y: np.ndarray, index: int, count: int, batch: int, *extra: np.ndarray) -> tuple[np.ndarray, ...]:
     """Worker ``index`` of ``count``'s training slices: every ``count``-th from ``index``, cut so that every
-    worker has the same number of slices (and so of steps)."""
+    worker has the same number of slices (and so of steps). ``extra`` arrays of the same rows (the paint
+    regions) are cut alike and returned after ``x`` and ``y``."""
     n = (len(x) // count)
     if n < 1:
         raise ConfigError(f"{len(x)} training slices cannot feed {count} workers")
     keep = np.arange(index, index + n * count, count)
     if n < batch:
         logger.warning("worker %d: %d training slices, fewer than one per-worker batch of %d", index, n, batch)
-    return x[keep], y[keep]
+    return (x[keep], y[keep], *(e[keep] for e in extra))
 
 
 def as_distributed_input(sequence):

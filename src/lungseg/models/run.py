@@ -191,9 +191,10 @@ def train_variant(
     if multi:  # each worker feeds its own shard; its batch is its share of the global batch
         index, count = worker_shard()
         batch = batch // count
-        if l_train is not None:  # the same rows as the images'
-            l_train = shard(l_train, y_train, index, count, batch)[0]
-        x_train, y_train = shard(x_train, y_train, index, count, batch)
+        if l_train is None:
+            x_train, y_train = shard(x_train, y_train, index, count, batch)
+        else:
+            x_train, y_train, l_train = shard(x_train, y_train, index, count, batch, l_train)
     if replicas(strategy) > 1:
         logger.info("%d replicas: global batch %d, learning rate %g (batch_size %s and learning_rate %s per replica)",
                     replicas(strategy), batch * (count if multi else 1), base_lr, params["batch_size"],
