@@ -230,3 +230,38 @@ def test_elastic_deforms_image_and_mask_alike_within_alpha_and_draws_nothing_whe
 def test_bad_elastic_options_are_refused_by_name(bad):
     with pytest.raises(ConfigError, match=next(iter(bad))):
         AugmentParams.from_dict(bad)
+
+
+def test_clahe_equalises_again_with_a_random_clip_keeps_the_mask_and_draws_nothing_when_off():
+    """Issue #25's item 2: a share of the slices is equalised (again), a clip limit drawn from [1, max]."""
+    rng0 = np.random.default_rng(0)
+    img = (0.4 + 0.1 * rng0.random((64, 64))).astype(np.float32)    # a flat, low-contrast slice
+    img[16:48, 16:48] += 0.05
+    mask = (img > 0.47).astype(np.uint8)
+    params = AugmentParams(clahe=1.0, clahe_clip_max=4.0, **_NO_GEOMETRY)
+    out, out_mask = random_augment(img, mask, np.random.default_rng(1), params)
+    assert out.dtype == np.float32 and out.shape == img.shape and 0.0 <= out.min() and out.max() <= 1.0
+    np.testing.assert_array_equal(out_mask, mask)                      # the image only
+    assert out.std() > 2 * img.std()                                     # equalised: the local contrast rises
+    spreads = [random_augment(img, mask, np.random.default_rng(s), params)[0].std() for s in range(8)]
+    assert max(spreads) - min(spreads) > 0.01                            # the clip limit is drawn per slice
+    u8 = np.rint(img * 255).astype(np.uint8)
+    out8, _ = random_augment(u8, mask, np.random.default_rng(1), params)
+    assert out8.dtype == np.uint8 and np.abs(out8.astype(int) - np.rint(out * 255)).max() <= 1
+    stack = np.stack([img] * 3, axis=-1)
+    out3, _ = random_augment(stack, mask, np.random.default_rng(1), params)
+    for c in range(3):                                                   # 2.5D: every channel the same clip
+        np.testing.assert_allclose(out3[..., c], out, atol=1e-6)
+    some = AugmentParams(clahe=0.5, **_NO_GEOMETRY)
+    half = [np.array_equal(random_augment(img, mask, np.random.default_rng(s), some)[0], img) for s in range(40)]
+    assert 10 <= sum(half) <= 30                                         # the other share stays as it came
+    plain = random_augment(img, mask, np.random.default_rng(7), AugmentParams())
+    off = random_augment(img, mask, np.random.default_rng(7), AugmentParams(clahe=0.0, clahe_clip_max=9.0))
+    np.testing.assert_array_equal(plain[0], off[0])                      # off: nothing drawn, the geometry of before
+    np.testing.assert_array_equal(plain[1], off[1])
+
+
+@pytest.mark.parametrize("bad", [{"clahe": 1.5}, {"clahe": -0.1}, {"clahe_clip_max": 0.5}])
+def test_bad_clahe_options_are_refused_by_name(bad):
+    with pytest.raises(ConfigError, match=next(iter(bad))):
+        AugmentParams.from_dict(bad)

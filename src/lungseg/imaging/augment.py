@@ -14,6 +14,10 @@ from lungseg.errors import ConfigError, DataValidationError
 
 logger = logging.getLogger(__name__)
 
+#: the tiles of :attr:`AugmentParams.clahe`'s equalisation over the model's crop (a lung crop spans about half
+#: of a slice whose preprocessing CLAHE uses 8 x 8 tiles)
+CLAHE_TILE_GRID = 4
+
 
 @dataclass(frozen=True)
 class AugmentParams:
@@ -35,6 +39,12 @@ class AugmentParams:
     its lungs first (:mod:`lungseg.imaging.paint`). The lung model paints inside its mask and keeps it, so
     that consolidated lung is still lung; the infection model paints inside the slice's lung mask (``region``
     of :func:`random_augment`) and the painted pixels join its infection mask. 0 draws nothing.
+
+    ``clahe``: the probability that a slice is equalised (again) after the painting and before the affine, with
+    a CLAHE clip limit drawn uniformly from ``[1, clahe_clip_max]`` on a grid of :data:`CLAHE_TILE_GRID` tiles
+    (about the full slice's 8 tiles over a lung crop), every 2.5D channel alike. A source may come equalised
+    or not (the issue's "the model must not depend on whether a source was equalised"); the other
+    ``1 - clahe`` of the slices stay as they came. 0 draws nothing.
     """
 
     hflip: bool = True
@@ -50,6 +60,8 @@ class AugmentParams:
     elastic: float = 0.0
     elastic_alpha: float = 6.0
     elastic_sigma: float = 8.0
+    clahe: float = 0.0
+    clahe_clip_max: float = 4.0
 
     def __post_init__(self) -> None:
         if self.rotation_deg < 0:
@@ -63,7 +75,9 @@ class AugmentParams:
         if not self.elastic_alpha >= 0 or not self.elastic_sigma > 0:
             raise ConfigError(f"augmentation needs elastic_alpha >= 0 and elastic_sigma > 0 (pixels), "
                               f"got {self.elastic_alpha}, {self.elastic_sigma}")
-        for name in ("gamma", "contrast", "brightness", "noise_std", "paint", "elastic"):
+        if not self.clahe_clip_max >= 1.0:
+            raise ConfigError(f"augmentation clahe_clip_max must be >= 1 (a CLAHE clip limit), got {self.clahe_clip_max}")
+        for name in ("gamma", "contrast", "brightness", "noise_std", "paint", "elastic", "clahe"):
             value = getattr(self, name)
             if not 0.0 <= value <= (1.0 if name != "gamma" else 4.0):
                 top = 4 if name == "gamma" else 1
@@ -165,6 +179,24 @@ def random_paint(image: np.ndarray, lung: np.ndarray, rng: np.random.Generator, 
     return out_img, outs[len(outs) // 2][1].astype(np.asarray(infection).dtype)
 
 
+def random_clahe(image: np.ndarray, rng: np.random.Generator, params: AugmentParams) -> np.ndarray:
+    """With probability ``params.clahe``, an ``(H, W[, C])`` image (``uint8`` 0-255 or float on [0, 1]) equalised
+    with a CLAHE clip limit drawn from ``[1, params.clahe_clip_max]``, every channel alike; same shape and dtype.
+    Otherwise the image as it is (nothing drawn at 0)."""
+    from lungseg.imaging.intensity import apply_clahe
+
+    img = np.asarray(image)
+    if not params.clahe or rng.random() >= params.clahe:
+        return img
+    clip = float(rng.uniform(1.0, params.clahe_clip_max))
+    u8 = img if img.dtype == np.uint8 else np.rint(np.clip(img, 0.0, 1.0) * 255.0).astype(np.uint8)
+    out = apply_clahe(u8 if u8.ndim == 2 else np.moveaxis(u8, -1, 0), clip, CLAHE_TILE_GRID)
+    out = out if u8.ndim == 2 else np.moveaxis(out, 0, -1)
+    if img.dtype == np.uint8:
+        return np.ascontiguousarray(out)
+    return (out.astype(np.float32) / np.float32(255.0)).astype(img.dtype, copy=False)
+
+
 def random_elastic(shape: tuple[int, int], rng: np.random.Generator, params: AugmentParams):
     """With probability ``params.elastic``, the ``(map_x, map_y)`` float32 maps of one elastic deformation of an
     ``(H, W)`` image for :func:`cv2.remap` (see :class:`AugmentParams`); None otherwise (and nothing drawn at 0)."""
@@ -197,8 +229,9 @@ def random_augment(
     image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, params: AugmentParams,
     region: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Apply ONE random affine (then the intensity options, if any) to a ``(H, W)`` float image (or an ``(H, W, C)`` 2.5D stack, every channel
-    alike) and its ``(H, W)`` uint8 mask.
+    """Apply ONE random affine (after the painting and the equalisation, then the intensity options, if any)
+    to a ``(H, W)`` float image (or an ``(H, W, C)`` 2.5D stack, every channel alike) and its ``(H, W)`` uint8
+    mask.
 
     ``region``: the ``(H, W)`` lungs where ``params.paint`` paints, the painted pixels added to the mask (the
     infection model); None paints inside the mask and keeps it (the lung model).
@@ -221,6 +254,7 @@ def random_augment(
     elif params.paint:
         img2, msk2 = random_paint(img2, region, rng, params, infection=msk2)
         msk = msk2.reshape(msk.shape)
+    img2 = random_clahe(img2, rng, params)
     m = random_affine(img2.shape[:2], rng, params)
     maps = random_elastic(img2.shape[:2], rng, params)
     if m is None and maps is None:
