@@ -238,6 +238,21 @@ def test_an_out_of_fold_ensemble_refuses_members_of_other_folds_or_preprocessing
         join_fold_members(main, {"runs/x": {"fold_1": _fold(0.5, ["a"])}})
     with pytest.raises(ConfigError, match="prepared differently .*image_size: 32 vs 64"):
         join_fold_members(main, {"runs/x": {"fold_0": _fold(0.5, ["a"], image_size=64)}})
+    with pytest.raises(ConfigError, match="prepared differently .*architecture: 'unet' vs 'deeplabv3plus'"):
+        join_fold_members({"fold_0": _fold(0.2, ["a"], architecture="unet")},
+                          {"runs/x": {"fold_0": _fold(0.5, ["a"], architecture="deeplabv3plus")}})
+
+
+def test_an_ensemble_of_two_recipes_reads_one_input_and_keeps_each_recipe_on_record():
+    """Members that differ only in how they were built (depth, loss, precision) make one ensemble (#25 item 10)."""
+    from lungseg.evaluation.out_of_fold import join_fold_members
+
+    recipe = dict(architecture="unet", loss="bce_dice", precision="float32")
+    main = {"fold_0": _fold(0.2, ["a"], model_params={"depth": 4}, **recipe)}
+    deeper = {"fold_0": _fold(0.6, ["a"], model_params={"depth": 5}, **{**recipe, "loss": "structure"})}
+    config = join_fold_members(main, {"runs/depth5": deeper})["fold_0"]["config"]
+    assert config["model_params"] == [{"depth": 4}, {"depth": 5}] and config["loss"] == ["bce_dice", "structure"]
+    assert config["precision"] == "float32" and config["architecture"] == "unet" and config["ensemble_size"] == 2
 
 
 def test_the_combined_cross_validation_scores_a_seed_ensemble_from_other_fold_folders(cv_project, tmp_path):

@@ -3,7 +3,9 @@
 A folder written by a ``<variant>_cv`` pipeline (``fold_0.keras`` + ``fold_0.json``, ...) becomes
 one :class:`LoadedModel` whose model averages the members' probabilities. Every member carries its
 own config; they must agree on everything that shapes the input or the decision (task, image size,
-crop, window, CLAHE, threshold...), or the folder is refused, naming the key and the files.
+crop, window, CLAHE, threshold, architecture...), or the folder is refused, naming the key and the files.
+How each member was built (:data:`RECIPE_KEYS`: the network's size, the loss, the training precision) may
+differ: an ensemble of two recipes (issue #25's item 10) averages models that read the same input.
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ logger = logging.getLogger(__name__)
 #: Config keys that describe how one member was trained, not how its input is prepared.
 PER_MEMBER_KEYS = frozenset({"train_cases", "val_cases", "run_fingerprint", "trained_at", "fold", "dataset",
                              "environment", "recorded_score"})
+#: Keys of how a member was built that may differ between members: the ensemble's config keeps the value
+#: when they agree, else the list of the members' distinct values (in the members' order).
+RECIPE_KEYS = ("model_params", "loss", "precision")
 #: Per-member keys the ensemble's config keeps: the members' value when they agree, else their values
 #: joined with "+" (the provenance of the ensemble, :mod:`lungseg.inference.provenance`).
 SHARED_PROVENANCE_KEYS = ("dataset", "environment")
@@ -38,15 +43,22 @@ def ensemble_config(configs: dict[str, dict], source: str) -> dict:
     names = sorted(configs)
     first = configs[names[0]]
     for name in names[1:]:
-        keys = (set(first) | set(configs[name])) - PER_MEMBER_KEYS
+        keys = (set(first) | set(configs[name])) - PER_MEMBER_KEYS - set(RECIPE_KEYS)
         differ = sorted(k for k in keys if first.get(k) != configs[name].get(k))
         if differ:
             raise ConfigError(
                 f"folder {source!r}: models {names[0]} and {name} were prepared differently "
                 f"({', '.join(f'{k}: {first.get(k)!r} vs {configs[name].get(k)!r}' for k in differ[:3])}); "
-                f"an ensemble needs one preprocessing config"
+                f"an ensemble needs members that read one input and decide alike"
             )
     shared = {k: v for k, v in first.items() if k not in PER_MEMBER_KEYS}
+    for key in RECIPE_KEYS:
+        values = []
+        for n in names:
+            if key in configs[n] and configs[n][key] not in values:
+                values.append(configs[n][key])
+        if len(values) > 1:
+            shared[key] = values
     for key in SHARED_PROVENANCE_KEYS:
         values = sorted({str(configs[n][key]) for n in names if configs[n].get(key) is not None})
         if values:
