@@ -11,6 +11,7 @@ import cv2
 import numpy as np
 
 from lungseg.errors import ConfigError, DataValidationError
+from lungseg.imaging.intensity import apply_clahe, to_unit_float
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +184,6 @@ def random_clahe(image: np.ndarray, rng: np.random.Generator, params: AugmentPar
     """With probability ``params.clahe``, an ``(H, W[, C])`` image (``uint8`` 0-255 or float on [0, 1]) equalised
     with a CLAHE clip limit drawn from ``[1, params.clahe_clip_max]``, every channel alike; same shape and dtype.
     Otherwise the image as it is (nothing drawn at 0)."""
-    from lungseg.imaging.intensity import apply_clahe
-
     img = np.asarray(image)
     if not params.clahe or rng.random() >= params.clahe:
         return img
@@ -194,7 +193,7 @@ def random_clahe(image: np.ndarray, rng: np.random.Generator, params: AugmentPar
     out = out if u8.ndim == 2 else np.moveaxis(out, 0, -1)
     if img.dtype == np.uint8:
         return np.ascontiguousarray(out)
-    return (out.astype(np.float32) / np.float32(255.0)).astype(img.dtype, copy=False)
+    return to_unit_float(out).astype(img.dtype, copy=False)
 
 
 def random_elastic(shape: tuple[int, int], rng: np.random.Generator, params: AugmentParams):
